@@ -1,0 +1,27 @@
+# synapse-ei: excitatory/inhibitory synapse classification from connectomics EM.
+# The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
+#          -> evaluate[model] -> summary. See README.md and config/README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/cutout.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

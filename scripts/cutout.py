@@ -1,0 +1,22 @@
+"""Rule cutout: cut one shard's 2D patches and 3D cubes from the EM volume."""
+
+import pandas as pd
+
+from synapse_ei.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from synapse_ei.cutout import cut_shard  # noqa: E402
+from synapse_ei.io import read_json  # noqa: E402
+
+provenance = read_json(snakemake.input.provenance)
+cut_shard(
+    pd.read_parquet(snakemake.input.plan),
+    shard=int(snakemake.wildcards.shard),
+    em_path=provenance["em_path"],
+    mip=snakemake.params.mip,
+    position_resolution=provenance["position_resolution"],
+    size_2d=tuple(snakemake.params.size_2d),
+    size_3d=tuple(snakemake.params.size_3d),
+    out_dir=snakemake.output.shard,
+)

@@ -1,0 +1,32 @@
+"""Rule evaluate: predict the val and test synapses with one model, then score the test split."""
+
+from pathlib import Path
+
+from synapse_ei.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from synapse_ei.baseline import predict_connectivity  # noqa: E402
+from synapse_ei.evaluate import evaluate_predictions  # noqa: E402
+from synapse_ei.inference import predict_cutouts  # noqa: E402
+
+if snakemake.params.architecture == "connectivity":
+    predictions = predict_connectivity(
+        snakemake.input.model,
+        split_path=snakemake.input.split,
+        synapses_path=snakemake.input.synapses,
+        cell_types_path=snakemake.input.cell_types,
+    )
+else:
+    predictions = predict_cutouts(
+        snakemake.input.model,
+        manifest_path=snakemake.input.manifest,
+        cutout_root=snakemake.params.cutout_root,
+        device=snakemake.params.device,
+    )
+evaluate_predictions(
+    predictions,
+    history_path=snakemake.input.history,
+    model_name=snakemake.wildcards.model,
+    out_dir=Path(snakemake.output.metrics).parent,
+)

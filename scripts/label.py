@@ -1,0 +1,19 @@
+"""Rule label: E/I of each synapse from its presynaptic cell's class."""
+
+import pandas as pd
+
+from synapse_ei.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from synapse_ei.io import write_json, write_parquet  # noqa: E402
+from synapse_ei.labels import label_synapses  # noqa: E402
+
+labelled, stats = label_synapses(
+    pd.read_parquet(snakemake.input.synapses),
+    pd.read_parquet(snakemake.input.cell_types),
+    column=snakemake.params.column,
+    classes=snakemake.params.classes,
+)
+write_parquet(snakemake.output.synapses, labelled)
+write_json(snakemake.output.stats, stats)

@@ -1,0 +1,22 @@
+"""Rule train: train one image model on the cutouts."""
+
+from pathlib import Path
+
+from synapse_ei.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from synapse_ei.train import train_image_model  # noqa: E402
+
+train_image_model(
+    manifest_path=snakemake.input.manifest,
+    cutout_root=snakemake.params.cutout_root,
+    architecture=snakemake.params.architecture,
+    settings=snakemake.params.settings,
+    out_dir=Path(snakemake.output.model).parent,
+    checkpoint_dir=snakemake.params.checkpoint_dir,
+    seed=snakemake.params.seed,
+    device=snakemake.params.device,
+    num_workers=snakemake.params.num_workers,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,53 @@
+"""Data sources: each returns the same two tables and the path of the EM volume.
+
+``synthetic`` reads what :func:`synapse_ei.sources.synthetic.synthesize` wrote, ``files`` reads
+table exports on disk, ``cave`` (its own issue) queries CAVE. Every later stage runs the same code
+whatever the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class SourceTables:
+    """What every source provides.
+
+    ``synapses`` follows :data:`synapse_ei.tables.SYNAPSE_REQUIRED` (plus any optional columns),
+    ``cell_types`` follows :data:`synapse_ei.tables.CELL_TYPE_REQUIRED`; ids are int64.
+    ``position_resolution`` is the nm-per-voxel (XYZ) of the synapse table's positions.
+    ``provenance`` is JSON-serialisable: source name, versions, paths, row counts.
+    """
+
+    synapses: pd.DataFrame
+    cell_types: pd.DataFrame
+    em_path: str
+    position_resolution: tuple[float, float, float]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
+    """Load the tables of the configured source (the ``dataset`` section of the config)."""
+    source = dataset["source"]
+    if source == "synthetic":
+        from synapse_ei.sources import synthetic
+
+        return synthetic.load(synthetic_dir)
+    if source == "files":
+        from synapse_ei.sources import files
+
+        settings = dataset["files"]
+        return files.load(
+            synapses=settings["synapses"],
+            cell_types=settings["cell_types"],
+            em_path=settings["em_path"],
+            position_resolution=settings.get("position_resolution", (4, 4, 40)),
+            columns=settings.get("columns"),
+        )
+    from synapse_ei.errors import DataError
+
+    raise DataError(f"dataset.source: unknown source {source!r}; use 'synthetic' or 'files'.")

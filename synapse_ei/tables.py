@@ -1,0 +1,86 @@
+"""The table schemas every stage shares, and the checks that keep them honest.
+
+Synapse tables follow CAVE's ``synapses_pni_2`` with ``split_positions=True``; cell-type tables
+follow ``aibs_metamodel_celltypes_v661``. Positions stay in the table's own voxel resolution
+(CAVE's default is 4x4x40 nm) until :func:`synapse_ei.volume.table_to_volume_voxels` converts
+them for a given volume and mip. Root ids are int64, never float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from synapse_ei.errors import DataError
+
+EXCITATORY = "excitatory"
+INHIBITORY = "inhibitory"
+LABELS = (EXCITATORY, INHIBITORY)
+#: Integer class index used only inside the model code (inhibitory is the positive class).
+LABEL_INDEX = {EXCITATORY: 0, INHIBITORY: 1}
+
+SPLITS = ("train", "val", "test")
+
+#: Resolution (nm per voxel, XYZ) of CAVE positions unless a source says otherwise.
+CAVE_POSITION_RESOLUTION = (4.0, 4.0, 40.0)
+
+CTR = [f"ctr_pt_position_{axis}" for axis in "xyz"]
+PRE = [f"pre_pt_position_{axis}" for axis in "xyz"]
+POST = [f"post_pt_position_{axis}" for axis in "xyz"]
+
+#: Columns every synapse table must have, whatever its source.
+SYNAPSE_REQUIRED = ["id", "pre_pt_root_id", "post_pt_root_id", *CTR]
+#: Columns a synapse table may have; missing ones are tolerated (real exports often lack them).
+SYNAPSE_OPTIONAL = [*PRE, *POST, "size"]
+SYNAPSE_ID_COLUMNS = ["id", "pre_pt_root_id", "post_pt_root_id"]
+
+CELL_TYPE_REQUIRED = ["pt_root_id", "cell_type"]
+CELL_TYPE_OPTIONAL = ["classification_system"]
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str) -> None:
+    """Raise a :class:`DataError` naming every missing column and the file it is missing from."""
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing required column(s) {missing}; it has {list(frame.columns)}. "
+            "Rename the columns in the export, or map them with the source's `columns` setting."
+        )
+
+
+def to_int64(frame: pd.DataFrame, columns: Sequence[str], where: str) -> pd.DataFrame:
+    """Convert id/position columns to int64, naming the first bad row if that is impossible.
+
+    Pandas reads an integer column with a missing value as float, which silently rounds 18-digit
+    root ids; we refuse missing values here instead of carrying floats along.
+    """
+    frame = frame.copy()
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = numeric.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(
+                f"{where}: column '{column}' row {row} holds {values.iloc[row]!r}, not an integer "
+                f"({int(bad.sum())} such row(s)). Fix or drop those rows in the export."
+            )
+        if pd.api.types.is_float_dtype(numeric):
+            if not (numeric == numeric.round()).all():
+                row = int((numeric != numeric.round()).to_numpy().nonzero()[0][0])
+                raise DataError(
+                    f"{where}: column '{column}' row {row} holds {values.iloc[row]!r}, "
+                    "which is not a whole number."
+                )
+            if column.endswith("root_id") or column == "id":
+                # Floats above 2**53 have already lost digits: the id is not recoverable.
+                if (numeric.abs() > 2**53).any():
+                    raise DataError(
+                        f"{where}: column '{column}' was stored as floating point and its ids "
+                        "exceed 2**53, so digits are lost. Export ids as integers or strings."
+                    )
+        frame[column] = numeric.astype("int64")
+    return frame

@@ -1,0 +1,66 @@
+rule synthesize:
+    output:
+        synapses=f"{RESULTS}/synthetic/synapses.parquet",
+        cell_types=f"{RESULTS}/synthetic/cell_types.parquet",
+        truth=f"{RESULTS}/synthetic/truth.parquet",
+        em=directory(f"{RESULTS}/synthetic/em"),
+        stats=f"{RESULTS}/synthetic/stats.json",
+    log:
+        f"{LOGS}/synthesize.log",
+    benchmark:
+        f"{BENCHMARKS}/synthesize.tsv"
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        settings=config["dataset"].get("synthetic", {}),
+    script:
+        "../../scripts/synthesize.py"
+
+
+rule query:
+    input:
+        unpack(query_input),
+    output:
+        synapses=f"{RESULTS}/query/synapses.parquet",
+        cell_types=f"{RESULTS}/query/cell_types.parquet",
+        provenance=f"{RESULTS}/query/provenance.json",
+    log:
+        f"{LOGS}/query.log",
+    benchmark:
+        f"{BENCHMARKS}/query.tsv"
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        dataset=config["dataset"],
+        synthetic_dir=f"{RESULTS}/synthetic",
+    script:
+        "../../scripts/query.py"
+
+
+rule label:
+    input:
+        synapses=rules.query.output.synapses,
+        cell_types=rules.query.output.cell_types,
+    output:
+        synapses=f"{RESULTS}/labels/synapses.parquet",
+        stats=f"{RESULTS}/labels/stats.json",
+    log:
+        f"{LOGS}/label.log",
+    benchmark:
+        f"{BENCHMARKS}/label.tsv"
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        column=config["labels"]["column"],
+        classes=config["labels"]["classes"],
+    script:
+        "../../scripts/label.py"

@@ -1,0 +1,57 @@
+rule train:
+    input:
+        manifest=rules.gather_cutouts.output.manifest,
+    output:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        history=f"{RESULTS}/models/{{model}}/history.csv",
+    log:
+        f"{LOGS}/train/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(IMAGE_MODELS),
+    conda:
+        "../../envs/synapse-ei.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=720,
+    params:
+        architecture=lambda wildcards: architecture(wildcards.model),
+        settings=lambda wildcards: config["models"][wildcards.model],
+        cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
+        # Kept outside the declared outputs: Snakemake deletes those before a rerun, and a
+        # preempted or failed job must resume from its last epoch.
+        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.model}",
+        seed=config["seed"],
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
+    script:
+        "../../scripts/train.py"
+
+
+rule train_connectivity:
+    input:
+        split=rules.split.output.synapses,
+        synapses=rules.query.output.synapses,
+        cell_types=rules.query.output.cell_types,
+    output:
+        model=f"{RESULTS}/models/{{model}}/model.joblib",
+        history=f"{RESULTS}/models/{{model}}/history.csv",
+    log:
+        f"{LOGS}/train/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(BASELINE_MODELS),
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        column=config["labels"]["column"],
+        classes=config["labels"]["classes"],
+        seed=config["seed"],
+    script:
+        "../../scripts/train_connectivity.py"
