@@ -135,3 +135,15 @@ def test_a_failed_shard_reruns_alone(finished_run: Path):
     shutil.rmtree(shard)
     out = snakemake(workdir, "-n", "--cores", "2").stdout
     assert "cutout" in out and "synthesize" not in out and "rule query" not in out
+
+
+def test_configfile_replaces_the_demo_config(tmp_path):
+    """`--configfile` gives exactly its own models, never the demo's merged in."""
+    own = tmp_path / "own.yaml"
+    own.write_text(MINI.read_text().split("models:")[0] + "models:\n  only:\n    architecture: cnn2d\n")
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--configfile", str(own)],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    trained = {line.split("/")[2] for line in result.stdout.split() if line.startswith("results/models/")}
+    assert trained == {"only"}
