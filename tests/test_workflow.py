@@ -147,3 +147,18 @@ def test_configfile_replaces_the_demo_config(tmp_path):
     )
     trained = {line.split("/")[2] for line in result.stdout.split() if line.startswith("results/models/")}
     assert trained == {"only"}
+
+
+def test_microns_config_dry_run_needs_no_network(tmp_path):
+    """The real-data DAG is planned offline: nothing reads a table or the network at parse time."""
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--configfile", str(REPO / "config" / "microns.yaml"),
+         "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile")],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    assert "synthesize" not in result.stdout
+    counts = dict(
+        line.split() for line in result.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    )
+    assert counts["cutout"] == "256" and counts["train"] == "6" and counts["evaluate"] == "7"

@@ -1,7 +1,7 @@
 """Data sources: each returns the same two tables and the path of the EM volume.
 
 ``synthetic`` reads what :func:`synapse_ei.sources.synthetic.synthesize` wrote, ``files`` reads
-table exports on disk, ``cave`` (its own issue) queries CAVE. Every later stage runs the same code
+table exports on disk, ``cave`` queries a CAVE materialization at a pinned version. Every later stage runs the same code
 whatever the source.
 """
 
@@ -48,6 +48,12 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
             position_resolution=settings.get("position_resolution", (4, 4, 40)),
             columns=settings.get("columns"),
         )
+    if source == "cave":
+        from synapse_ei.sources import cave
+
+        return cave.load(**dataset["cave"])
     from synapse_ei.errors import DataError
 
-    raise DataError(f"dataset.source: unknown source {source!r}; use 'synthetic' or 'files'.")
+    raise DataError(
+        f"dataset.source: unknown source {source!r}; use 'synthetic', 'files' or 'cave'."
+    )

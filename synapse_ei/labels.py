@@ -1,0 +1,128 @@
+"""E/I label of each synapse, taken from the class of its presynaptic cell.
+
+A synapse is dropped for the first reason that applies, so the counts add up to what went in:
+``pre_root_id_zero`` (no segment), ``no_cell_type`` (the presynaptic cell has no cell-type row),
+``duplicate_cell_type`` (its root id has several rows: a multi-soma merge, so no single class),
+``not_mapped`` (its class is not in ``classes``, e.g. glia), then ``autapse`` (pre == post, a
+segmentation merge rather than biology).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from synapse_ei import tables
+from synapse_ei.errors import DataError
+
+DROP_REASONS = ("pre_root_id_zero", "no_cell_type", "duplicate_cell_type", "not_mapped", "autapse")
+MISSING_VALUE = "<missing>"
+
+
+def label_synapses(
+    synapses: pd.DataFrame,
+    cell_types: pd.DataFrame,
+    column: str,
+    classes: Mapping[str, str],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Label each synapse excitatory/inhibitory by its presynaptic cell's ``column`` value.
+
+    ``classes`` maps values of ``cell_types[column]`` to 'excitatory' / 'inhibitory'. Returns the
+    labelled synapses (all input columns plus ``label`` and ``pre_cell_type``, sorted by id) and
+    a stats dict of counts in, out and dropped by reason.
+    """
+    _check_classes(classes)
+    tables.require_columns(synapses, ["id", "pre_pt_root_id", "post_pt_root_id"], "synapse table")
+    tables.require_columns(cell_types, tables.CELL_TYPE_REQUIRED, "cell-type table")
+    if column not in cell_types.columns:
+        raise DataError(
+            f"labels.column: the cell-type table has no column {column!r}; it has "
+            f"{list(cell_types.columns)}. Set labels.column to one of them."
+        )
+    synapses = tables.to_int64(synapses, tables.SYNAPSE_ID_COLUMNS, "synapse table")
+    cell_types = tables.to_int64(cell_types, ["pt_root_id"], "cell-type table")
+    repeated = synapses["id"].duplicated()
+    if repeated.any():
+        raise DataError(
+            f"synapse table: id {int(synapses['id'][repeated].iloc[0])} appears more than once "
+            f"({int(repeated.sum())} repeated id(s)); synapse ids must be unique."
+        )
+
+    rows_per_root = cell_types["pt_root_id"].value_counts()
+    unique_rows = cell_types[cell_types["pt_root_id"].map(rows_per_root) == 1]
+    class_value = unique_rows.set_index("pt_root_id")[column]
+    cell_type_name = unique_rows.set_index("pt_root_id")["cell_type"]
+
+    pre = synapses["pre_pt_root_id"]
+    value = pre.map(class_value)
+    label = value.map(dict(classes))
+    n_rows = pre.map(rows_per_root).fillna(0)
+
+    # Each mask excludes everything an earlier reason took, so every synapse has one reason.
+    remaining = pd.Series(True, index=synapses.index)
+    drops: dict[str, pd.Series] = {}
+    for reason, hit in (
+        ("pre_root_id_zero", pre == 0),
+        ("no_cell_type", n_rows == 0),
+        ("duplicate_cell_type", n_rows > 1),
+        ("not_mapped", label.isna()),
+        ("autapse", pre == synapses["post_pt_root_id"]),
+    ):
+        drops[reason] = remaining & hit
+        remaining &= ~hit
+
+    not_mapped_values = (
+        value[drops["not_mapped"]].astype(object).fillna(MISSING_VALUE).astype(str).value_counts()
+    )
+    labelled = synapses[remaining].copy()
+    labelled["label"] = label[remaining].astype(str)
+    labelled["pre_cell_type"] = labelled["pre_pt_root_id"].map(cell_type_name).astype(str)
+    labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
+
+    stats = {
+        "synapses_in": len(synapses),
+        "labelled": len(labelled),
+        "column": column,
+        "classes": dict(classes),
+        "dropped": {reason: int(mask.sum()) for reason, mask in drops.items()},
+        "not_mapped_values": {str(k): int(v) for k, v in not_mapped_values.items()},
+        "by_label": {name: int((labelled["label"] == name).sum()) for name in tables.LABELS},
+        "neurons_by_label": {
+            name: int(labelled.loc[labelled["label"] == name, "pre_pt_root_id"].nunique())
+            for name in tables.LABELS
+        },
+    }
+    _check_both_classes(stats)
+    return labelled, stats
+
+
+def _check_classes(classes: Mapping[str, str]) -> None:
+    if not isinstance(classes, Mapping) or not classes:
+        raise DataError(
+            f"labels.classes: {classes!r} is not a non-empty map from cell-type values to "
+            f"{list(tables.LABELS)}."
+        )
+    for key, target in classes.items():
+        if target not in tables.LABELS:
+            raise DataError(
+                f"labels.classes.{key}: {target!r} is not a label; use one of "
+                f"{list(tables.LABELS)}."
+            )
+
+
+def _check_both_classes(stats: dict[str, Any]) -> None:
+    hint = (
+        f"Check labels.column ({stats['column']!r}) and labels.classes ({stats['classes']}) "
+        f"against the cell-type table. Dropped: {stats['dropped']}; values not mapped: "
+        f"{stats['not_mapped_values']}."
+    )
+    if stats["labelled"] == 0:
+        raise DataError(f"No synapse could be labelled ({stats['synapses_in']} in). {hint}")
+    absent = [name for name, count in stats["by_label"].items() if count == 0]
+    if absent:
+        raise DataError(
+            f"Only one class was labelled: no {absent[0]} synapse among {stats['labelled']} "
+            f"labelled. A classifier needs both. {hint}"
+        )

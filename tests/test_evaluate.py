@@ -1,0 +1,201 @@
+"""Test-split metrics: agree with scikit-learn, tune on val only, bootstrap over neurons."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+)
+
+from synapse_ei.errors import DataError
+from synapse_ei.evaluate import (
+    _neuron_weighted_scores,
+    bootstrap_over_neurons,
+    compute_metrics,
+    evaluate_predictions,
+    tune_threshold,
+)
+
+
+def test_hand_checked_tiny_case():
+    labels = ["excitatory", "excitatory", "excitatory", "inhibitory", "inhibitory"]
+    prob = np.array([0.1, 0.6, 0.2, 0.9, 0.4])
+    metrics = compute_metrics(labels, prob)
+    # Called inhibitory: rows 1 and 3. TN=2, FP=1, FN=1, TP=1.
+    assert metrics["confusion_matrix"] == [[2, 1], [1, 1]]
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert metrics["per_class"]["inhibitory"]["precision"] == pytest.approx(1 / 2)
+    assert metrics["per_class"]["inhibitory"]["recall"] == pytest.approx(1 / 2)
+    assert metrics["per_class"]["excitatory"]["recall"] == pytest.approx(2 / 3)
+    # Pairs (inhibitory, excitatory) ranked correctly: 0.9 beats all 3, 0.4 beats 0.1 and 0.2.
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+    assert metrics["confusion_matrix_order"] == ["excitatory", "inhibitory"]
+
+
+def test_agrees_with_sklearn_on_random_inputs():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2, 300)
+    prob = np.clip(0.3 * target + rng.random(300) * 0.7, 0, 1)
+    labels = np.where(target == 1, "inhibitory", "excitatory")
+    metrics = compute_metrics(labels, prob, threshold=0.4)
+    predicted = (prob >= 0.4).astype(int)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(target, predicted))
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(target, predicted))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(target, prob))
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(target, prob))
+    assert metrics["per_class"]["inhibitory"]["f1"] == pytest.approx(f1_score(target, predicted))
+    assert metrics["per_class"]["excitatory"]["f1"] == pytest.approx(
+        f1_score(target, predicted, pos_label=0)
+    )
+    assert np.sum(metrics["confusion_matrix"]) == 300
+
+
+def test_single_class_is_refused():
+    with pytest.raises(DataError, match="both classes"):
+        compute_metrics(["excitatory"] * 3, np.array([0.1, 0.2, 0.3]))
+
+
+def make_predictions(n_neurons: int = 30, per_neuron: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Neuron-level predictions: every synapse of a neuron shares its label and a noisy score."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for neuron in range(n_neurons):
+        label = "inhibitory" if neuron % 3 == 0 else "excitatory"
+        split = "val" if neuron % 2 else "test"
+        centre = 0.7 if label == "inhibitory" else 0.3
+        for k in range(per_neuron):
+            prob = float(np.clip(centre + rng.normal(0, 0.2), 0, 1))
+            rows.append((neuron * 1000 + k, 864691135000000000 + neuron, split, label, prob))
+    return pd.DataFrame(rows, columns=["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"])
+
+
+def test_threshold_is_tuned_on_val_only(tmp_path):
+    predictions = make_predictions()
+    first = evaluate_predictions(predictions, None, "m", tmp_path / "a", n_resamples=50)
+    changed = predictions.copy()
+    test = changed.split == "test"
+    changed.loc[test, "prob_inhibitory"] = 1 - changed.loc[test, "prob_inhibitory"]
+    second = evaluate_predictions(changed, None, "m", tmp_path / "b", n_resamples=50)
+    assert first["tuned_threshold"]["threshold"] == second["tuned_threshold"]["threshold"]
+    assert first["test"]["roc_auc"] != second["test"]["roc_auc"]
+
+    val = predictions[predictions.split == "val"]
+    threshold = first["tuned_threshold"]["threshold"]
+    assert threshold == tune_threshold(val["label"], val["prob_inhibitory"])
+    best = compute_metrics(val["label"], val["prob_inhibitory"], threshold)["balanced_accuracy"]
+    for other in np.linspace(0.05, 0.95, 19):
+        assert compute_metrics(val["label"], val["prob_inhibitory"], other)[
+            "balanced_accuracy"
+        ] <= best + 1e-12
+
+
+def test_bootstrap_resamples_neurons_not_synapses():
+    """Duplicating every synapse leaves the interval alone; more neurons narrow it."""
+    rng = np.random.default_rng(2)
+    n_neurons = 12
+    neuron_label = np.array(["inhibitory", "excitatory"] * (n_neurons // 2))
+    neuron_prob = np.clip(np.where(neuron_label == "inhibitory", 0.65, 0.35)
+                          + rng.normal(0, 0.2, n_neurons), 0, 1)
+
+    def interval(per_neuron: int, copies: int = 1) -> dict:
+        neuron = np.repeat(np.arange(n_neurons * copies), per_neuron)
+        base = np.tile(np.arange(n_neurons), copies)
+        return bootstrap_over_neurons(
+            np.repeat(neuron_label[base], per_neuron),
+            np.repeat(neuron_prob[base], per_neuron),
+            neuron,
+            n_resamples=400,
+            seed=5,
+        )
+
+    few_synapses, many_synapses = interval(2), interval(40)
+    for metric in ("balanced_accuracy", "roc_auc"):
+        assert few_synapses[metric] == pytest.approx(many_synapses[metric])
+    more_neurons = interval(2, copies=8)
+    width = lambda b: b["roc_auc"]["ci_high"] - b["roc_auc"]["ci_low"]  # noqa: E731
+    assert width(more_neurons) < 0.6 * width(few_synapses)
+    assert few_synapses["n_neurons"] == n_neurons
+
+
+def test_vectorised_resample_scores_equal_sklearn_with_weights():
+    """The fast bootstrap must score a resample exactly as sklearn would, ties included."""
+    rng = np.random.default_rng(4)
+    n, n_neurons = 400, 60
+    target = rng.integers(0, 2, n)
+    prob = np.round(rng.random(n), 1)  # many ties
+    neuron = rng.integers(0, n_neurons, n)
+    draws = rng.multinomial(n_neurons, np.full(n_neurons, 1 / n_neurons), size=6).astype(float)
+    balanced, auc = _neuron_weighted_scores(draws, target, prob, neuron, 0.5)
+    for row in range(len(draws)):
+        weight = draws[row][neuron]
+        assert balanced[row] == pytest.approx(
+            balanced_accuracy_score(target, (prob >= 0.5).astype(int), sample_weight=weight)
+        )
+        assert auc[row] == pytest.approx(roc_auc_score(target, prob, sample_weight=weight))
+
+
+def test_evaluate_writes_every_file(tmp_path):
+    history = tmp_path / "history.csv"
+    pd.DataFrame(
+        {"epoch": [1, 2, 3], "train_loss": [0.7, 0.6, 0.5], "val_loss": [0.7, 0.65, 0.6],
+         "val_balanced_accuracy": [0.5, 0.6, 0.7]}
+    ).to_csv(history, index=False)
+    predictions = make_predictions()
+    metrics = evaluate_predictions(predictions, history, "cnn2d", tmp_path / "eval",
+                                   details={"architecture": "cnn2d"}, n_resamples=100)
+    for name in ("metrics.json", "predictions.parquet", "confusion_matrix.png", "roc.png",
+                 "training_curves.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk["model"] == "cnn2d" and on_disk["architecture"] == "cnn2d"
+    assert on_disk["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert on_disk["tuned_threshold"]["chosen_on"] == "val"
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc"):
+        assert 0 <= metrics["test"][key] <= 1
+    boot = metrics["bootstrap"]
+    assert boot["balanced_accuracy"]["ci_low"] <= boot["balanced_accuracy"]["ci_high"]
+    assert 0 < boot["n_used"] <= 100
+    counts = metrics["counts"]["test"]
+    assert counts["neurons"]["total"] == 15 and counts["synapses"]["total"] == 150
+    assert counts["neurons"]["inhibitory"] == 5
+    written = pd.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    assert len(written) == len(predictions)
+
+
+def test_one_row_history_is_drawn(tmp_path):
+    history = tmp_path / "history.csv"
+    pd.DataFrame([{"epoch": 1, "train_loss": 0.5, "val_loss": 0.6, "val_balanced_accuracy": 0.7}]
+                 ).to_csv(history, index=False)
+    evaluate_predictions(make_predictions(), history, "connectivity", tmp_path / "eval",
+                         n_resamples=20)
+    assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 0
+
+
+def test_missing_test_split_is_refused(tmp_path):
+    predictions = make_predictions()
+    with pytest.raises(DataError, match="no test synapses"):
+        evaluate_predictions(predictions[predictions.split == "val"], None, "m", tmp_path)
+
+
+def test_single_class_test_split_is_named(tmp_path):
+    predictions = make_predictions()
+    predictions = predictions[(predictions.split == "val") | (predictions.label == "excitatory")]
+    with pytest.raises(DataError, match="only excitatory"):
+        evaluate_predictions(predictions, None, "m", tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_probabilities_outside_unit_interval_are_refused(tmp_path):
+    predictions = make_predictions()
+    predictions.loc[3, "prob_inhibitory"] = 1.5
+    with pytest.raises(DataError, match="row 3"):
+        evaluate_predictions(predictions, None, "m", tmp_path)

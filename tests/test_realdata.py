@@ -1,0 +1,153 @@
+"""Real MICrONS exports (pinky100 v185, minnie65 v1718) through files -> label -> split.
+
+The tables live in ``../shared/realdata`` (see its README); these tests skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from synapse_ei.errors import DataError
+from synapse_ei.labels import label_synapses
+from synapse_ei.sources import files
+from synapse_ei.splits import split_by_neuron
+
+FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
+PINKY_CLASSES = {"e": "excitatory", "i": "inhibitory"}
+MINNIE_CLASSES = {"excitatory_neuron": "excitatory", "inhibitory_neuron": "inhibitory"}
+# pni_synapses_v185 export names -> CAVE synapses_pni_2 names.
+PINKY_COLUMNS = {
+    "pre_root_id": "pre_pt_root_id",
+    "post_root_id": "post_pt_root_id",
+    "cleft_vx": "size",
+    **{
+        f"{where}_pos_{axis}_vx": f"{where}_pt_position_{axis}"
+        for where in ("pre", "ctr", "post")
+        for axis in "xyz"
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def pinky(realdata):
+    folder = realdata / "pinky100_v185"
+    return files.load(
+        folder / "paired_synapses.csv",
+        folder / "soma_valence_v185.csv",
+        em_path="precomputed://gs://not-read",
+        columns={"synapses": PINKY_COLUMNS},
+    )
+
+
+@pytest.fixture(scope="module")
+def minnie(realdata):
+    folder = realdata / "minnie65_v1718"
+    return files.load(folder / "synapses.csv", folder / "cell_types.csv", em_path="not-read")
+
+
+def test_pinky_readme_counts_hold_on_the_raw_rows(realdata):
+    """The README's counts join raw rows, before any of our drop rules."""
+    folder = realdata / "pinky100_v185"
+    synapses = pd.read_csv(folder / "paired_synapses.csv", dtype={"pre_root_id": str})
+    cells = pd.read_csv(folder / "soma_valence_v185.csv", dtype={"pt_root_id": str})
+    assert len(synapses) == 6252 and len(cells) == 456
+    first_row = cells.drop_duplicates("pt_root_id").set_index("pt_root_id")["cell_type"]
+    counts = synapses["pre_root_id"].map(first_row).fillna("none").value_counts().to_dict()
+    assert counts == {"none": 2910, "e": 1492, "i": 1129, "g": 721}
+    twice = cells[cells["pt_root_id"].duplicated(keep=False)]
+    assert twice["pt_root_id"].nunique() == 3 and set(twice["cell_type"]) == {"g"}
+
+
+def test_pinky_loads_with_mapped_columns_and_drops_repeated_rows(pinky):
+    # paired_synapses lists each synapse once per reciprocal pair it belongs to: half the rows
+    # repeat another verbatim.
+    assert pinky.provenance["repeated_synapse_rows_dropped"] == 3126
+    assert len(pinky.synapses) == 3126 and pinky.synapses["id"].is_unique
+    assert (pinky.synapses["pre_pt_root_id"] // 10**9 == 648518346).all()
+    assert "size" in pinky.synapses and "post_pt_position_z" in pinky.synapses
+    assert list(pinky.cell_types.columns) == ["pt_root_id", "cell_type"]
+
+
+def test_pinky_labels_by_cell_type(pinky):
+    labelled, stats = label_synapses(pinky.synapses, pinky.cell_types, "cell_type", PINKY_CLASSES)
+    # On unique synapses: glial roots listed twice are dropped as duplicates (37 synapses), the
+    # other glial ones as not mapped (401); together the README's 721 raw glial rows, deduplicated.
+    assert stats["dropped"] == {
+        "pre_root_id_zero": 0,
+        "no_cell_type": 1422,
+        "duplicate_cell_type": 37,
+        "not_mapped": 401,
+        "autapse": 16,
+    }
+    assert stats["not_mapped_values"] == {"g": 401}
+    assert stats["by_label"] == {"excitatory": 602, "inhibitory": 648}
+    assert stats["neurons_by_label"] == {"excitatory": 166, "inhibitory": 26}
+    assert stats["labelled"] + sum(stats["dropped"].values()) == 3126
+    assert set(zip(labelled["pre_cell_type"], labelled["label"])) == {
+        ("e", "excitatory"),
+        ("i", "inhibitory"),
+    }
+
+
+def test_minnie_labels_by_classification_system(minnie, realdata):
+    raw = pd.read_csv(realdata / "minnie65_v1718" / "synapses.csv", dtype=str)
+    assert minnie.synapses["pre_pt_root_id"].astype(str).tolist() == raw["pre_pt_root_id"].tolist()
+    labelled, stats = label_synapses(
+        minnie.synapses, minnie.cell_types, "classification_system", MINNIE_CLASSES
+    )
+    assert stats["synapses_in"] == 4794
+    assert stats["dropped"] == {
+        "pre_root_id_zero": 0,
+        "no_cell_type": 4059,
+        "duplicate_cell_type": 0,
+        "not_mapped": 30,
+        "autapse": 0,
+    }
+    assert stats["not_mapped_values"] == {"nonneuron": 30}
+    assert stats["by_label"] == {"excitatory": 132, "inhibitory": 573}
+    assert stats["neurons_by_label"] == {"excitatory": 120, "inhibitory": 204}
+    assert set(labelled["post_pt_root_id"]) == {864691135774053371}
+
+
+@pytest.mark.parametrize("dataset", ["pinky", "minnie"])
+def test_real_split_is_disjoint_and_consistent(request, dataset):
+    tables = request.getfixturevalue(dataset)
+    column, classes = (
+        ("cell_type", PINKY_CLASSES)
+        if dataset == "pinky"
+        else ("classification_system", MINNIE_CLASSES)
+    )
+    labelled, _ = label_synapses(tables.synapses, tables.cell_types, column, classes)
+    result, audit = split_by_neuron(labelled, FRACTIONS, seed=11)
+
+    assert len(result) == len(labelled)
+    per_neuron = result.groupby("pre_pt_root_id").agg(
+        splits=("split", "nunique"), labels=("label", "nunique")
+    )
+    assert (per_neuron["splits"] == 1).all() and (per_neuron["labels"] == 1).all()
+    assert audit["pre_neurons_in_two_splits"] == 0 and audit["synapses_in_two_splits"] == 0
+    for name in ("train", "val", "test"):
+        assert min(audit["neurons"][name].values()) >= 1
+
+
+def test_pinky_disjoint_postsynaptic(pinky):
+    labelled, _ = label_synapses(pinky.synapses, pinky.cell_types, "cell_type", PINKY_CLASSES)
+    result, audit = split_by_neuron(labelled, FRACTIONS, seed=11, disjoint_postsynaptic=True)
+    assert audit["neurons_in_two_splits_any_role"] == 0
+    roles = pd.concat(
+        [
+            result[[role, "split"]].set_axis(["root", "split"], axis=1)
+            for role in ("pre_pt_root_id", "post_pt_root_id")
+        ]
+    )
+    assert (roles.groupby("root")["split"].nunique() == 1).all()
+    assert audit["dropped"]["post_in_other_split"] == len(labelled) - len(result) > 0
+
+
+def test_minnie_disjoint_postsynaptic_is_impossible_with_one_target(minnie):
+    labelled, _ = label_synapses(
+        minnie.synapses, minnie.cell_types, "classification_system", MINNIE_CLASSES
+    )
+    with pytest.raises(DataError, match="disjoint_postsynaptic to false"):
+        split_by_neuron(labelled, FRACTIONS, seed=11, disjoint_postsynaptic=True)
