@@ -1,0 +1,453 @@
+"""Cutting 2D patches and 3D cubes around synapses, one spatially coherent shard at a time.
+
+:func:`plan_shards` groups neighbouring synapses so a shard's reads share chunks (decoded once
+thanks to cloud-volume's LRU cache); :func:`cut_shard` writes one shard's TIFFs, manifest and
+stats; :func:`gather` joins the shards and refuses a dataset with an empty split or class;
+:func:`read_cutout` is the checked reader the training data loader uses.
+
+TIFFs hold the raw uint8 EM values exactly as stored (no normalisation): 2D patches as (Y, X),
+3D cubes as (Z, Y, X), the TIFF page convention; the transpose from CloudVolume's XYZ happens
+here and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+from cloudvolume import exceptions as cv_exceptions
+from tqdm import tqdm
+
+from synapse_ei.errors import DataError
+from synapse_ei.io import atomic_path, read_json, write_json, write_parquet
+from synapse_ei.tables import CTR, LABELS, SPLITS, require_columns
+from synapse_ei.volume import VolumeInfo, open_volume, table_to_volume_voxels, volume_info
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+OUTSIDE_VOLUME = "outside_volume"
+MANIFEST_COLUMNS = ["status", "path_2d", "path_3d"]
+#: Decoded chunks kept per shard: neighbouring synapses share chunks, so each is decoded once.
+DEFAULT_LRU_BYTES = 256 * 2**20
+#: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
+_MORTON_BITS = 21
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+
+def _spread_bits(values: np.ndarray) -> np.ndarray:
+    """Insert two zero bits between each of the low 21 bits (the classic 3D Morton step)."""
+    v = values.astype(np.uint64) & np.uint64(0x1FFFFF)
+    v = (v | (v << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
+    v = (v | (v << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
+    v = (v | (v << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
+    v = (v | (v << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
+    v = (v | (v << np.uint64(2))) & np.uint64(0x1249249249249249)
+    return v
+
+
+def morton_codes(positions: np.ndarray) -> np.ndarray:
+    """Z-order (Morton) codes of (N, 3) integer XYZ positions, as uint64.
+
+    Positions are shifted to start at 0 and, if any axis spans more than 2**21 voxels, coarsened
+    by the same power of two on every axis so the code still fits in 63 bits.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    shifted = positions - positions.min(axis=0)
+    span = int(shifted.max())
+    excess = max(0, span.bit_length() - _MORTON_BITS)
+    shifted = shifted >> excess
+    x, y, z = (_spread_bits(shifted[:, axis]) for axis in range(3))
+    return x | (y << np.uint64(1)) | (z << np.uint64(2))
+
+
+def plan_shards(synapses: pd.DataFrame, n_shards: int) -> pd.DataFrame:
+    """Return ``synapses`` (same row order) with an int64 column ``shard`` in ``[0, n_shards)``.
+
+    Rows are ordered by the Morton code of their ``ctr_pt_position_{x,y,z}`` (ties broken by
+    ``id``) and cut into ``n_shards`` contiguous, near-equal groups, so each shard covers a
+    compact region and reads shared chunks. Deterministic; more shards than rows leaves some
+    shards empty.
+    """
+    if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
+        raise DataError(f"cutout.shards: expected a positive integer, got {n_shards!r}.")
+    require_columns(synapses, ["id", *CTR], "synapse table for the cutout plan")
+    positions = synapses[CTR].to_numpy()
+    if len(synapses) and not np.all(np.isfinite(positions.astype(np.float64))):
+        row = int(np.nonzero(~np.isfinite(positions.astype(np.float64)).all(axis=1))[0][0])
+        raise DataError(
+            f"synapse table for the cutout plan: row {row} has a missing ctr_pt_position; "
+            "drop rows without positions before cutting."
+        )
+    duplicated = synapses["id"].duplicated()
+    if duplicated.any():
+        row = int(np.nonzero(duplicated.to_numpy())[0][0])
+        raise DataError(
+            f"synapse table for the cutout plan: id {synapses['id'].iloc[row]} appears more than "
+            f"once ({int(duplicated.sum())} repeated row(s), first at row {row}); each id names "
+            "its cutout files. Drop the duplicate rows."
+        )
+    codes = morton_codes(np.floor(positions.astype(np.float64)).astype(np.int64))
+    order = np.lexsort((synapses["id"].to_numpy(), codes))
+    shard = np.empty(len(synapses), dtype=np.int64)
+    for index, members in enumerate(np.array_split(order, int(n_shards))):
+        shard[members] = index
+    planned = synapses.copy()
+    planned["shard"] = shard
+    return planned
+
+
+# --------------------------------------------------------------------------------------------
+# Cutting one shard
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size(size: Sequence[int], n_axes: int, name: str) -> np.ndarray:
+    values = np.asarray(size).reshape(-1)
+    if values.shape != (n_axes,) or not np.all(values == np.round(values)) or np.any(values < 1):
+        raise DataError(f"cutout.{name}: expected {n_axes} positive integers, got {list(size)}.")
+    return values.astype(np.int64)
+
+
+def _bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
+    return f"[{start[0]}:{stop[0]}, {start[1]}:{stop[1]}, {start[2]}:{stop[2]}] (XYZ voxels)"
+
+
+def _read_box(
+    vol: Any, info: VolumeInfo, start: np.ndarray, stop: np.ndarray, synapse_id: Any
+) -> np.ndarray:
+    """Read the XYZ box ``[start, stop)`` as a uint8 (X, Y, Z) array; missing data -> DataError."""
+    try:
+        cutout = vol[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    except cv_exceptions.EmptyVolumeException as error:
+        raise DataError(
+            f"EM volume {info.path!r} mip {info.mip}: chunk(s) missing inside the volume bounds "
+            f"for synapse id {synapse_id}, bbox {_bbox_text(start, stop)} ({error}). The upload "
+            "is incomplete: re-create the volume, or drop the synapses in that region."
+        ) from error
+    except (cv_exceptions.DecodingError, cv_exceptions.DecompressionError) as error:
+        raise DataError(
+            f"EM volume {info.path!r} mip {info.mip}: a chunk cannot be decoded for synapse id "
+            f"{synapse_id}, bbox {_bbox_text(start, stop)} ({error}). Re-create that chunk."
+        ) from error
+    return np.asarray(cutout)[..., 0]
+
+
+def _require_content(
+    array: np.ndarray, kind: str, synapse_id: Any, info: VolumeInfo, start, stop
+) -> None:
+    """A constant cutout means the volume has no image there: refuse it rather than train on it."""
+    if array.min() == array.max():
+        raise DataError(
+            f"synapse id {synapse_id}: its {kind} at bbox {_bbox_text(start, stop)} of "
+            f"{info.path!r} mip {info.mip} is constant (every voxel = {int(array.flat[0])}): the "
+            "volume holds no image data there. Check the volume and the synapse positions, or "
+            "drop synapses outside the imaged region."
+        )
+
+
+def _write_tiff(path: Path, array: np.ndarray, compression: str | None) -> None:
+    with atomic_path(path) as tmp:
+        # minisblack: a cube with 3 or 4 sections must not be taken for an RGB(A) image.
+        tifffile.imwrite(tmp, array, photometric="minisblack", compression=compression)
+
+
+def _outside_message(
+    rows: pd.DataFrame,
+    centres: np.ndarray,
+    position_resolution: Sequence[float],
+    info: VolumeInfo,
+) -> str:
+    table = rows[CTR].to_numpy()
+    lo, hi = table.min(axis=0), table.max(axis=0)
+    vlo, vhi = centres.min(axis=0), centres.max(axis=0)
+    return (
+        f"every one of the {len(rows)} synapse(s) of this shard lies outside EM volume "
+        f"{info.path!r} at mip {info.mip}. Their positions span x {lo[0]}..{hi[0]}, "
+        f"y {lo[1]}..{hi[1]}, z {lo[2]}..{hi[2]} table voxels at {tuple(position_resolution)} nm, "
+        f"i.e. x {vlo[0]}..{vhi[0]}, y {vlo[1]}..{vhi[1]}, z {vlo[2]}..{vhi[2]} volume voxels at "
+        f"{info.resolution} nm, but the volume covers "
+        f"{_bbox_text(info.bounds_start, info.bounds_stop)}. The position units are probably "
+        "mixed up: positions in nm, or in 8x8x40 nm voxels, instead of the stated "
+        "position_resolution (CAVE tables use 4x4x40 nm voxels). Fix position_resolution or "
+        "convert the positions."
+    )
+
+
+def _empty_manifest(rows: pd.DataFrame) -> pd.DataFrame:
+    manifest = rows.copy()
+    for column in MANIFEST_COLUMNS:
+        manifest[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    return manifest
+
+
+def cut_shard(
+    plan: pd.DataFrame,
+    shard: int,
+    em_path: str,
+    mip: int,
+    position_resolution: Sequence[float],
+    size_2d: tuple[int, int],
+    size_3d: tuple[int, int, int],
+    out_dir: str | Path,
+    *,
+    lru_bytes: int = DEFAULT_LRU_BYTES,
+    compression: str | None = None,
+) -> dict:
+    """Cut the 2D patch and 3D cube of every synapse in ``plan`` whose ``shard`` is ``shard``.
+
+    Positions (``ctr_pt_position_{x,y,z}`` in table voxels of ``position_resolution`` nm) are
+    converted to voxels of ``em_path`` at ``mip``. Around each centre ``c`` the patch covers
+    ``size_2d`` = (X, Y) voxels of section ``c.z`` and the cube ``size_3d`` = (X, Y, Z) voxels,
+    both starting at ``c - size // 2``; the union box is read once and sliced.
+
+    Writes ``out_dir/2d/{id}.tif`` ((Y, X) uint8), ``out_dir/3d/{id}.tif`` ((Z, Y, X) uint8),
+    ``out_dir/manifest.parquet`` (every planned row + ``status``, ``path_2d``, ``path_3d``,
+    paths relative to ``out_dir.parent.parent``) and ``out_dir/stats.json``; returns the stats.
+    Synapses whose box leaves the volume are skipped as ``outside_volume``; if all are, a
+    :class:`DataError` names the likely unit mix-up. Missing chunks and constant cutouts raise
+    :class:`DataError` naming the synapse and the box.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    root = out_dir.parent.parent
+    require_columns(plan, ["id", *CTR, "shard"], "cutout plan")
+    patch_size = _check_size(size_2d, 2, "size_2d")
+    cube_size = _check_size(size_3d, 3, "size_3d")
+    rows = plan[plan["shard"] == shard].reset_index(drop=True)
+    manifest = _empty_manifest(rows)
+    stats: dict[str, Any] = {
+        "shard": int(shard),
+        "em_path": str(em_path),
+        "mip": int(mip),
+        "position_resolution": [float(value) for value in position_resolution],
+        "size_2d": patch_size.tolist(),
+        "size_3d": cube_size.tolist(),
+        "planned": len(rows),
+        "written": 0,
+        "skipped": {},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(rows) == 0:
+        return _finish(out_dir, manifest, stats, started)
+
+    vol = open_volume(em_path, mip, lru_bytes=lru_bytes, lru_encoding="raw")
+    info = volume_info(vol)
+    stats["volume_resolution"] = list(info.resolution)
+    stats["volume_bounds"] = [info.bounds_start.tolist(), info.bounds_stop.tolist()]
+    if info.dtype != "uint8" or int(vol.num_channels) != 1:
+        raise DataError(
+            f"EM volume {em_path!r}: expected single-channel uint8 image data, found "
+            f"{vol.num_channels} channel(s) of {info.dtype}. Point the source at the EM image "
+            "layer."
+        )
+
+    centres = table_to_volume_voxels(rows[CTR].to_numpy(), position_resolution, info.resolution)
+    patch_start = centres - np.array([patch_size[0] // 2, patch_size[1] // 2, 0])
+    patch_stop = patch_start + np.array([patch_size[0], patch_size[1], 1])
+    cube_start = centres - cube_size // 2
+    cube_stop = cube_start + cube_size
+    union_start = np.minimum(patch_start, cube_start)
+    union_stop = np.maximum(patch_stop, cube_stop)
+    inside = np.all(union_start >= info.bounds_start, axis=1) & np.all(
+        union_stop <= info.bounds_stop, axis=1
+    )
+    if not inside.any():
+        raise DataError(_outside_message(rows, centres, position_resolution, info))
+
+    (out_dir / "2d").mkdir(exist_ok=True)
+    (out_dir / "3d").mkdir(exist_ok=True)
+    status = np.full(len(rows), OUTSIDE_VOLUME, dtype=object)
+    path_2d = np.full(len(rows), None, dtype=object)
+    path_3d = np.full(len(rows), None, dtype=object)
+    ids = rows["id"].to_numpy()
+    progress = tqdm(
+        range(len(rows)), desc=f"cutout shard {shard}", unit="synapse",
+        disable=not sys.stderr.isatty(),
+    )
+    for i in progress:
+        if not inside[i]:
+            continue
+        start, stop = union_start[i], union_stop[i]
+        box = _read_box(vol, info, start, stop, ids[i])
+        # Offsets of each cutout inside the union box, then one transpose XYZ -> TIFF page order.
+        p0, p1 = patch_start[i] - start, patch_stop[i] - start
+        c0, c1 = cube_start[i] - start, cube_stop[i] - start
+        patch = np.ascontiguousarray(box[p0[0] : p1[0], p0[1] : p1[1], p0[2]].T)
+        cube = box[c0[0] : c1[0], c0[1] : c1[1], c0[2] : c1[2]]
+        cube = np.ascontiguousarray(cube.transpose(2, 1, 0))
+        _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
+        _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
+        file_2d = out_dir / "2d" / f"{ids[i]}.tif"
+        file_3d = out_dir / "3d" / f"{ids[i]}.tif"
+        _write_tiff(file_2d, patch, compression)
+        _write_tiff(file_3d, cube, compression)
+        status[i] = OK
+        path_2d[i] = file_2d.relative_to(root).as_posix()
+        path_3d[i] = file_3d.relative_to(root).as_posix()
+
+    manifest["status"] = status
+    manifest["path_2d"] = path_2d
+    manifest["path_3d"] = path_3d
+    stats["written"] = int((status == OK).sum())
+    skipped = pd.Series(status[status != OK]).value_counts()
+    stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
+    if stats["skipped"]:
+        log.warning("shard %s: skipped %s", shard, stats["skipped"])
+    return _finish(out_dir, manifest, stats, started)
+
+
+def _finish(out_dir: Path, manifest: pd.DataFrame, stats: dict, started: float) -> dict:
+    seconds = time.perf_counter() - started
+    stats["seconds"] = round(seconds, 3)
+    stats["cutouts_per_second"] = round(stats["written"] / seconds, 2) if seconds > 0 else None
+    write_parquet(out_dir / "manifest.parquet", manifest)
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Gathering shards
+# --------------------------------------------------------------------------------------------
+
+
+def _read_shard_manifest(shard_dir: Path) -> pd.DataFrame:
+    path = shard_dir / "manifest.parquet"
+    if not path.is_file():
+        raise DataError(
+            f"cutout shard {str(shard_dir)!r}: no manifest.parquet. The shard did not finish; "
+            "rerun that shard's cutout job."
+        )
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise DataError(
+            f"cutout shard {str(shard_dir)!r}: manifest.parquet is unreadable ({error}). Delete "
+            "the shard directory and rerun that shard's cutout job."
+        ) from error
+    require_columns(frame, ["id", "split", "label", *MANIFEST_COLUMNS], str(path))
+    return frame
+
+
+def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Join the shards' manifests into one manifest of usable cutouts, with counts.
+
+    Returns ``(manifest, stats)``: ``manifest`` holds only ``status == 'ok'`` rows (paths
+    relative to ``out_root``), ``stats`` the counts per split x class, skips per reason and
+    per-shard timings. Raises :class:`DataError` if a shard's manifest is missing or corrupt, a
+    listed TIFF is missing, or any split x class combination has no cutout.
+    """
+    out_root = Path(out_root)
+    frames = [_read_shard_manifest(Path(shard_dir)) for shard_dir in shard_dirs]
+    if not frames:
+        raise DataError("cutouts: no shard directories to gather. Set cutout.shards >= 1.")
+    # Empty shards carry no rows; leaving them out keeps pandas from guessing their dtypes.
+    non_empty = [frame for frame in frames if len(frame)]
+    everything = pd.concat(non_empty or frames[:1], ignore_index=True)
+    ok = everything[everything["status"] == OK].reset_index(drop=True)
+
+    for column in ("path_2d", "path_3d"):
+        for relative in ok[column]:
+            if not (out_root / relative).is_file():
+                raise DataError(
+                    f"cutout {str(out_root / relative)!r} is listed in a shard manifest but "
+                    "missing. Rerun the cutout shard that wrote it."
+                )
+
+    skipped = everything.loc[everything["status"] != OK, "status"].value_counts()
+    counts: dict[str, dict[str, int]] = {}
+    empty: list[str] = []
+    for split in SPLITS:
+        counts[split] = {}
+        for label in LABELS:
+            planned = everything[(everything["split"] == split) & (everything["label"] == label)]
+            n_ok = int((planned["status"] == OK).sum())
+            counts[split][label] = n_ok
+            if n_ok == 0:
+                reasons = planned.loc[planned["status"] != OK, "status"].value_counts().to_dict()
+                empty.append(
+                    f"split '{split}' / class '{label}': {len(planned)} planned, "
+                    f"{len(planned) - n_ok} skipped {reasons or ''}".rstrip()
+                )
+    if empty:
+        raise DataError(
+            "cutouts: no usable cutout for " + "; ".join(empty) + ". Every split needs both "
+            "classes: add synapses of that class (more data or another split seed) or fix why "
+            "they were skipped (outside_volume usually means a position-unit mix-up)."
+        )
+
+    shard_stats = []
+    for shard_dir in shard_dirs:
+        stats_path = Path(shard_dir) / "stats.json"
+        if stats_path.is_file():
+            shard_stats.append(read_json(stats_path))
+    stats = {
+        "shards": len(frames),
+        "planned": int(len(everything)),
+        "written": int(len(ok)),
+        "skipped": {str(reason): int(count) for reason, count in skipped.items()},
+        "counts": counts,
+        "seconds": round(sum(float(s.get("seconds", 0.0)) for s in shard_stats), 3),
+        "per_shard": [
+            {key: s.get(key) for key in ("shard", "planned", "written", "seconds",
+                                         "cutouts_per_second")}
+            for s in shard_stats
+        ],
+    }
+    return ok, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one cutout (for the data loader)
+# --------------------------------------------------------------------------------------------
+
+
+def read_cutout(path: str | Path, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """Read one cutout TIFF as uint8 in TIFF page order ((Y, X) or (Z, Y, X)).
+
+    Raises :class:`DataError` naming the file if it is missing, unreadable or truncated, of
+    another shape than ``expected_shape`` or another dtype than uint8, or all zeros.
+    """
+    path = Path(path)
+    rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
+    if not path.is_file():
+        raise DataError(f"cutout {str(path)!r} is missing. {rerun}")
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            n_pages = len(tiff.pages)
+            array = tiff.asarray()
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, OSError, ...
+        raise DataError(
+            f"cutout {str(path)!r} is unreadable or truncated ({error}). {rerun}"
+        ) from error
+    if tuple(array.shape) != tuple(expected_shape):
+        raise DataError(
+            f"cutout {str(path)!r} has shape {tuple(array.shape)}, expected "
+            f"{tuple(expected_shape)} (truncated, or cut with other cutout sizes). {rerun}"
+        )
+    # A cut-off file can still yield a full-shaped array from its contiguous data block, so the
+    # page count (one page per section) is the check that sees a lost tail.
+    expected_pages = expected_shape[0] if len(expected_shape) == 3 else 1
+    if n_pages != expected_pages:
+        raise DataError(
+            f"cutout {str(path)!r} has {n_pages} readable page(s), expected {expected_pages} "
+            f"(truncated or damaged). {rerun}"
+        )
+    if array.dtype != np.uint8:
+        raise DataError(f"cutout {str(path)!r} has dtype {array.dtype}, expected uint8. {rerun}")
+    if not array.any():
+        raise DataError(f"cutout {str(path)!r} is all zeros (missing image data). {rerun}")
+    return array

@@ -1,0 +1,151 @@
+"""Reading precomputed EM volumes (local synthetic or MICrONS on S3) through one code path.
+
+Every geometric fact (resolution, offset, size, chunking) is read from the volume's ``info`` at
+the requested mip, never assumed, and table positions are converted to volume voxels in exactly
+one place: :func:`table_to_volume_voxels`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cloudvolume import CloudVolume
+from cloudvolume import exceptions as cv_exceptions
+
+from synapse_ei.errors import DataError
+
+#: How every volume is opened unless a caller overrides a key: a missing chunk inside the bounds
+#: must raise (not read as zeros) and a box outside the bounds must raise (not be cropped).
+DEFAULT_OPEN_KWARGS: dict[str, Any] = {"fill_missing": False, "bounded": True, "progress": False}
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """Geometry and storage of one volume at one mip, as its ``info`` file states them (XYZ)."""
+
+    path: str
+    mip: int
+    resolution: tuple[float, float, float]
+    voxel_offset: tuple[int, int, int]
+    size: tuple[int, int, int]
+    chunk_size: tuple[int, int, int]
+    encoding: str
+    dtype: str
+
+    @property
+    def bounds_start(self) -> np.ndarray:
+        """First voxel inside the volume (inclusive), XYZ int64."""
+        return np.asarray(self.voxel_offset, dtype=np.int64)
+
+    @property
+    def bounds_stop(self) -> np.ndarray:
+        """One past the last voxel inside the volume (exclusive), XYZ int64."""
+        return self.bounds_start + np.asarray(self.size, dtype=np.int64)
+
+
+def _normalise_path(path: str) -> str:
+    """Accept a bare local directory as well as a URL (``file://``, ``precomputed://...``)."""
+    path = str(path)
+    if "://" not in path:
+        return "file://" + os.path.abspath(path)
+    return path
+
+
+def open_volume(path: str, mip: int, **kwargs: Any) -> CloudVolume:
+    """Open the precomputed volume at ``path`` for reading at ``mip``.
+
+    Defaults are :data:`DEFAULT_OPEN_KWARGS` (``fill_missing=False``, ``bounded=True``,
+    ``progress=False``); ``kwargs`` (e.g. ``lru_bytes``) are passed on to ``CloudVolume``.
+    Raises :class:`DataError` naming the path if the info file is missing or unreadable, or if the
+    volume has no scale ``mip``.
+    """
+    url = _normalise_path(path)
+    options = {**DEFAULT_OPEN_KWARGS, **kwargs}
+    try:
+        vol = CloudVolume(url, mip=mip, **options)
+    except cv_exceptions.InfoUnavailableError as error:
+        raise DataError(
+            f"EM volume {path!r}: no readable 'info' file ({error}). Check that the path points "
+            "at a precomputed volume (the folder holding 'info'), that it is spelled with its "
+            "protocol (file://, precomputed://https://, gs://, s3://) and that it is reachable."
+        ) from error
+    except cv_exceptions.ScaleUnavailableError as error:
+        raise DataError(
+            f"EM volume {path!r}: has no mip {mip} ({error}). Set cutout.mip to one of the "
+            "volume's scales."
+        ) from error
+    except (cv_exceptions.UnsupportedProtocolError, cv_exceptions.InfoError) as error:
+        raise DataError(
+            f"EM volume {path!r}: cannot be opened ({error}). Check the path."
+        ) from error
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(
+            f"EM volume {path!r} at mip {mip}: cannot be opened ({type(error).__name__}: {error}). "
+            "Check the path, its 'info' file and the network."
+        ) from error
+    n_scales = len(vol.info.get("scales", []))
+    if not 0 <= mip < n_scales:
+        raise DataError(
+            f"EM volume {path!r}: has {n_scales} scale(s), no mip {mip}. Set cutout.mip to a value "
+            f"in 0..{n_scales - 1}."
+        )
+    return vol
+
+
+def volume_info(vol: CloudVolume) -> VolumeInfo:
+    """Describe ``vol`` at its current mip from its ``info`` file.
+
+    Raises :class:`DataError` naming the volume if a scale entry lacks a key.
+    """
+    mip = int(vol.mip)
+    try:
+        scale = vol.info["scales"][mip]
+        chunk = scale["chunk_sizes"][0]
+        return VolumeInfo(
+            path=str(vol.cloudpath),
+            mip=mip,
+            resolution=tuple(float(value) for value in scale["resolution"]),
+            voxel_offset=tuple(int(value) for value in scale.get("voxel_offset", (0, 0, 0))),
+            size=tuple(int(value) for value in scale["size"]),
+            chunk_size=tuple(int(value) for value in chunk),
+            encoding=str(scale["encoding"]),
+            dtype=str(vol.info["data_type"]),
+        )
+    except (KeyError, IndexError, TypeError) as error:
+        raise DataError(
+            f"EM volume {vol.cloudpath!r}: its info file lacks {error} for mip {mip}. The info "
+            "file is incomplete; regenerate it (CloudVolume.create_new_info + commit_info)."
+        ) from error
+
+
+def table_to_volume_voxels(
+    positions: np.ndarray,
+    position_resolution: Sequence[float],
+    volume_resolution: Sequence[float],
+) -> np.ndarray:
+    """Convert (N, 3) XYZ table voxels to (N, 3) int64 voxels of a volume at some mip.
+
+    ``volume_voxel = floor(position * position_resolution / volume_resolution)`` per axis, so
+    4x4x40 positions on an 8x8x40 volume have x and y halved and z unchanged.
+    """
+    positions = np.asarray(positions)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise DataError(
+            f"positions: expected an (N, 3) XYZ array, got shape {positions.shape}. Pass the "
+            "ctr_pt_position_x/y/z columns."
+        )
+    table_res = np.asarray(position_resolution, dtype=np.float64).reshape(-1)
+    volume_res = np.asarray(volume_resolution, dtype=np.float64).reshape(-1)
+    for name, res in (("position_resolution", table_res), ("volume resolution", volume_res)):
+        if res.shape != (3,) or not np.all(np.isfinite(res)) or np.any(res <= 0):
+            raise DataError(f"{name}: expected three positive nm-per-voxel values, got {res}.")
+    as_float = positions.astype(np.float64)
+    if not np.all(np.isfinite(as_float)):
+        row = int(np.nonzero(~np.isfinite(as_float).all(axis=1))[0][0])
+        raise DataError(f"positions: row {row} is not finite ({positions[row]}). Drop that row.")
+    # Multiply before dividing: nm values are exact in float64, so floor() is exact too.
+    return np.floor(as_float * table_res / volume_res).astype(np.int64)

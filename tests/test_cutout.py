@@ -1,0 +1,344 @@
+"""Planning shards, cutting 2D patches / 3D cubes, gathering shards, reading cutouts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from synapse_ei.cutout import cut_shard, gather, plan_shards, read_cutout
+from synapse_ei.errors import DataError
+from synapse_ei.volume import open_volume
+from volume_helpers import (
+    OFFSET,
+    SIZE,
+    TABLE_RESOLUTION,
+    make_synapses,
+    make_volume,
+    random_centres,
+    volume_data,
+)
+
+# Non-square, all-different sizes so a swapped axis changes the shape.
+SIZE_2D = (12, 10)  # (X, Y)
+SIZE_3D = (8, 6, 4)  # (X, Y, Z)
+MARKER = 255  # the random data stays below 250, so the marker is unique
+
+
+@pytest.fixture(scope="module")
+def raw_volume(tmp_path_factory):
+    """A raw volume with a unique marker voxel at every synapse centre, and its synapses."""
+    centres = random_centres(24, seed=1)
+    data = volume_data(seed=1)
+    local = centres - np.array(OFFSET)
+    data[local[:, 0], local[:, 1], local[:, 2]] = MARKER
+    path, data, mip1 = make_volume(tmp_path_factory.mktemp("raw"), "raw", data=data)
+    return path, data, mip1, make_synapses(centres)
+
+
+@pytest.fixture(scope="module")
+def jpeg_volume(tmp_path_factory):
+    path, data, _ = make_volume(
+        tmp_path_factory.mktemp("jpeg"), "jpeg", encoding="jpeg", data=volume_data(smooth=True),
+        with_mip1=False,
+    )
+    return path, make_synapses(random_centres(12, seed=2))
+
+
+def cut_all(plan, em_path, root: Path, mip=0, size_2d=SIZE_2D, size_3d=SIZE_3D, n_shards=None):
+    """Cut every shard of ``plan`` under ``root/shards/NNN``; return the shard dirs."""
+    n_shards = int(plan["shard"].max()) + 1 if n_shards is None else n_shards
+    dirs = [root / "shards" / f"{shard:03d}" for shard in range(n_shards)]
+    for shard, shard_dir in enumerate(dirs):
+        cut_shard(plan, shard, em_path, mip, TABLE_RESOLUTION, size_2d, size_3d, shard_dir)
+    return dirs
+
+
+# ------------------------------------------------------------------------------ plan_shards
+
+
+def test_plan_covers_every_row_once_in_near_equal_shards(raw_volume):
+    synapses = raw_volume[3]
+    plan = plan_shards(synapses, 5)
+    pd.testing.assert_frame_equal(plan.drop(columns="shard"), synapses)
+    assert plan["shard"].dtype == np.int64
+    counts = plan["shard"].value_counts().sort_index()
+    assert list(counts.index) == [0, 1, 2, 3, 4]
+    assert counts.max() - counts.min() <= 1
+
+
+def test_plan_is_deterministic_and_independent_of_row_order(raw_volume):
+    synapses = raw_volume[3]
+    first = plan_shards(synapses, 4)
+    shuffled = plan_shards(synapses.sample(frac=1.0, random_state=3), 4)
+    by_id = shuffled.set_index("id").loc[first["id"], "shard"].to_numpy()
+    np.testing.assert_array_equal(first["shard"].to_numpy(), by_id)
+    pd.testing.assert_frame_equal(first, plan_shards(synapses, 4))
+
+
+def test_more_shards_than_rows_leaves_empty_shards(raw_volume):
+    plan = plan_shards(raw_volume[3].head(3), 8)
+    assert sorted(plan["shard"]) == sorted(set(plan["shard"]))
+    assert plan["shard"].between(0, 7).all()
+    with pytest.raises(DataError, match="cutout.shards"):
+        plan_shards(raw_volume[3], 0)
+
+
+def test_duplicate_ids_are_refused(raw_volume):
+    synapses = raw_volume[3]
+    doubled = pd.concat([synapses, synapses.head(1)], ignore_index=True)
+    with pytest.raises(DataError, match=f"id {synapses['id'].iloc[0]} appears more than once"):
+        plan_shards(doubled, 2)
+
+
+def _overlap_volume(positions: np.ndarray, shards: np.ndarray, n_shards: int) -> float:
+    """Summed pairwise intersection volume of the shards' bounding boxes."""
+    boxes = [
+        (positions[shards == s].min(axis=0), positions[shards == s].max(axis=0))
+        for s in range(n_shards)
+    ]
+    total = 0.0
+    for i in range(n_shards):
+        for j in range(i + 1, n_shards):
+            extent = np.minimum(boxes[i][1], boxes[j][1]) - np.maximum(boxes[i][0], boxes[j][0])
+            total += float(np.prod(np.clip(extent, 0, None)))
+    return total
+
+
+def test_shards_are_spatially_coherent():
+    rng = np.random.default_rng(0)
+    positions = rng.integers(0, 100_000, size=(2000, 3))
+    synapses = pd.DataFrame(
+        {"id": np.arange(2000)}
+        | {f"ctr_pt_position_{axis}": positions[:, k] for k, axis in enumerate("xyz")}
+    )
+    plan = plan_shards(synapses, 8)
+    coherent = _overlap_volume(positions, plan["shard"].to_numpy(), 8)
+    random = _overlap_volume(positions, rng.permutation(plan["shard"].to_numpy()), 8)
+    assert coherent < 0.25 * random
+
+
+# ------------------------------------------------------------------------------ cut_shard
+
+
+def test_cutouts_equal_the_stored_voxels_at_the_synapse(raw_volume, tmp_path):
+    path, data, _, synapses = raw_volume
+    plan = plan_shards(synapses, 2)
+    cut_all(plan, path, tmp_path)
+    manifest, _ = gather([tmp_path / "shards" / "000", tmp_path / "shards" / "001"], tmp_path)
+    assert len(manifest) == len(synapses)
+    sx, sy = SIZE_2D
+    cx, cy, cz = SIZE_3D
+    for row in manifest.itertuples():
+        # Table voxels are 4x4x40, the volume 8x8x40: x and y halve (floor), z stays.
+        x = row.ctr_pt_position_x // 2 - OFFSET[0]
+        y = row.ctr_pt_position_y // 2 - OFFSET[1]
+        z = row.ctr_pt_position_z - OFFSET[2]
+        patch = tifffile.imread(tmp_path / row.path_2d)
+        cube = tifffile.imread(tmp_path / row.path_3d)
+        assert patch.shape == (sy, sx) and patch.dtype == np.uint8
+        assert cube.shape == (cz, cy, cx) and cube.dtype == np.uint8
+        x0, y0 = x - sx // 2, y - sy // 2
+        np.testing.assert_array_equal(patch, data[x0 : x0 + sx, y0 : y0 + sy, z].T)
+        x0, y0, z0 = x - cx // 2, y - cy // 2, z - cz // 2
+        expected = data[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz]
+        np.testing.assert_array_equal(cube, expected.transpose(2, 1, 0))
+        # The marker sits at the centre: (row y, column x) in the patch, (z, y, x) in the cube.
+        assert patch[sy // 2, sx // 2] == MARKER
+        assert cube[cz // 2, cy // 2, cx // 2] == MARKER
+
+
+def test_mip1_cutouts_use_the_mip1_resolution(raw_volume, tmp_path):
+    path, _, mip1, synapses = raw_volume
+    plan = plan_shards(synapses, 1)
+    (shard_dir,) = cut_all(plan, path, tmp_path, mip=1)
+    manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+    sx, sy = SIZE_2D
+    for row in manifest[manifest["status"] == "ok"].itertuples():
+        x = row.ctr_pt_position_x * 4 // 16 - OFFSET[0] // 2
+        y = row.ctr_pt_position_y * 4 // 16 - OFFSET[1] // 2
+        z = row.ctr_pt_position_z - OFFSET[2]
+        patch = tifffile.imread(tmp_path / row.path_2d)
+        x0, y0 = x - sx // 2, y - sy // 2
+        np.testing.assert_array_equal(patch, mip1[x0 : x0 + sx, y0 : y0 + sy, z].T)
+    assert (manifest["status"] == "ok").sum() > 0
+
+
+def test_jpeg_cutouts_keep_the_decoded_values_unstretched(jpeg_volume, tmp_path):
+    path, synapses = jpeg_volume
+    plan = plan_shards(synapses, 1)
+    (shard_dir,) = cut_all(plan, path, tmp_path)
+    manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+    vol = open_volume(path, mip=0)
+    cx, cy, cz = SIZE_3D
+    for row in manifest.itertuples():
+        x, y, z = row.ctr_pt_position_x // 2, row.ctr_pt_position_y // 2, row.ctr_pt_position_z
+        x0, y0, z0 = x - cx // 2, y - cy // 2, z - cz // 2
+        stored = np.asarray(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])[..., 0]
+        cube = read_cutout(tmp_path / row.path_3d, (cz, cy, cx))
+        np.testing.assert_array_equal(cube, stored.transpose(2, 1, 0))
+        # Raw intensities, not stretched to 0..255.
+        assert cube.min() > 0 or cube.max() < 255
+
+
+def test_manifest_keeps_input_columns_and_stats_count(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    plan = plan_shards(synapses, 1)
+    plan["size"] = np.arange(len(plan))
+    (shard_dir,) = cut_all(plan, path, tmp_path)
+    manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+    assert set(plan.columns) | {"status", "path_2d", "path_3d"} == set(manifest.columns)
+    assert manifest["pre_pt_root_id"].dtype == np.int64
+    assert manifest["path_2d"].iloc[0].startswith("shards/000/2d/")
+    stats = json.loads((shard_dir / "stats.json").read_text())
+    assert stats["planned"] == stats["written"] == len(plan)
+    assert stats["skipped"] == {}
+    assert stats["cutouts_per_second"] > 0
+
+
+def test_synapses_near_the_edge_are_skipped_and_counted(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    edge = synapses.head(3).copy()
+    edge["id"] = [1, 2, 3]
+    # x within 2 voxels of the volume start: the 12-wide patch leaves the volume.
+    edge["ctr_pt_position_x"] = 2 * (OFFSET[0] + 2)
+    # z on the last section: the 4-deep cube leaves the volume.
+    edge.loc[edge.index[2], "ctr_pt_position_x"] = synapses["ctr_pt_position_x"].iloc[0]
+    edge.loc[edge.index[2], "ctr_pt_position_z"] = OFFSET[2] + SIZE[2] - 1
+    plan = plan_shards(pd.concat([synapses, edge], ignore_index=True), 1)
+    (shard_dir,) = cut_all(plan, path, tmp_path)
+    manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+    skipped = manifest[manifest["id"].isin([1, 2, 3])]
+    assert (skipped["status"] == "outside_volume").all()
+    assert skipped["path_2d"].isna().all() and skipped["path_3d"].isna().all()
+    assert not (shard_dir / "2d" / "1.tif").exists()
+    stats = json.loads((shard_dir / "stats.json").read_text())
+    assert stats["skipped"] == {"outside_volume": 3}
+    assert stats["written"] == len(synapses)
+
+
+def test_positions_in_nm_fail_with_a_unit_hint(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    in_nm = synapses.copy()
+    for axis, res in zip("xyz", TABLE_RESOLUTION):
+        in_nm[f"ctr_pt_position_{axis}"] *= res
+    with pytest.raises(DataError, match="position_resolution") as error:
+        cut_all(plan_shards(in_nm, 1), path, tmp_path)
+    assert "nm" in str(error.value) and "4x4x40" in str(error.value)
+
+
+def test_missing_chunk_inside_bounds_names_synapse_and_bbox(tmp_path):
+    centres = random_centres(6, seed=4)
+    path, _, _ = make_volume(tmp_path, "holes", with_mip1=False)
+    synapses = make_synapses(centres)
+    for chunk in (tmp_path / "holes" / "8_8_40").iterdir():
+        chunk.unlink()  # every chunk gone: whichever synapse comes first hits a hole
+    with pytest.raises(DataError, match="missing inside the volume bounds") as error:
+        cut_all(plan_shards(synapses, 1), path, tmp_path / "out")
+    message = str(error.value)
+    assert "synapse id 10" in message and "bbox [" in message and "holes" in message
+
+
+def test_constant_region_is_refused(tmp_path):
+    data = volume_data(seed=5)
+    data[:, :, :] = 0
+    path, _, _ = make_volume(tmp_path, "black", data=data, with_mip1=False)
+    synapses = make_synapses(random_centres(2, seed=5))
+    with pytest.raises(DataError, match="constant") as error:
+        cut_all(plan_shards(synapses, 1), path, tmp_path / "out")
+    assert "synapse id 100" in str(error.value)
+
+
+def test_empty_shard_writes_an_empty_manifest(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    plan = plan_shards(synapses.head(2), 3)
+    empty = ({0, 1, 2} - set(plan["shard"])).pop()
+    shard_dir = tmp_path / "shards" / f"{empty:03d}"
+    stats = cut_shard(plan, empty, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir)
+    manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+    assert len(manifest) == 0
+    assert {"id", "label", "split", "status", "path_2d", "path_3d"} <= set(manifest.columns)
+    assert stats["planned"] == 0 and stats["written"] == 0
+
+
+# ------------------------------------------------------------------------------ gather
+
+
+def test_gather_counts_split_by_class_and_skips(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    edge = synapses.head(1).assign(id=7, ctr_pt_position_x=2 * OFFSET[0])
+    plan = plan_shards(pd.concat([synapses, edge], ignore_index=True), 4)
+    manifest, stats = gather(cut_all(plan, path, tmp_path, n_shards=5), tmp_path)
+    assert (manifest["status"] == "ok").all() and 7 not in set(manifest["id"])
+    assert stats["skipped"] == {"outside_volume": 1}
+    assert stats["written"] == len(synapses) == len(manifest)
+    expected = synapses.groupby(["split", "label"]).size()
+    for (split, label), count in expected.items():
+        assert stats["counts"][split][label] == count
+
+
+def test_gather_names_the_empty_split_and_class(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    no_val_inhibitory = synapses.copy()
+    val_inh = (no_val_inhibitory["split"] == "val") & (no_val_inhibitory["label"] == "inhibitory")
+    # Move those synapses off the volume: planned, but skipped.
+    no_val_inhibitory.loc[val_inh, "ctr_pt_position_x"] = 2 * OFFSET[0]
+    plan = plan_shards(no_val_inhibitory, 2)
+    dirs = cut_all(plan, path, tmp_path)
+    with pytest.raises(DataError) as error:
+        gather(dirs, tmp_path)
+    message = str(error.value)
+    assert f"split 'val' / class 'inhibitory': {int(val_inh.sum())} planned" in message
+    assert "outside_volume" in message
+    assert "'train'" not in message and "'excitatory'" not in message
+
+
+def test_gather_refuses_missing_or_corrupt_manifest_and_missing_tiff(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    dirs = cut_all(plan_shards(synapses, 2), path, tmp_path)
+    manifest = pd.read_parquet(dirs[0] / "manifest.parquet")
+    (tmp_path / manifest["path_3d"].iloc[0]).unlink()
+    with pytest.raises(DataError, match=manifest["path_3d"].iloc[0]):
+        gather(dirs, tmp_path)
+    (dirs[1] / "manifest.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="001.*rerun that shard"):
+        gather(dirs, tmp_path)
+    (dirs[1] / "manifest.parquet").unlink()
+    with pytest.raises(DataError, match="001.*no manifest.parquet"):
+        gather(dirs, tmp_path)
+
+
+# ------------------------------------------------------------------------------ read_cutout
+
+
+def test_read_cutout_refuses_bad_files(tmp_path):
+    cube = np.random.default_rng(0).integers(1, 250, size=(4, 6, 8), dtype=np.uint8)
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, cube, photometric="minisblack")
+    np.testing.assert_array_equal(read_cutout(good, (4, 6, 8)), cube)
+
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
+    with pytest.raises(DataError, match="truncated.tif"):
+        read_cutout(truncated, (4, 6, 8))
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a tiff at all")
+    with pytest.raises(DataError, match="garbage.tif.*unreadable"):
+        read_cutout(garbage, (4, 6, 8))
+    with pytest.raises(DataError, match="missing.tif.*missing"):
+        read_cutout(tmp_path / "missing.tif", (4, 6, 8))
+    with pytest.raises(DataError, match=r"good.tif.*shape \(4, 6, 8\), expected \(8, 6, 4\)"):
+        read_cutout(good, (8, 6, 4))
+    wide = tmp_path / "wide.tif"
+    tifffile.imwrite(wide, cube.astype(np.uint16), photometric="minisblack")
+    with pytest.raises(DataError, match="wide.tif.*uint16"):
+        read_cutout(wide, (4, 6, 8))
+    zeros = tmp_path / "zeros.tif"
+    tifffile.imwrite(zeros, np.zeros((6, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="zeros.tif.*all zeros"):
+        read_cutout(zeros, (6, 8))
