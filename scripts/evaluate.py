@@ -9,6 +9,7 @@ log_to_file(snakemake.log[0])
 from synapse_ei.baseline import predict_connectivity  # noqa: E402
 from synapse_ei.evaluate import evaluate_predictions  # noqa: E402
 from synapse_ei.inference import predict_cutouts  # noqa: E402
+from synapse_ei.models import input_kind  # noqa: E402
 
 if snakemake.params.architecture == "connectivity":
     predictions = predict_connectivity(
@@ -29,4 +30,8 @@ evaluate_predictions(
     history_path=snakemake.input.history,
     model_name=snakemake.wildcards.model,
     out_dir=Path(snakemake.output.metrics).parent,
+    details={
+        "architecture": snakemake.params.architecture,
+        "input": input_kind(snakemake.params.architecture),
+    },
 )

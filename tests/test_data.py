@@ -1,0 +1,173 @@
+"""Manifest selection, cutout datasets, augmentations and seeded loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from synapse_ei.data import (
+    NORM_MEAN,
+    NORM_STD,
+    CutoutDataset,
+    build_transforms,
+    load_manifest,
+    make_loader,
+)
+from synapse_ei.errors import DataError
+
+SIZE_2D = (32, 32)  # (Y, X) as stored
+SIZE_3D = (8, 16, 16)  # (Z, Y, X) as stored
+
+
+def write_cutouts(root: Path, n: int = 12) -> Path:
+    """n cutouts (2D and 3D TIFFs) with values 40..200 and a manifest; every 4th is inhibitory."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = "inhibitory" if i % 4 == 0 else "excitatory"
+        split = "train" if i < n // 2 else ("val" if i < 3 * n // 4 else "test")
+        paths = {}
+        for kind, shape in (("2d", SIZE_2D), ("3d", SIZE_3D)):
+            relative = f"shards/000/{kind}/{i}.tif"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / relative, rng.integers(40, 201, shape, dtype=np.uint8))
+            paths[f"path_{kind}"] = relative
+        rows.append({"id": 1000 + i, "pre_pt_root_id": 864691135000000000 + i, "split": split,
+                     "label": label, **paths})
+    manifest = root / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture
+def cutouts(tmp_path):
+    return tmp_path, write_cutouts(tmp_path)
+
+
+def test_load_manifest_selects_split_with_int64_ids(cutouts):
+    root, manifest = cutouts
+    train = load_manifest(manifest, "train", "3d")
+    assert len(train) == 6 and set(train["split"]) == {"train"}
+    assert train["pre_pt_root_id"].dtype == np.int64
+    assert train["pre_pt_root_id"].iloc[0] == 864691135000000000
+    assert len(load_manifest(manifest, ["val", "test"])) == 6
+
+
+def test_empty_split_or_manifest_is_refused(cutouts, tmp_path):
+    root, manifest = cutouts
+    frame = pd.read_parquet(manifest)
+    frame[frame["split"] != "val"].to_parquet(root / "no_val.parquet", index=False)
+    with pytest.raises(DataError, match=r"val.*cutout stage"):
+        load_manifest(root / "no_val.parquet", "val", "2d")
+    frame.iloc[:0].to_parquet(root / "empty.parquet", index=False)
+    with pytest.raises(DataError, match="empty.parquet"):
+        load_manifest(root / "empty.parquet", "train", "3d")
+    with pytest.raises(DataError, match="empty.parquet"):
+        load_manifest(root / "empty.parquet")
+
+
+def test_unknown_label_names_the_row(cutouts):
+    root, manifest = cutouts
+    frame = pd.read_parquet(manifest)
+    frame.loc[3, "label"] = "Excitatory "
+    frame.to_parquet(root / "bad.parquet", index=False)
+    with pytest.raises(DataError, match="row 3"):
+        load_manifest(root / "bad.parquet")
+
+
+@pytest.mark.parametrize(("kind", "shape"), [("2d", SIZE_2D), ("3d", SIZE_3D)])
+def test_items_use_fixed_global_scaling(cutouts, kind, shape):
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", kind)
+    dataset = CutoutDataset(rows, root, kind)
+    x, y = dataset[0]
+    raw = tifffile.imread(root / rows[f"path_{kind}"].iloc[0])
+    assert x.shape == (1, *shape) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and int(y) == 1  # row 0 is inhibitory
+    expected = (torch.from_numpy(raw.astype(np.float32)) / 255 - NORM_MEAN) / NORM_STD
+    torch.testing.assert_close(x[0], expected)
+    # No per-patch stretch: values 40..200 stay inside, not mapped onto the full range.
+    assert x.min() > (0 / 255 - NORM_MEAN) / NORM_STD + 0.5
+    assert x.max() < (255 / 255 - NORM_MEAN) / NORM_STD - 0.5
+
+
+def test_missing_tiff_is_named(cutouts):
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", "2d")
+    (root / rows["path_2d"].iloc[2]).unlink()
+    dataset = CutoutDataset(rows, root, "2d", shape=SIZE_2D)
+    with pytest.raises(DataError, match=rows["path_2d"].iloc[2]):
+        dataset[2]
+
+
+@pytest.mark.parametrize(("kind", "shape"), [("2d", SIZE_2D), ("3d", SIZE_3D)])
+def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape):
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", kind)
+    dataset = CutoutDataset(rows, root, kind, transform=build_transforms(kind, train=True))
+    plain = CutoutDataset(rows, root, kind)
+    torch.manual_seed(0)
+    for index in range(len(dataset)):
+        x, y = dataset[index]
+        assert x.shape == (1, *shape) and x.dtype == torch.float32
+        assert torch.isfinite(x).all()
+        assert int(y) == int(plain[index][1])
+        assert not torch.equal(x, plain[index][0])
+
+
+def test_2d_rotation_is_not_limited_to_right_angles():
+    image = torch.zeros(1, 15, 15)
+    image[0, 7, 7:] = 1.0  # a line from the centre to the right edge
+    transform = build_transforms("2d", train=True, strength=0.0)
+    right_angles = [torch.rot90(f, k, dims=(1, 2)) for f in (image, image.flip(2))
+                    for k in range(4)]
+    torch.manual_seed(0)
+    outputs = [transform(image) for _ in range(10)]
+    off_grid = [
+        o for o in outputs if not any(torch.allclose(o, r, atol=1e-3) for r in right_angles)
+    ]
+    assert len(off_grid) >= 5
+
+
+def test_3d_sections_share_one_in_plane_transform():
+    section = torch.rand(1, 1, 16, 16)
+    cube = section.expand(1, 8, 16, 16).clone()
+    transform = build_transforms("3d", train=True, strength=0.0)
+    torch.manual_seed(1)
+    changed = 0
+    for _ in range(6):
+        out = transform(cube)
+        assert out.shape == cube.shape
+        torch.testing.assert_close(out, out[:, :1].expand_as(out))  # all sections identical
+        changed += not torch.allclose(out, cube)
+    assert changed > 0
+
+
+def test_3d_z_flip_reverses_sections():
+    cube = torch.linspace(0.1, 0.9, 8).view(1, 8, 1, 1).expand(1, 8, 16, 16).clone()
+    transform = build_transforms("3d", train=True, strength=0.0)
+    torch.manual_seed(0)
+    orders = set()
+    for _ in range(12):
+        centre = transform(cube)[0, :, 8, 8]
+        orders.add(bool(centre[0] > centre[-1]))
+    assert orders == {True, False}
+
+
+def test_seeded_loader_order_follows_seed(cutouts):
+    root, manifest = cutouts
+    dataset = CutoutDataset(load_manifest(manifest, "train", "2d"), root, "2d")
+
+    def labels_and_first_pixel(seed):
+        loader = make_loader(dataset, batch_size=2, seed=seed, shuffle=True, num_samples=4)
+        return [tuple(x[:, 0, 0, 0].tolist()) for x, _ in loader]
+
+    first = labels_and_first_pixel(3)
+    assert len(first) == 2  # num_samples bounds the epoch
+    assert first == labels_and_first_pixel(3)
+    assert any(labels_and_first_pixel(s) != first for s in (4, 5, 6))

@@ -1,0 +1,170 @@
+"""Training loop, checkpoint resume and inference on a tiny learnable dataset (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from synapse_ei import train as train_module
+from synapse_ei.errors import DataError
+from synapse_ei.inference import load_trained, predict_cutouts
+from synapse_ei.train import HISTORY_COLUMNS, class_weights, train_image_model
+
+SETTINGS_2D = {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "weight_decay": 0.0}
+
+
+def write_learnable_cutouts(root: Path, n: int = 40) -> Path:
+    """Inhibitory cutouts carry a bright central blob; ids 0-23 train, 24-31 val, 32-39 test."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:32, :32]
+    blob = np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 40.0)
+    rows = []
+    for i in range(n):
+        inhibitory = i % 4 == 0
+        image = rng.normal(110, 15, (32, 32)) + (80 * blob if inhibitory else 0)
+        patch = np.clip(image, 1, 255).astype(np.uint8)
+        cube = np.stack([patch[8:24, 8:24]] * 8)  # (Z, Y, X)
+        paths = {}
+        for kind, array in (("2d", patch), ("3d", cube)):
+            relative = f"shards/{i % 2:03d}/{kind}/{i}.tif"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / relative, array)
+            paths[f"path_{kind}"] = relative
+        split = "train" if i < 24 else ("val" if i < 32 else "test")
+        rows.append({"id": 5000 + i, "pre_pt_root_id": 864691135123456789 + i, "split": split,
+                     "label": "inhibitory" if inhibitory else "excitatory", **paths})
+    manifest = root / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cutouts")
+    return root, write_learnable_cutouts(root)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run(cutouts, work: Path, settings=SETTINGS_2D, architecture="cnn2d", seed=5, **kwargs):
+    root, manifest = cutouts
+    return train_image_model(manifest, root, architecture, settings, work / "out", work / "ckpt",
+                             seed=seed, device="cpu", threads=1, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cutouts, tmp_path_factory):
+    work = tmp_path_factory.mktemp("uninterrupted")
+    return work, run(cutouts, work)
+
+
+def test_training_writes_model_and_history(uninterrupted):
+    work, history = uninterrupted
+    saved = pd.read_csv(work / "out" / "history.csv")
+    assert list(saved.columns) == HISTORY_COLUMNS
+    assert saved["epoch"].tolist() == [1, 2]
+    assert np.isfinite(saved[["train_loss", "val_loss", "samples_per_second"]]).all().all()
+    pd.testing.assert_frame_equal(saved, history, check_dtype=False)
+    model, meta = load_trained(work / "out" / "model.pt")
+    assert meta["architecture"] == "cnn2d" and meta["input_kind"] == "2d"
+    assert meta["cutout_shape"] == [32, 32]
+    assert meta["class_names"] == ["excitatory", "inhibitory"]
+    assert meta["best_epoch"] in (1, 2)
+    assert not model.training
+
+
+def test_resume_continues_and_matches_uninterrupted_run(cutouts, uninterrupted, tmp_path):
+    work, history = uninterrupted
+
+    def stop_after_first(row):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cutouts, tmp_path, on_epoch_end=stop_after_first)
+    assert not (tmp_path / "out" / "model.pt").exists()
+    assert (tmp_path / "ckpt" / "last.pt").exists()
+
+    resumed_epochs = []
+    resumed = run(cutouts, tmp_path, on_epoch_end=lambda row: resumed_epochs.append(row["epoch"]))
+    assert resumed_epochs == [2]
+    assert resumed["epoch"].tolist() == [1, 2]
+    # Same seed, same first-epoch loss; and the resumed second epoch equals the uninterrupted one.
+    assert resumed["train_loss"].tolist() == history["train_loss"].tolist()
+    assert resumed["val_loss"].tolist() == history["val_loss"].tolist()
+    for name in ("ckpt/last.pt", "out/model.pt"):
+        a = torch.load(work / name, weights_only=True)
+        b = torch.load(tmp_path / name, weights_only=True)
+        key = "model" if name.endswith("last.pt") else "state_dict"
+        for param in a[key]:
+            torch.testing.assert_close(b[key][param], a[key][param], rtol=0, atol=0)
+
+
+def test_other_seed_gives_another_first_epoch(cutouts, uninterrupted, tmp_path):
+    _, history = uninterrupted
+    other = run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 1}, seed=6)
+    assert other["train_loss"].iloc[0] != history["train_loss"].iloc[0]
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(cutouts, tmp_path):
+    run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 1})
+    epochs = []
+    run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 1, "learning_rate": 0.001},
+        on_epoch_end=lambda row: epochs.append(row["epoch"]))
+    assert epochs == [1]
+
+
+def test_predict_cutouts_gives_probabilities_for_val_and_test(cutouts, uninterrupted):
+    work, _ = uninterrupted
+    root, manifest = cutouts
+    predictions = predict_cutouts(work / "out" / "model.pt", manifest, root, device="cpu",
+                                  batch_size=5)
+    assert list(predictions.columns) == ["id", "pre_pt_root_id", "split", "label",
+                                         "prob_inhibitory"]
+    assert sorted(predictions["id"]) == list(range(5024, 5040))
+    assert predictions["pre_pt_root_id"].dtype == np.int64
+    assert predictions["prob_inhibitory"].between(0, 1).all()
+    # Deterministic (no augmentation at inference).
+    again = predict_cutouts(work / "out" / "model.pt", manifest, root, ("test",), device="cpu")
+    merged = predictions.merge(again, on="id")
+    np.testing.assert_allclose(merged["prob_inhibitory_x"], merged["prob_inhibitory_y"],
+                               rtol=1e-6)
+
+
+def test_3d_model_trains_on_a_sample_of_cubes(cutouts, tmp_path):
+    root, manifest = cutouts
+    settings = {"epochs": 1, "batch_size": 4, "samples_per_epoch": 8}
+    history = run(cutouts, tmp_path, settings=settings, architecture="r3d_18")
+    assert history["epoch"].tolist() == [1]
+    # 8 of the 24 training cubes were drawn; the epoch finished with finite losses.
+    assert np.isfinite(history[["train_loss", "val_loss"]]).all().all()
+    predictions = predict_cutouts(tmp_path / "out" / "model.pt", manifest, root, ("val",),
+                                  device="cpu")
+    assert len(predictions) == 8 and predictions["prob_inhibitory"].between(0, 1).all()
+
+
+def test_class_weights_are_inverse_frequencies():
+    weights = class_weights(np.array([0, 0, 0, 1]))
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+    with pytest.raises(DataError, match="inhibitory"):
+        class_weights(np.array([0, 0, 0]))
+
+
+def test_nan_loss_stops_naming_epoch_and_batch(cutouts, tmp_path, monkeypatch):
+    real_build = train_module.build_model
+
+    def nan_model(architecture, num_classes=2):
+        model = real_build(architecture, num_classes)
+        model.fc.register_forward_hook(lambda module, args, out: out * float("nan"))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", nan_model)
+    with pytest.raises(RuntimeError, match=r"epoch 1, batch 0"):
+        run(cutouts, tmp_path)
+    assert not (tmp_path / "out" / "model.pt").exists()
