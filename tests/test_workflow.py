@@ -42,6 +42,19 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The "Job stats" table of a Snakemake dry run, as {rule: number of jobs}."""
+    lines = dry_run_output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == ["job", "count"])
+    counts = {}
+    for line in lines[start + 2 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("mini")
@@ -50,12 +63,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 def test_dry_run_lists_every_stage(tmp_path):
-    out = snakemake(tmp_path, "-n", "--cores", "2").stdout
-    jobs = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
+    jobs = job_counts(snakemake(tmp_path, "-n", "--cores", "2").stdout)
     assert jobs == {
         "synthesize": 1,
         "query": 1,
@@ -112,7 +120,7 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
     for model in MODELS:
         metrics = json.loads((results / "eval" / model / "metrics.json").read_text())
         for key in ("accuracy", "balanced_accuracy", "roc_auc"):
-            assert 0.0 <= metrics[key] <= 1.0, (model, key, metrics[key])
+            assert 0.0 <= metrics["test"][key] <= 1.0, (model, key, metrics["test"][key])
         for figure in ("confusion_matrix.png", "roc.png", "training_curves.png"):
             assert (results / "eval" / model / figure).stat().st_size > 1000
         predictions = pd.read_parquet(results / "eval" / model / "predictions.parquet")
@@ -130,11 +138,32 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
 
 @pytest.mark.workflow
 def test_a_failed_shard_reruns_alone(finished_run: Path):
+    """A shard whose job failed leaves no directory and no gathered manifest: only it reruns."""
     workdir = finished_run.parent
-    shard = finished_run / "cutouts" / "shards" / "001"
-    shutil.rmtree(shard)
-    out = snakemake(workdir, "-n", "--cores", "2").stdout
-    assert "cutout" in out and "synthesize" not in out and "rule query" not in out
+    cutouts = finished_run / "cutouts"
+    before = {
+        path: path.stat().st_mtime_ns
+        for shard in ("000", "002")
+        for path in (cutouts / "shards" / shard).rglob("*")
+    }
+    old_manifest = pd.read_parquet(cutouts / "manifest.parquet")
+    # What a run whose shard 001 failed leaves: that shard's output removed by Snakemake, and
+    # nothing downstream of it (gather, training, evaluation, summary) ever written.
+    shutil.rmtree(cutouts / "shards" / "001")
+    for name in ("manifest.parquet", "stats.json"):
+        (cutouts / name).unlink()
+    for downstream in ("models", "eval", "summary"):
+        shutil.rmtree(finished_run / downstream)
+
+    counts = job_counts(snakemake(workdir, "-n", "--cores", "2").stdout)
+    assert counts["cutout"] == 1 and counts["gather_cutouts"] == 1
+    assert not {"synthesize", "query", "label", "split", "plan_cutouts"} & set(counts)
+
+    snakemake(workdir, "--cores", "2", str(cutouts.relative_to(workdir) / "manifest.parquet"))
+    after = {path: path.stat().st_mtime_ns for path in before}
+    assert after == before, "the shards that did not fail were rewritten"
+    new_manifest = pd.read_parquet(cutouts / "manifest.parquet")
+    pd.testing.assert_frame_equal(new_manifest, old_manifest)
 
 
 def test_configfile_replaces_the_demo_config(tmp_path):
@@ -157,8 +186,5 @@ def test_microns_config_dry_run_needs_no_network(tmp_path):
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     assert "synthesize" not in result.stdout
-    counts = dict(
-        line.split() for line in result.stdout.splitlines()
-        if len(line.split()) == 2 and line.split()[1].isdigit()
-    )
-    assert counts["cutout"] == "256" and counts["train"] == "6" and counts["evaluate"] == "7"
+    counts = job_counts(result.stdout)
+    assert counts["cutout"] == 256 and counts["train"] == 6 and counts["evaluate"] == 7

@@ -1,0 +1,217 @@
+"""The Slurm profiles: merged resources in a dry run, and the mini DAG through a real Slurm.
+
+The real run needs a single-node Slurm started by tests/slurm/start_slurm.sh (root, Debian's
+slurmctld/slurmd/munge: `.ci/run` installs them). Without them the test skips, except in CI
+(`CI=true`), where a missing Slurm is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = REPO / "tests" / "config" / "mini.yaml"
+START = REPO / "tests" / "slurm" / "start_slurm.sh"
+MODELS = ["cnn2d", "r3d_18", "connectivity"]
+PREPARE = {"synthesize", "query", "label", "split", "plan_cutouts"}
+SUBMITTED = re.compile(r"Job \S+ has been submitted with SLURM jobid (\d+)")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake on the repo's Snakefile and the mini config in ``workdir``."""
+    environment = dict(env or os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(MINI),
+        *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
+
+
+def dry_run_jobs(output: str) -> tuple[dict[str, list[dict]], set[str]]:
+    """Each rule's jobs in a dry run's printout (threads and resources), and the group names."""
+    jobs: dict[str, list[dict]] = {}
+    groups = set(re.findall(r"Group job (\S+) \(", output))
+    current: dict | None = None
+    for line in output.splitlines():
+        header = re.match(r"\s*(?:local)?rule (\w+):$", line)
+        if header:
+            current = {"threads": 1, "resources": {}}
+            jobs.setdefault(header.group(1), []).append(current)
+        elif current is not None and line.strip().startswith("threads:"):
+            current["threads"] = int(line.split(":", 1)[1])
+        elif current is not None and line.strip().startswith("resources:"):
+            pairs = line.split(":", 1)[1].split(", ")
+            current["resources"] = dict(pair.strip().split("=", 1) for pair in pairs)
+    return jobs, groups
+
+
+# --- the profiles, merged with the workflow: no Slurm needed --------------------------------
+
+EXPECTED_TRAIN = {
+    "slurm": {"threads": 8, "gpu": "1", "mem_mb": "32000", "runtime": "720",
+              "slurm_partition": "debug"},
+    "hyak": {"threads": 6, "gpu": "1", "mem_mb": "48000", "runtime": "480",
+             "slurm_partition": "ckpt-all", "slurm_account": "YOUR_ACCOUNT"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", ["slurm", "hyak"])
+def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path: Path):
+    args = ["-n", "--profile", str(REPO / "profiles" / profile)]
+    # A dry run caps threads at --cores as a local run would (a real Slurm run does not), and
+    # Hyak's conda needs a conda binary even to plan; neither touches the resources under test.
+    args += ["--cores", "64", "--software-deployment-method", "env-modules"]
+    result = snakemake(tmp_path, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs, groups = dry_run_jobs(result.stdout)
+
+    counts = {rule: len(found) for rule, found in jobs.items()}
+    assert counts == {
+        **{rule: 1 for rule in PREPARE},
+        "cutout": 3, "gather_cutouts": 1, "train": 2, "train_connectivity": 1,
+        "evaluate": 3, "summary": 1, "all": 1,
+    }  # fmt: skip
+    assert groups == {"prepare"}
+
+    expected = EXPECTED_TRAIN[profile]
+    for train in jobs["train"]:
+        assert train["threads"] == expected["threads"]
+        resources = train["resources"]
+        # Slurm gets --cpus-per-task from the threads: the two must agree.
+        assert resources["cpus_per_task"] == str(expected["threads"])
+        for key, value in expected.items():
+            if key != "threads":
+                assert resources[key] == value, (profile, key, resources)
+    # Only training asks for a GPU; a shard is a small one-CPU job.
+    for rule, found in jobs.items():
+        if rule != "train":
+            assert all("gpu" not in job["resources"] for job in found), rule
+    for cutout in jobs["cutout"]:
+        assert cutout["resources"]["cpus_per_task"] == "1"
+        assert int(cutout["resources"]["mem_mb"]) <= 8000
+
+
+def test_a_command_line_set_resources_replaces_the_profile_list(tmp_path: Path):
+    """Why the test run below rewrites the whole profile rather than adding one override."""
+    args = ["-n", "--cores", "64", "--profile", str(REPO / "profiles" / "slurm")]
+    result = snakemake(tmp_path, *args, "--set-resources", "cutout:mem_mb=1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs, _ = dry_run_jobs(result.stdout)
+    assert jobs["cutout"][0]["resources"]["mem_mb"] == "1000"
+    assert "gpu" not in jobs["train"][0]["resources"]
+
+
+# --- a real single-node Slurm ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start (or reuse) the test cluster; skip without Slurm or root, but fail in CI."""
+    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(tool)]
+    reason = None
+    if missing:
+        reason = f"Slurm not installed ({', '.join(missing)} missing): apt-get install slurmctld slurmd munge"
+    elif os.geteuid() != 0:
+        reason = "starting slurmctld/slurmd needs root"
+    if reason:
+        if in_ci():
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    state = os.environ.get("SYNAPSE_EI_SLURM_DIR", "/tmp/synapse-ei-slurm")
+    started = subprocess.run(["bash", str(START), state], capture_output=True, text=True)
+    assert started.returncode == 0, f"{START} failed:\n{started.stdout}\n{started.stderr}"
+    conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
+    # Left running: another pytest session may be using it; tests/slurm/stop_slurm.sh stops it.
+    return {**os.environ, "SLURM_CONF": conf}
+
+
+def profile_for_this_node(tmp_path: Path) -> Path:
+    """profiles/slurm as it is, sized down to a 2-core test node and without the GPU.
+
+    Rewritten whole because `set-resources` given anywhere else replaces the profile's list.
+    """
+    settings = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    cpus = os.cpu_count() or 1
+    settings["set-threads"] = {rule: min(n, cpus) for rule, n in settings["set-threads"].items()}
+    for resources in settings["set-resources"].values():
+        for gpu_key in ("gpu", "gres", "gpu_model"):
+            resources.pop(gpu_key, None)
+        resources["mem_mb"] = min(int(resources.get("mem_mb", 2000)), 2000)
+    settings["default-resources"]["mem_mb"] = 2000
+    settings["retries"] = 0  # a failure here is a bug to see, not a flaky node
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    return profile
+
+
+@pytest.mark.workflow
+def test_mini_dag_runs_through_slurm(slurm_cluster: dict, tmp_path: Path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    profile = profile_for_this_node(tmp_path)
+    result = snakemake(
+        workdir,
+        "--profile", str(profile),
+        "--jobs", "4",
+        # No slurmdbd here: poll squeue (the cluster keeps finished jobs for MinJobAge=3600 s).
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1",
+        "--slurm-no-account",
+        "--latency-wait", "5",
+        env=slurm_cluster,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:] + _slurm_logs_tail(workdir)
+
+    # Every job but the local `all` went through sbatch: 1 prepare group + 3 cutouts + gather
+    # + 2 train + train_connectivity + 3 evaluate + summary.
+    job_ids = SUBMITTED.findall(log)
+    assert len(job_ids) == 12, log[-4000:]
+    states = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T"],
+        capture_output=True, text=True, env=slurm_cluster, check=True,
+    ).stdout  # fmt: skip
+    state_of = dict(line.split("|") for line in states.split())
+    assert {state_of.get(job) for job in job_ids} == {"COMPLETED"}
+    slurm_logs = workdir / ".snakemake" / "slurm_logs"
+    logged_rules = {path.name.removeprefix("rule_") for path in slurm_logs.iterdir()}
+    assert {"cutout", "gather_cutouts", "train", "evaluate", "summary"} <= logged_rules
+    assert len(list(slurm_logs.rglob("*.log"))) == 12
+
+    # The same files as a local run: a local dry run finds nothing left to do...
+    again = snakemake(workdir, "-n", "--cores", "1")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    # ...and the results are of the same kind.
+    results = workdir / "results"
+    summary = pd.read_csv(results / "summary" / "models.csv")
+    assert sorted(summary["model"]) == sorted(MODELS)
+    for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+        assert summary[key].between(0.0, 1.0).all(), summary[key]
+    split = pd.read_parquet(results / "splits" / "synapses.parquet")
+    manifest = pd.read_parquet(results / "cutouts" / "manifest.parquet")
+    assert len(manifest) > 0.9 * len(split)
+
+
+def _slurm_logs_tail(workdir: Path) -> str:
+    """The end of each Slurm job log, for a failure message."""
+    logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    return "".join(f"\n--- {path}\n{path.read_text()[-1500:]}" for path in logs)
