@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import tifffile
 
 from synapse_ei.cutout import cut_shard, gather, plan_shards, read_cutout
 from synapse_ei.errors import DataError
-from synapse_ei.volume import open_volume
+from synapse_ei.volume import ChunkReader, open_volume
 from volume_helpers import (
     OFFSET,
     SIZE,
@@ -184,6 +185,93 @@ def test_jpeg_cutouts_keep_the_decoded_values_unstretched(jpeg_volume, tmp_path)
         np.testing.assert_array_equal(cube, stored.transpose(2, 1, 0))
         # Raw intensities, not stretched to 0..255.
         assert cube.min() > 0 or cube.max() < 255
+
+
+def _shard_files(shard_dir: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(shard_dir).as_posix(): path.read_bytes()
+        for path in sorted(shard_dir.rglob("*.tif"))
+    }
+
+
+def _union_chunks(centres: np.ndarray, chunk=(64, 64, 16)) -> set:
+    """Grid indices of the chunks the union boxes (SIZE_2D patch + SIZE_3D cube) touch."""
+    half = np.array([max(SIZE_2D[0], SIZE_3D[0]) // 2, max(SIZE_2D[1], SIZE_3D[1]) // 2,
+                     SIZE_3D[2] // 2])
+    start = centres - np.array(OFFSET) - half
+    stop = start + np.array([max(SIZE_2D[0], SIZE_3D[0]), max(SIZE_2D[1], SIZE_3D[1]),
+                             SIZE_3D[2]])
+    first, last = start // np.array(chunk), (stop - 1) // np.array(chunk)
+    return {
+        (x, y, z)
+        for a, b in zip(first, last)
+        for x in range(a[0], b[0] + 1)
+        for y in range(a[1], b[1] + 1)
+        for z in range(a[2], b[2] + 1)
+    }
+
+
+@pytest.mark.parametrize("volume", ["raw", "jpeg"])
+def test_chunk_reader_writes_the_bytes_of_per_synapse_reads(
+    volume, raw_volume, jpeg_volume, tmp_path
+):
+    path, synapses = (raw_volume[0], raw_volume[3]) if volume == "raw" else jpeg_volume
+    plan = plan_shards(synapses, 1)
+    by_synapse, by_chunk = tmp_path / "a" / "shards" / "000", tmp_path / "b" / "shards" / "000"
+    for shard_dir, reader in ((by_synapse, "per_synapse"), (by_chunk, "chunks")):
+        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir, reader=reader)
+    expected = _shard_files(by_synapse)
+    assert len(expected) == 2 * len(synapses)
+    assert _shard_files(by_chunk) == expected
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(by_chunk / "manifest.parquet"),
+        pd.read_parquet(by_synapse / "manifest.parquet"),
+    )
+
+
+def test_each_chunk_is_decoded_once_per_shard(raw_volume, tmp_path, monkeypatch):
+    path, _, _, synapses = raw_volume
+    decoded = []
+    original = ChunkReader.read
+    monkeypatch.setattr(ChunkReader, "read", lambda self, key: decoded.append(key)
+                        or original(self, key))
+    stats = cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      tmp_path / "shards" / "000", threads=3)
+    centres = synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy()
+    needed = _union_chunks(centres // np.array([2, 2, 1]))
+    assert sorted(decoded) == sorted(needed)  # every needed chunk, each exactly once
+    assert stats["chunks_decoded"] == len(needed) < len(synapses)
+
+
+def test_a_small_chunk_cache_rereads_but_writes_the_same_bytes(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    plan = plan_shards(synapses, 1)
+    roomy, tight = tmp_path / "a" / "shards" / "000", tmp_path / "b" / "shards" / "000"
+    roomy_stats = cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, roomy)
+    # Room for one box's chunks only: chunks shared by boxes far apart are read again.
+    tight_stats = cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, tight,
+                            lru_bytes=1)
+    assert tight_stats["chunks_decoded"] > roomy_stats["chunks_decoded"]
+    assert _shard_files(tight) == _shard_files(roomy)
+
+
+def test_one_missing_chunk_names_a_synapse_whose_box_needs_it(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    copy = tmp_path / "holes"
+    shutil.copytree(path.removeprefix("file://"), copy)
+    centres = synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy()
+    centres = centres // np.array([2, 2, 1])
+    x, y, z = sorted(_union_chunks(centres[:1]))[0]
+    start = np.array(OFFSET) + np.array([x * 64, y * 64, z * 16])
+    name = f"{start[0]}-{start[0] + 64}_{start[1]}-{start[1] + 64}_{start[2]}-{start[2] + 16}"
+    (chunk_file,) = (copy / "8_8_40").glob(name + "*")
+    chunk_file.unlink()
+    with pytest.raises(DataError, match="missing inside the volume bounds") as error:
+        cut_shard(plan_shards(synapses, 1), 0, f"file://{copy}", 0, TABLE_RESOLUTION, SIZE_2D,
+                  SIZE_3D, tmp_path / "shards" / "000")
+    synapse_id = int(str(error.value).split("synapse id ")[1].split(",")[0])
+    position = centres[synapses["id"].to_numpy() == synapse_id]
+    assert (x, y, z) in _union_chunks(position)
 
 
 def test_manifest_keeps_input_columns_and_stats_count(raw_volume, tmp_path):
