@@ -1,4 +1,12 @@
-"""Predictions of a trained image model on the cutouts of chosen splits (no augmentation)."""
+"""Predictions of a trained image model on the cutouts of chosen splits, with test-time
+augmentation (TTA).
+
+The in-plane orientation of a synapse in a section is arbitrary, so by default every batch is
+also seen in the other 7 orientations of the dihedral group D4 (rotations by 90 degrees, each
+with and without a mirror) applied to the H, W axes: of a 2D patch, or of every section of a 3D
+cube alike (z is never flipped: it is the cutting axis, with its own resolution). The softmax
+probabilities of the views are averaged.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +21,51 @@ from torch import nn
 
 from synapse_ei import data
 from synapse_ei.errors import DataError
-from synapse_ei.models import build_model
+from synapse_ei.models import build_model, model_options
 from synapse_ei.tables import INHIBITORY
 from synapse_ei.train import autocast_for, to_device, resolve_device
 
 PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
+#: Test-time augmentation modes: 'd4', the 8 in-plane flips and rotations; 'none', one view.
+TTA_MODES = ("d4", "none")
+
+
+def tta_views(x: torch.Tensor, mode: str = "d4") -> list[torch.Tensor]:
+    """The views of a batch ``x`` (..., H, W) that ``mode`` averages over.
+
+    'd4' gives the 8 elements of D4 on the last two axes when H == W; a rectangular patch is
+    mapped onto itself only by the 4 that keep its shape (identity, both mirrors, the half
+    turn), so it gets those. 'none' gives ``x`` alone.
+    """
+    if mode not in TTA_MODES:
+        raise DataError(f"evaluate.tta: unknown mode {mode!r}; use one of {list(TTA_MODES)}.")
+    if mode == "none":
+        return [x]
+    axes = (-2, -1)
+    if x.shape[-2] != x.shape[-1]:
+        return [x, x.flip(-1), x.flip(-2), x.rot90(2, axes)]
+    turns = [x.rot90(k, axes) for k in range(4)]
+    return turns + [view.flip(-1) for view in turns]
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "d4") -> torch.Tensor:
+    """Class probabilities (batch, classes) of ``model`` on ``x``, averaged over the views of
+    :func:`tta_views`. ``x`` is already on the model's device."""
+    total = None
+    views = tta_views(x, mode)
+    for view in views:
+        with autocast_for(x.device):
+            logits = model(view.contiguous(memory_format=_layout(view)))
+        probabilities = torch.softmax(logits.float(), dim=1)
+        total = probabilities if total is None else total + probabilities
+    return total / len(views)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """Keep the channels-last layout :func:`synapse_ei.train.to_device` chose on CUDA."""
+    if x.device.type != "cuda":
+        return torch.contiguous_format
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
 
 
 def load_trained(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -36,7 +84,9 @@ def load_trained(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module
     if missing:
         raise DataError(f"{model_path}: not a synapse-ei model file (missing {missing}); rerun "
                         "training.")
-    model = build_model(saved["architecture"], num_classes=len(saved["class_names"]))
+    # The trained weights replace any pretrained ones: build with the same norm, load nothing.
+    norm = model_options(saved.get("settings"))["norm"]
+    model = build_model(saved["architecture"], num_classes=len(saved["class_names"]), norm=norm)
     model.load_state_dict(saved["state_dict"])
     model.to(resolve_device(device)).eval()
     meta = {key: value for key, value in saved.items() if key != "state_dict"}
@@ -51,12 +101,16 @@ def predict_cutouts(
     splits: Sequence[str] = ("val", "test"),
     device: str = "auto",
     batch_size: int = 64,
+    tta: str = "d4",
 ) -> pd.DataFrame:
     """One row per cutout of ``splits``: id, pre_pt_root_id, split, label, prob_inhibitory.
 
-    ``prob_inhibitory`` is the softmax probability of the inhibitory class. Cutouts must have
-    the shape the model was trained on (a :class:`DataError` names any file that does not).
+    ``prob_inhibitory`` is the softmax probability of the inhibitory class, averaged over the
+    test-time augmentation views of ``tta`` (see :func:`tta_views`). Cutouts must have the
+    shape the model was trained on (a :class:`DataError` names any file that does not).
     """
+    if tta not in TTA_MODES:
+        raise DataError(f"evaluate.tta: unknown mode {tta!r}; use one of {list(TTA_MODES)}.")
     torch_device = resolve_device(device)
     model, meta = load_trained(model_path, str(torch_device))
     norm = meta["normalisation"]
@@ -71,9 +125,8 @@ def predict_cutouts(
     inhibitory = list(meta["class_names"]).index(INHIBITORY)
     probabilities = []
     for x, _ in loader:
-        with autocast_for(torch_device):
-            logits = model(to_device(x, torch_device, kind))
-        probabilities.append(torch.softmax(logits.float(), dim=1)[:, inhibitory].cpu().numpy())
+        averaged = predict_proba(model, to_device(x, torch_device, kind), tta)
+        probabilities.append(averaged[:, inhibitory].cpu().numpy())
     predictions = rows[PREDICTION_COLUMNS[:-1]].copy()
     predictions["prob_inhibitory"] = np.concatenate(probabilities).astype(np.float64)
     return predictions.reset_index(drop=True)

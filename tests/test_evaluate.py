@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -21,6 +22,10 @@ from synapse_ei.evaluate import (
     bootstrap_over_neurons,
     compute_metrics,
     evaluate_predictions,
+    expected_calibration_error,
+    neuron_level,
+    neuron_table,
+    reliability_table,
     tune_threshold,
 )
 
@@ -130,17 +135,80 @@ def test_vectorised_resample_scores_equal_sklearn_with_weights():
     """The fast bootstrap must score a resample exactly as sklearn would, ties included."""
     rng = np.random.default_rng(4)
     n, n_neurons = 400, 60
-    target = rng.integers(0, 2, n)
-    prob = np.round(rng.random(n), 1)  # many ties
     neuron = rng.integers(0, n_neurons, n)
+    target = (neuron % 3 == 0).astype(int)  # a neuron's synapses share its label
+    prob = np.round(np.clip(0.2 * target + rng.random(n) * 0.8, 0, 1), 1)  # many ties
     draws = rng.multinomial(n_neurons, np.full(n_neurons, 1 / n_neurons), size=6).astype(float)
-    balanced, auc = _neuron_weighted_scores(draws, target, prob, neuron, 0.5)
+    scores = _neuron_weighted_scores(draws, target, prob, neuron, 0.5)
+    called = (prob >= 0.5).astype(int)
+    labels = np.where(target == 1, "inhibitory", "excitatory")
     for row in range(len(draws)):
         weight = draws[row][neuron]
-        assert balanced[row] == pytest.approx(
-            balanced_accuracy_score(target, (prob >= 0.5).astype(int), sample_weight=weight)
+        assert scores["accuracy"][row] == pytest.approx(
+            accuracy_score(target, called, sample_weight=weight)
         )
-        assert auc[row] == pytest.approx(roc_auc_score(target, prob, sample_weight=weight))
+        assert scores["balanced_accuracy"][row] == pytest.approx(
+            balanced_accuracy_score(target, called, sample_weight=weight)
+        )
+        assert scores["roc_auc"][row] == pytest.approx(
+            roc_auc_score(target, prob, sample_weight=weight)
+        )
+        assert scores["pr_auc"][row] == pytest.approx(
+            average_precision_score(target, prob, sample_weight=weight)
+        )
+        # Neuron level and calibration: the plain functions on the resample spelled out.
+        repeat = np.repeat(np.arange(n), weight.astype(int))
+        copies = np.repeat(np.arange(n_neurons), draws[row].astype(int))
+        assert scores["expected_calibration_error"][row] == pytest.approx(
+            expected_calibration_error(labels[repeat], prob[repeat])
+        )
+        per_neuron = neuron_table(labels, prob, neuron).set_index("pre_pt_root_id")
+        drawn = per_neuron.loc[[c for c in copies if c in per_neuron.index]]
+        correct = (drawn["mean_prob_inhibitory"] >= 0.5) == (drawn["label"] == "inhibitory")
+        assert scores["neuron_accuracy"][row] == pytest.approx(correct.mean())
+
+
+def test_expected_calibration_error_hand_computed():
+    labels = ["excitatory", "inhibitory", "excitatory", "inhibitory", "inhibitory"]
+    prob = np.array([0.05, 0.15, 0.85, 0.95, 1.0])
+    # Bins of 0.5: [0, 0.5) holds 0.05, 0.15 (mean 0.1, 1 of 2 inhibitory: gap 0.4);
+    # [0.5, 1] holds 0.85, 0.95, 1.0 (mean 0.9333, 2 of 3 inhibitory: gap 0.2667).
+    expected = (2 * 0.4 + 3 * abs(2 / 3 - 2.8 / 3)) / 5
+    assert expected_calibration_error(labels, prob, n_bins=2) == pytest.approx(expected)
+    assert expected_calibration_error(["excitatory", "inhibitory"], np.array([0.0, 1.0])) == 0
+
+
+def test_reliability_bins_agree_with_sklearn():
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 2, 200)
+    prob = np.clip(0.5 * target + 0.5 * rng.random(200), 0, 1)
+    labels = np.where(target == 1, "inhibitory", "excitatory")
+    table = reliability_table(labels, prob, n_bins=10)
+    filled = table[table["n_synapses"] > 0]
+    fraction, mean_prob = calibration_curve(target, prob, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose(filled["fraction_inhibitory"], fraction)
+    np.testing.assert_allclose(filled["mean_prob_inhibitory"], mean_prob)
+    assert table["n_synapses"].sum() == 200
+
+
+def test_neuron_level_calls_each_neuron_from_its_mean_probability():
+    neuron = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3])
+    labels = ["inhibitory"] * 3 + ["excitatory"] * 2 + ["excitatory"] * 4
+    # Neuron 1: mean 0.6 (right at 0.5), neuron 2: mean 0.45 (right), neuron 3: mean 0.55 (wrong).
+    prob = np.array([0.9, 0.6, 0.3, 0.4, 0.5, 0.2, 0.8, 0.6, 0.6])
+    result = neuron_level(labels, prob, neuron, threshold=0.5)
+    assert result["n_neurons"] == 3
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert result["balanced_accuracy"] == pytest.approx((1 + 1 / 2) / 2)
+    assert result["per_class"] == {"excitatory": {"neurons": 2, "correct": 1},
+                                   "inhibitory": {"neurons": 1, "correct": 1}}
+    assert result["synapses_per_neuron"] == {"min": 2, "median": 3.0, "max": 4}
+    assert neuron_level(labels, prob, neuron, threshold=0.58)["accuracy"] == pytest.approx(1.0)
+
+
+def test_neuron_with_two_labels_is_named():
+    with pytest.raises(DataError, match="neuron 7"):
+        neuron_level(["excitatory", "inhibitory"], np.array([0.2, 0.8]), np.array([7, 7]))
 
 
 def test_evaluate_writes_every_file(tmp_path):
@@ -153,7 +221,7 @@ def test_evaluate_writes_every_file(tmp_path):
     metrics = evaluate_predictions(predictions, history, "cnn2d", tmp_path / "eval",
                                    details={"architecture": "cnn2d"}, n_resamples=100)
     for name in ("metrics.json", "predictions.parquet", "confusion_matrix.png", "roc.png",
-                 "training_curves.png"):
+                 "pr.png", "reliability.png", "training_curves.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert on_disk["model"] == "cnn2d" and on_disk["architecture"] == "cnn2d"
@@ -161,9 +229,20 @@ def test_evaluate_writes_every_file(tmp_path):
     assert on_disk["tuned_threshold"]["chosen_on"] == "val"
     for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc"):
         assert 0 <= metrics["test"][key] <= 1
-    boot = metrics["bootstrap"]
-    assert boot["balanced_accuracy"]["ci_low"] <= boot["balanced_accuracy"]["ci_high"]
-    assert 0 < boot["n_used"] <= 100
+    # Every headline number, at both thresholds, carries its interval.
+    for scores in (on_disk["test"], on_disk["tuned_threshold"]["test"]):
+        for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc"):
+            low, high = scores["ci95"][key]["ci_low"], scores["ci95"][key]["ci_high"]
+            assert 0 <= low <= high <= 1, (key, low, high)
+    for name in ("default_threshold", "tuned_threshold"):
+        neuron_scores = on_disk["neuron_level"][name]
+        assert neuron_scores["n_neurons"] == 15
+        assert neuron_scores["ci95"]["accuracy"]["ci_low"] <= neuron_scores["accuracy"] + 1e-9
+        assert 0 < on_disk["bootstrap"]["n_used"][name] <= 100
+    calibration = on_disk["calibration"]
+    assert 0 <= calibration["expected_calibration_error"] <= 1
+    assert sum(row["n_synapses"] for row in calibration["bins"]) == 150
+    assert on_disk["bootstrap"]["unit"] == "presynaptic neuron"
     counts = metrics["counts"]["test"]
     assert counts["neurons"]["total"] == 15 and counts["synapses"]["total"] == 150
     assert counts["neurons"]["inhibitory"] == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,14 @@ import pytest
 from synapse_ei.errors import DataError
 from synapse_ei.evaluate import evaluate_predictions
 from synapse_ei.io import write_json
-from synapse_ei.report import markdown_table, summarize, summary_figure, write_summary
+from synapse_ei.report import (
+    SCORES_WITH_INTERVALS,
+    comparison_curves,
+    markdown_table,
+    summarize,
+    summary_figure,
+    write_summary,
+)
 
 
 def predictions(separation: float, seed: int) -> pd.DataFrame:
@@ -47,15 +56,56 @@ def test_summary_is_sorted_by_balanced_accuracy(metrics_paths):
 
 def test_markdown_is_a_well_formed_table(metrics_paths, tmp_path):
     table = summarize(metrics_paths)
-    write_summary(table, tmp_path / "models.csv", tmp_path / "models.md")
+    write_summary(table, tmp_path / "models.csv", tmp_path / "models.md", tmp_path / "models.html")
     text = (tmp_path / "models.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + len(table)
     widths = {line.count(" | ") for line in lines[:1] + lines[2:]}
-    assert widths == {10}  # 11 cells in every row
+    assert widths == {14}  # 15 cells in every row
     assert set(lines[1].replace("|", "").replace("-", "")) == set()
     assert lines[2].startswith("| strong |") and "[" in lines[2]
     assert pd.read_csv(tmp_path / "models.csv")["model"].tolist() == ["strong", "middle", "weak"]
+    header, *body = html_cells((tmp_path / "models.html").read_text())
+    assert header == [cell.strip() for cell in lines[0].strip("|").split(" | ")]
+    assert [row[0] for row in body] == ["strong", "middle", "weak"]
+    assert body[0][4] == lines[2].split(" | ")[4]  # the same accuracy [CI] cell as the Markdown
+
+
+def html_cells(text: str) -> list[list[str]]:
+    """The cell texts of each row of the (single) table in an HTML page."""
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Cells()
+    parser.feed(text)
+    return parser.rows
+
+
+def test_every_score_carries_its_interval(metrics_paths):
+    table = summarize(metrics_paths)
+    for score in SCORES_WITH_INTERVALS:
+        assert (table[f"{score}_ci_low"] <= table[f"{score}_ci_high"]).all(), score
+    # Separation makes the strong model better calibrated at the neuron level too.
+    assert table["neuron_accuracy"].iloc[0] >= table["neuron_accuracy"].iloc[-1]
 
 
 def test_markdown_escapes_pipes():
@@ -63,9 +113,13 @@ def test_markdown_escapes_pipes():
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
 
 
-def test_summary_figure_is_written(metrics_paths, tmp_path):
+def test_summary_figures_are_written(metrics_paths, tmp_path):
     summary_figure(summarize(metrics_paths), tmp_path / "models.png")
     assert (tmp_path / "models.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    predictions_paths = {name: path.parent / "predictions.parquet"
+                         for name, path in metrics_paths.items()}
+    comparison_curves(predictions_paths, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_incomplete_metrics_are_named(tmp_path):
