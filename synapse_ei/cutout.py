@@ -3,8 +3,8 @@
 :func:`plan_shards` groups neighbouring synapses so a shard's reads share chunks;
 :func:`cut_shard` writes one shard's TIFFs, manifest and stats, reading every chunk the shard
 needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each evicted
-after its last use); :func:`gather` joins the shards and refuses a dataset with an empty split or class;
-:func:`read_cutout` is the checked reader the training data loader uses.
+after its last use); :func:`gather` joins the shards and refuses a dataset with an empty split
+or class; :func:`read_cutout` is the checked reader the training data loader uses.
 
 TIFFs hold the raw uint8 EM values exactly as stored (no normalisation): 2D patches as (Y, X),
 3D cubes as (Z, Y, X), the TIFF page convention; the transpose from CloudVolume's XYZ happens
@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ DEFAULT_READ_THREADS = 8
 #: cloud-volume read per synapse with no cache ("per_synapse": the reference the chunk reader is
 #: tested and benchmarked against).
 READERS = ("chunks", "per_synapse")
+#: TIFF writer threads per shard: writing is mostly system calls, which release the GIL.
+_WRITERS = 2
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
 
@@ -136,6 +139,26 @@ def _check_size(size: Sequence[int], n_axes: int, name: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def cutout_boxes(
+    centres: np.ndarray, size_2d: Sequence[int], size_3d: Sequence[int]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``(start, stop)`` (N, 3) XYZ voxel arrays of the ``patch``, ``cube`` and their ``union``.
+
+    Around each centre ``c`` the patch covers ``size_2d`` = (X, Y) voxels of section ``c.z``, the
+    cube ``size_3d`` = (X, Y, Z) voxels, both starting at ``c - size // 2``.
+    """
+    patch_size, cube_size = np.asarray(size_2d), np.asarray(size_3d)
+    patch_start = centres - np.array([patch_size[0] // 2, patch_size[1] // 2, 0])
+    patch_stop = patch_start + np.array([patch_size[0], patch_size[1], 1])
+    cube_start = centres - cube_size // 2
+    cube_stop = cube_start + cube_size
+    return {
+        "patch": (patch_start, patch_stop),
+        "cube": (cube_start, cube_stop),
+        "union": (np.minimum(patch_start, cube_start), np.maximum(patch_stop, cube_stop)),
+    }
+
+
 def _bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
     return f"[{start[0]}:{stop[0]}, {start[1]}:{stop[1]}, {start[2]}:{stop[2]}] (XYZ voxels)"
 
@@ -175,6 +198,20 @@ def _read_box(
     return np.asarray(cutout)[..., 0]
 
 
+#: ``crop(start, stop)``: the XYZ box ``[start, stop)`` as a C-contiguous (Z, Y, X) array.
+Crop = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _crop_of(box: np.ndarray, origin: np.ndarray) -> Crop:
+    """Crops out of ``box``, an (X, Y, Z) array whose first voxel is ``origin``."""
+
+    def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        lo, hi = start - origin, stop - origin
+        return np.ascontiguousarray(box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].T)
+
+    return crop
+
+
 def iter_boxes(
     reader: ChunkReader,
     starts: np.ndarray,
@@ -183,8 +220,11 @@ def iter_boxes(
     *,
     cache_bytes: int = DEFAULT_LRU_BYTES,
     threads: int = DEFAULT_READ_THREADS,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(k, box)`` for every XYZ box ``[starts[k], stops[k])``, in the given order.
+) -> Iterator[tuple[int, Crop]]:
+    """Yield ``(k, crop)`` for every XYZ box ``[starts[k], stops[k])``, in the given order.
+
+    ``crop(start, stop)`` copies any part of box ``k`` out of the decoded chunks as a
+    C-contiguous (Z, Y, X) array (the TIFF page order); it is valid until the next item.
 
     Each chunk the boxes touch is decoded once and kept only until the last box that needs it,
     so give the boxes in a spatially coherent order (a Morton-ordered shard). Chunks are decoded
@@ -237,7 +277,7 @@ def iter_boxes(
                     raise _chunk_error(error, reader.info, starts[first], stops[first],
                                        ids[first]) from error
             for j in range(k, end):
-                yield j, _assemble(reader, cache, needs[j], starts[j], stops[j])
+                yield j, _chunk_crop(reader, cache, needs[j])
                 for key in needs[j]:
                     next_use[key] += 1
                     if upcoming(key) == done:
@@ -245,19 +285,24 @@ def iter_boxes(
             k = end
 
 
-def _assemble(
-    reader: ChunkReader, cache: dict, keys: list, start: np.ndarray, stop: np.ndarray
-) -> np.ndarray:
-    """The (X, Y, Z) box ``[start, stop)`` copied out of its decoded chunks."""
-    box = np.empty(tuple(stop - start), dtype=reader.info.dtype, order="F")
-    for key in keys:
-        c0, c1 = reader.chunk_box(key)
-        lo, hi = np.maximum(c0, start), np.minimum(c1, stop)
-        box[lo[0] - start[0] : hi[0] - start[0], lo[1] - start[1] : hi[1] - start[1],
-            lo[2] - start[2] : hi[2] - start[2]] = cache[key][
-            lo[0] - c0[0] : hi[0] - c0[0], lo[1] - c0[1] : hi[1] - c0[1],
-            lo[2] - c0[2] : hi[2] - c0[2]]
-    return box
+def _chunk_crop(reader: ChunkReader, cache: dict, keys: list) -> Crop:
+    """Crops assembled straight from the decoded chunks ``keys`` (only the voxels asked for)."""
+    chunks = [(reader.chunk_box(key), cache[key]) for key in keys]
+
+    def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        out = np.empty(tuple((stop - start)[::-1]), dtype=reader.info.dtype)
+        for (c0, c1), chunk in chunks:
+            lo, hi = np.maximum(c0, start), np.minimum(c1, stop)
+            if np.any(lo >= hi):
+                continue
+            a, b = lo - start, hi - start
+            # Chunks decode x-fastest (Fortran order), so their transpose copies as (Z, Y, X).
+            out[a[2] : b[2], a[1] : b[1], a[0] : b[0]] = chunk[
+                lo[0] - c0[0] : hi[0] - c0[0], lo[1] - c0[1] : hi[1] - c0[1],
+                lo[2] - c0[2] : hi[2] - c0[2]].T
+        return out
+
+    return crop
 
 
 def _require_content(
@@ -378,12 +423,10 @@ def cut_shard(
         )
 
     centres = table_to_volume_voxels(rows[CTR].to_numpy(), position_resolution, info.resolution)
-    patch_start = centres - np.array([patch_size[0] // 2, patch_size[1] // 2, 0])
-    patch_stop = patch_start + np.array([patch_size[0], patch_size[1], 1])
-    cube_start = centres - cube_size // 2
-    cube_stop = cube_start + cube_size
-    union_start = np.minimum(patch_start, cube_start)
-    union_stop = np.maximum(patch_stop, cube_stop)
+    boxes = cutout_boxes(centres, patch_size, cube_size)
+    patch_start, patch_stop = boxes["patch"]
+    cube_start, cube_stop = boxes["cube"]
+    union_start, union_stop = boxes["union"]
     inside = np.all(union_start >= info.bounds_start, axis=1) & np.all(
         union_stop <= info.bounds_stop, axis=1
     )
@@ -401,7 +444,7 @@ def cut_shard(
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
     if reader == "chunks":
         chunk_reader = ChunkReader(vol, info)
-        boxes = (
+        reads = (
             (todo[k], box)
             for k, box in iter_boxes(
                 chunk_reader, union_start[todo], union_stop[todo], ids[todo],
@@ -409,28 +452,34 @@ def cut_shard(
             )
         )
     else:
-        boxes = ((i, _read_box(vol, info, union_start[i], union_stop[i], ids[i])) for i in todo)
+        reads = (
+            (i, _crop_of(_read_box(vol, info, union_start[i], union_stop[i], ids[i]),
+                         union_start[i]))
+            for i in todo
+        )
     progress = tqdm(
-        boxes, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
+        reads, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
         disable=not sys.stderr.isatty(),
     )
-    for i, box in progress:
-        start = union_start[i]
-        # Offsets of each cutout inside the union box, then one transpose XYZ -> TIFF page order.
-        p0, p1 = patch_start[i] - start, patch_stop[i] - start
-        c0, c1 = cube_start[i] - start, cube_stop[i] - start
-        patch = np.ascontiguousarray(box[p0[0] : p1[0], p0[1] : p1[1], p0[2]].T)
-        cube = box[c0[0] : c1[0], c0[1] : c1[1], c0[2] : c1[2]]
-        cube = np.ascontiguousarray(cube.transpose(2, 1, 0))
-        _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
-        _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
-        file_2d = out_dir / "2d" / f"{ids[i]}.tif"
-        file_3d = out_dir / "3d" / f"{ids[i]}.tif"
-        _write_tiff(file_2d, patch, compression)
-        _write_tiff(file_3d, cube, compression)
-        status[i] = OK
-        path_2d[i] = file_2d.relative_to(root).as_posix()
-        path_3d[i] = file_3d.relative_to(root).as_posix()
+    # Writing overlaps reading: a few writer threads, a bounded queue of cutouts in flight.
+    with ThreadPoolExecutor(max_workers=_WRITERS) as writers:
+        pending: deque = deque()
+        for i, crop in progress:
+            patch = crop(patch_start[i], patch_stop[i])[0]
+            cube = crop(cube_start[i], cube_stop[i])
+            _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
+            _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
+            file_2d = out_dir / "2d" / f"{ids[i]}.tif"
+            file_3d = out_dir / "3d" / f"{ids[i]}.tif"
+            pending.append(writers.submit(_write_tiff, file_2d, patch, compression))
+            pending.append(writers.submit(_write_tiff, file_3d, cube, compression))
+            while len(pending) > 4 * _WRITERS:
+                pending.popleft().result()
+            status[i] = OK
+            path_2d[i] = file_2d.relative_to(root).as_posix()
+            path_3d[i] = file_3d.relative_to(root).as_posix()
+        for future in pending:
+            future.result()
 
     manifest["status"] = status
     manifest["path_2d"] = path_2d

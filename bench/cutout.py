@@ -1,0 +1,183 @@
+"""Cutout throughput: the workflow's chunk reader against the naive loop and the decode bound.
+
+Usage: ``python bench/cutout.py [--synapses 2000] [--naive-sample 200] [--dir DIR]``
+
+On a local jpeg precomputed volume shaped like MICrONS mip 0 (8x8x40 nm, 128x128x16 chunks),
+built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x128x32) of
+``--synapses`` random synapses as one shard, side by side in one run:
+
+- ``workflow``: :func:`synapse_ei.cutout.cut_shard` (each chunk decoded once, TIFFs written);
+- ``(a) naive``: the same, but one cloud-volume read per synapse with no cache, on a random
+  ``--naive-sample`` of the synapses (it decodes ~27 chunks per synapse; a rate needs no more);
+- ``(b) decode bound``: every chunk the shard's boxes touch, read and decoded exactly once, and
+  nothing else;
+- ``(w) write``: writing the same TIFFs from memory, the output's share of any cutout job.
+
+Prints cutouts per second and the ratios; ``--json`` also writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from synapse_ei.cutout import cut_shard, cutout_boxes, plan_shards
+from synapse_ei.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
+
+RESOLUTION = (8, 8, 40)
+TABLE_RESOLUTION = (4, 4, 40)
+CHUNK = (128, 128, 16)
+OFFSET = (128 * 200, 128 * 160, 16 * 1000)
+SIZE_2D = (256, 256)
+SIZE_3D = (128, 128, 32)
+
+
+def build_volume(path: Path, shape: tuple[int, int, int], seed: int = 0) -> str:
+    """Write (once) a jpeg volume of EM-like texture: smooth structure plus shot noise."""
+    from cloudvolume import CloudVolume
+
+    stamp = path / f"complete-{'x'.join(map(str, shape))}-{seed}"
+    url = f"file://{path}"
+    if stamp.exists():
+        return url
+    shutil.rmtree(path, ignore_errors=True)
+    info = CloudVolume.create_new_info(
+        num_channels=1, layer_type="image", data_type="uint8", encoding="jpeg",
+        resolution=list(RESOLUTION), voxel_offset=list(OFFSET), volume_size=list(shape),
+        chunk_size=list(CHUNK),
+    )
+    vol = CloudVolume(url, info=info, progress=False, compress=False)
+    vol.commit_info()
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    for z0 in range(0, shape[2], CHUNK[2]):
+        z1 = min(z0 + CHUNK[2], shape[2])
+        z = np.arange(z0, z1)[None, None, :]
+        slab = 128 + 50 * np.sin(x[..., None] / 9.0 + z / 5.0) * np.cos(y[..., None] / 13.0)
+        slab = slab + rng.normal(0, 12, size=(*shape[:2], z1 - z0))
+        data = np.clip(slab, 1, 254).astype(np.uint8)
+        vol[OFFSET[0] : OFFSET[0] + shape[0], OFFSET[1] : OFFSET[1] + shape[1],
+            OFFSET[2] + z0 : OFFSET[2] + z1] = data[..., None]
+    stamp.touch()
+    return url
+
+
+def random_synapses(n: int, shape: tuple[int, int, int], seed: int = 0) -> pd.DataFrame:
+    """``n`` synapses whose whole 2D and 3D cutouts lie inside the volume (4x4x40 positions)."""
+    rng = np.random.default_rng(seed)
+    margin = np.array([SIZE_2D[0] // 2 + 1, SIZE_2D[1] // 2 + 1, SIZE_3D[2] // 2 + 1])
+    centres = rng.integers(np.array(OFFSET) + margin, np.array(OFFSET) + np.array(shape) - margin,
+                           size=(n, 3))
+    return pd.DataFrame({
+        "id": np.arange(10**6, 10**6 + n, dtype=np.int64),
+        "ctr_pt_position_x": centres[:, 0] * 2,
+        "ctr_pt_position_y": centres[:, 1] * 2,
+        "ctr_pt_position_z": centres[:, 2],
+    })
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def decode_bound(url: str, synapses: pd.DataFrame) -> tuple[float, int]:
+    """Seconds to read and decode, once each, every chunk the synapses' boxes touch."""
+    vol = open_volume(url, 0)
+    reader = ChunkReader(vol, volume_info(vol))
+    centres = table_to_volume_voxels(
+        synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy(),
+        TABLE_RESOLUTION, RESOLUTION,
+    )
+    start, stop = cutout_boxes(centres, SIZE_2D, SIZE_3D)["union"]
+    needed = sorted({key for a, b in zip(start, stop) for key in reader.chunks_of(a, b)})
+    return timed(lambda: [reader.read(key) for key in needed]), len(needed)
+
+
+def write_only(out: Path, n: int) -> float:
+    """Seconds to write ``n`` 2D and 3D TIFFs of the cutout sizes, as cut_shard writes them."""
+    rng = np.random.default_rng(0)
+    patch = rng.integers(1, 255, size=SIZE_2D[::-1], dtype=np.uint8)
+    cube = rng.integers(1, 255, size=SIZE_3D[::-1], dtype=np.uint8)
+    out.mkdir(parents=True)
+
+    def write():
+        for i in range(n):
+            tifffile.imwrite(out / f"{i}_2d.tif", patch, photometric="minisblack")
+            tifffile.imwrite(out / f"{i}_3d.tif", cube, photometric="minisblack")
+
+    return timed(write)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--synapses", type=int, default=2000)
+    parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--shape", type=int, nargs=3, default=(1536, 1536, 128),
+                        help="volume size in voxels (XYZ)")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "synapse-ei-bench")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    shape = tuple(args.shape)
+
+    built = time.perf_counter()
+    url = build_volume(args.dir / "em", shape)
+    print(f"volume {url} {shape} ready in {time.perf_counter() - built:.1f} s")
+    synapses = random_synapses(args.synapses, shape)
+    plan = plan_shards(synapses, 1)
+    naive_plan = plan_shards(synapses.sample(n=min(args.naive_sample, len(synapses)),
+                                             random_state=0), 1)
+    work = Path(tempfile.mkdtemp(dir=args.dir))
+    try:
+        cut = dict(em_path=url, mip=0, position_resolution=TABLE_RESOLUTION, size_2d=SIZE_2D,
+                   size_3d=SIZE_3D)
+        stats = {}
+        workflow_s = timed(lambda: stats.update(cut_shard(
+            plan, 0, out_dir=work / "workflow" / "shards" / "000", threads=args.threads, **cut)))
+        naive_s = timed(lambda: cut_shard(naive_plan, 0, out_dir=work / "naive" / "shards" / "000",
+                                          reader="per_synapse", **cut))
+        bound_s, n_chunks = decode_bound(url, synapses)
+        write_s = write_only(work / "write", len(synapses))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n, n_naive = len(synapses), len(naive_plan)
+    rates = {
+        "workflow": n / workflow_s,
+        "naive": n_naive / naive_s,
+        "decode_bound": n / bound_s,
+        "decode_bound_plus_write": n / (bound_s + write_s),
+    }
+    result = {
+        "synapses": n, "naive_sample": n_naive, "volume_shape": list(shape),
+        "chunks_needed": n_chunks, "chunks_decoded": stats["chunks_decoded"],
+        "cutouts_per_second": {key: round(value, 1) for key, value in rates.items()},
+        "speedup_over_naive": round(rates["workflow"] / rates["naive"], 2),
+        "slowdown_vs_decode_bound": round(rates["decode_bound"] / rates["workflow"], 2),
+        "slowdown_vs_decode_bound_plus_write": round(
+            rates["decode_bound_plus_write"] / rates["workflow"], 2),
+    }
+    print(f"{n} synapses, {n_chunks} chunks needed, {stats['chunks_decoded']} decoded by the "
+          f"workflow (naive: a sample of {n_naive})")
+    for key, value in rates.items():
+        print(f"  {key:<26} {value:9.1f} cutouts/s")
+    for key in ("speedup_over_naive", "slowdown_vs_decode_bound",
+                "slowdown_vs_decode_bound_plus_write"):
+        print(f"  {key:<36} {result[key]:6.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
