@@ -1,6 +1,8 @@
 # synapse-ei: excitatory/inhibitory synapse classification from connectomics EM.
 # The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
 #          -> evaluate[model] -> summary. See README.md and config/README.md.
+import json
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -14,6 +16,11 @@ if not workflow.overwrite_configfiles:
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+# Snakemake compares a rule's params with the last run's as text: with every key sorted, a
+# config file whose keys are merely reordered (or defaults filled in) reruns nothing.
+_canonical = json.loads(json.dumps(config, sort_keys=True))
+config.clear()
+config.update(_canonical)
 
 
 include: "workflow/rules/common.smk"

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "config" / "mini.yaml"
@@ -134,6 +138,87 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
     for stage_stats in ("query/provenance.json", "labels/stats.json", "splits/audit.json",
                         "cutouts/stats.json"):
         assert json.loads((results / stage_stats).read_text())
+
+
+def config_with(tmp_path: Path, name: str, edit) -> Path:
+    """The mini config with ``edit(config)`` applied, written to ``tmp_path/name``."""
+    config = yaml.safe_load(MINI.read_text())
+    edit(config)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def mtimes(results: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in results.rglob("*") if path.is_file()}
+
+
+@pytest.mark.workflow
+def test_a_failed_model_reruns_alone_once_fixed(finished_run: Path, tmp_path: Path):
+    """One model's training fails (its loss explodes); after the fix only that model reruns."""
+    workdir = finished_run.parent
+    untouched = {
+        path: mtime for path, mtime in mtimes(finished_run).items()
+        if not {"cnn2d", "summary", "logs", "benchmarks", "checkpoints"} & set(path.parts)
+    }  # fmt: skip
+
+    def explode(config):
+        config["models"]["cnn2d"]["learning_rate"] = 1.0e30
+
+    broken = config_with(tmp_path, "broken.yaml", explode)
+    failed = snakemake(workdir, "--cores", "2", "--configfile", str(broken), check=False)
+    assert failed.returncode != 0
+    train_log = (finished_run / "logs" / "train" / "cnn2d.log").read_text()
+    assert "loss is nan" in train_log.lower() or "loss is inf" in train_log.lower(), train_log[-2000:]
+    # Snakemake removed the failed job's outputs; the other models are still there.
+    assert not (finished_run / "models" / "cnn2d" / "model.pt").exists()
+
+    fixed = snakemake(workdir, "-n", "--cores", "2").stdout
+    assert job_counts(fixed) == {"train": 1, "evaluate": 1, "summary": 1, "all": 1, "total": 4}
+    assert "model=cnn2d" in fixed
+    snakemake(workdir, "--cores", "2")
+    assert (finished_run / "eval" / "cnn2d" / "metrics.json").is_file()
+    after = {path: path.stat().st_mtime_ns for path in untouched}
+    changed = sorted(str(path.relative_to(finished_run)) for path in after if after[path] != untouched[path])
+    assert not changed, f"rewritten although they did not fail: {changed}"
+
+
+@pytest.mark.workflow
+def test_an_interrupted_training_resumes_from_its_last_epoch(finished_run: Path, tmp_path: Path):
+    """Kill a training job after its first epochs (as a preempted Slurm job is); rerun resumes."""
+    workdir = finished_run.parent
+    epochs = 6
+
+    def add_model(config):
+        config["models"]["resumable"] = {"architecture": "cnn2d", "epochs": epochs, "batch_size": 16}
+
+    config = config_with(tmp_path, "resumable.yaml", add_model)
+    target = "results/models/resumable/model.pt"
+    log = finished_run / "logs" / "train" / "resumable.log"
+    command = [
+        *SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(config), "--cores", "2", target,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    job = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while f"epoch 2/{epochs}:" not in (log.read_text() if log.exists() else ""):
+            assert job.poll() is None, "training finished or failed before it could be interrupted"
+            assert time.monotonic() < deadline, "no second epoch within 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # no chance to clean up, as with a node failure
+        job.wait()
+    assert not (finished_run / "models" / "resumable" / "model.pt").exists()
+
+    snakemake(workdir, "--cores", "2", "--configfile", str(config), "--rerun-incomplete", target)
+    text = log.read_text()
+    resumed = re.search(rf"resuming from .* after epoch (\d+) of {epochs}", text)
+    assert resumed and int(resumed.group(1)) >= 2, text[-3000:]
+    history = pd.read_csv(finished_run / "models" / "resumable" / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
 
 
 @pytest.mark.workflow
