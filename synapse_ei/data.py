@@ -17,9 +17,16 @@ import numpy as np
 import pandas as pd
 import tifffile
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 from torchvision.transforms import v2
 
+from synapse_ei import augment
 from synapse_ei.cutout import read_cutout
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
@@ -30,6 +37,12 @@ NORM_MEAN = 0.5
 NORM_STD = 0.25
 #: Manifest columns every image stage relies on.
 MANIFEST_REQUIRED = ["id", "pre_pt_root_id", "split", "label"]
+#: Augmentations a model's config may name (:func:`build_transforms`); the section ops are 3D only.
+SECTION_AUGMENTATIONS = ("section_intensity", "section_slip", "missing_section")
+AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SECTION_AUGMENTATIONS)
+DEFAULT_AUGMENTATIONS = ("flip", "rotate", "intensity", "noise")
+#: Training samplers: ``random`` draws without replacement; ``balanced`` shows both classes equally.
+SAMPLERS = ("random", "balanced")
 
 
 def _check_kind(kind: str) -> str:
@@ -194,32 +207,70 @@ class SectionsAsBatch(torch.nn.Module):
 
 
 def build_transforms(
-    kind: str, train: bool, strength: float = 1.0
+    kind: str,
+    train: bool,
+    strength: float = 1.0,
+    augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Augmentations for scaled [0, 1] cutouts; identity when ``train`` is False.
 
-    2D: random horizontal/vertical flips, rotation by any angle, light brightness/contrast
-    jitter and gaussian noise. 3D: the same in-plane ops, identical for every section, plus a
-    random z flip. ``strength`` scales the intensity jitter and noise (0 keeps only geometry).
+    ``augmentations`` names the ops (see :data:`AUGMENTATIONS`): ``flip`` (horizontal, vertical
+    and, for cubes, z), ``rotate`` (any in-plane angle), ``elastic`` (in-plane elastic
+    deformation), ``intensity`` (brightness/contrast), ``blur``, ``noise`` and, for 3D cubes
+    only, ``section_intensity``, ``section_slip`` and ``missing_section``
+    (:mod:`synapse_ei.augment`). In-plane ops act on every section of a cube alike; nothing mixes
+    z (40 nm) with the 4 nm xy plane. ``strength`` scales every op but flips and rotation, in
+    magnitude and probability; 0 keeps only those two.
     """
     _check_kind(kind)
-    if not train:
+    chosen = check_augmentations(kind, augmentations)
+    if not train or not chosen:
         return v2.Identity()
-    jitter = 0.15 * strength
-    in_plane: list[Callable] = [
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomVerticalFlip(p=0.5),
+    s = float(strength)
+    in_plane: list[Callable] = []
+    if "flip" in chosen:
+        in_plane += [v2.RandomHorizontalFlip(p=0.5), v2.RandomVerticalFlip(p=0.5)]
+    if "rotate" in chosen:
         # Synapses have no preferred orientation in the section plane; fill corners mid-grey.
-        v2.RandomRotation(degrees=180.0, interpolation=v2.InterpolationMode.BILINEAR, fill=0.5),
-    ]
-    if strength > 0:
-        in_plane += [
-            v2.ColorJitter(brightness=jitter, contrast=jitter),
-            v2.GaussianNoise(mean=0.0, sigma=0.03 * strength, clip=True),
-        ]
-    if kind == "2d":
-        return v2.Compose(in_plane)
-    return SectionsAsBatch(v2.Compose([*in_plane, RandomZFlip(p=0.5)]))
+        in_plane.append(v2.RandomRotation(
+            degrees=180.0, interpolation=v2.InterpolationMode.BILINEAR, fill=augment.MID_GREY))
+    if s > 0:
+        if "elastic" in chosen:
+            in_plane.append(v2.RandomApply([augment.InPlaneElastic(s)], p=min(1.0, 0.5 * s)))
+        if "intensity" in chosen:
+            in_plane.append(v2.ColorJitter(brightness=0.15 * s, contrast=0.15 * s))
+        if "blur" in chosen:
+            in_plane.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.0 * s))],
+                                           p=min(1.0, 0.3 * s)))
+    cube_ops: list[Callable] = []
+    if kind == "3d":
+        if "flip" in chosen:
+            in_plane.append(RandomZFlip(p=0.5))
+        if s > 0:
+            if "section_intensity" in chosen:
+                cube_ops.append(augment.SectionIntensity(contrast=0.1 * s, brightness=0.05 * s))
+            if "section_slip" in chosen:
+                cube_ops.append(augment.SectionSlip(max_shift=round(3 * s), p=min(1.0, 0.3 * s)))
+            if "missing_section" in chosen:
+                cube_ops.append(augment.MissingSection(p=min(1.0, 0.2 * s)))
+    if s > 0 and "noise" in chosen:
+        cube_ops.append(v2.GaussianNoise(mean=0.0, sigma=0.03 * s, clip=True))
+    first = v2.Compose(in_plane) if kind == "2d" else SectionsAsBatch(v2.Compose(in_plane))
+    return v2.Compose([first, *cube_ops]) if cube_ops else first
+
+
+def check_augmentations(kind: str, augmentations: Sequence[str]) -> list[str]:
+    """``augmentations`` as a list, refusing unknown names and section ops for 2D patches."""
+    chosen = [str(name) for name in augmentations]
+    unknown = [name for name in chosen if name not in AUGMENTATIONS]
+    if unknown:
+        raise DataError(f"models: augmentations {unknown} are unknown; use some of "
+                        f"{list(AUGMENTATIONS)}.")
+    sections = [name for name in chosen if name in SECTION_AUGMENTATIONS]
+    if kind == "2d" and sections:
+        raise DataError(f"models: augmentations {sections} change z sections and need a 3D "
+                        "model; remove them from this 2D model's `augmentations`.")
+    return chosen
 
 
 def seed_worker(worker_id: int) -> None:
@@ -238,27 +289,40 @@ def make_loader(
     num_samples: int | None = None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler: str = "random",
 ) -> DataLoader:
     """A DataLoader whose order and worker seeds follow ``seed`` alone.
 
     With ``shuffle`` and ``num_samples`` smaller than the dataset, each pass draws that many
     distinct items (RandomSampler without replacement), which bounds a CPU epoch's length.
-    The loader's ``generator`` carries all its randomness, so saving and restoring its state
-    resumes the exact sequence.
+    ``sampler="balanced"`` (with ``shuffle``) instead draws ``num_samples`` items with
+    replacement, each class equally likely (the dataset needs a ``labels`` array), an
+    alternative to class weights in the loss. The loader's ``generator`` carries all its
+    randomness, sampler included, so saving and restoring its state resumes the exact sequence.
     """
+    if sampler not in SAMPLERS:
+        raise DataError(f"models: sampler {sampler!r} is unknown; use one of {list(SAMPLERS)}.")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
-    if shuffle:
+    if shuffle and sampler == "balanced":
+        labels = np.asarray(dataset.labels)
+        counts = np.bincount(labels)
+        count = len(dataset) if num_samples is None else int(num_samples)
+        order = WeightedRandomSampler(
+            torch.from_numpy(1.0 / counts[labels]), num_samples=count, replacement=True,
+            generator=generator,
+        )
+    elif shuffle:
         count = len(dataset) if num_samples is None else min(int(num_samples), len(dataset))
-        sampler = RandomSampler(
+        order = RandomSampler(
             dataset, replacement=False, num_samples=count, generator=generator
         )
     else:
-        sampler = SequentialSampler(dataset)
+        order = SequentialSampler(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=order,
         num_workers=num_workers,
         worker_init_fn=seed_worker,
         generator=generator,

@@ -1,9 +1,13 @@
 """Training loop for the image models, after torchvision's reference classification train.py.
 
-AdamW, a per-step cosine learning-rate schedule, class-weighted cross-entropy (the data are
-~15 % inhibitory), gradient clipping, best-by-validation-balanced-accuracy weights. A checkpoint
-``last.pt`` written atomically after every epoch lets a killed job resume where it stopped with
-the same result as an uninterrupted run.
+AdamW or Adam, a per-step cosine learning-rate schedule after an optional linear warm-up,
+gradient clipping, best-by-validation-balanced-accuracy weights. The data are ~15 % inhibitory:
+the loss (:mod:`synapse_ei.losses`) weights the classes, or a balanced sampler shows them equally
+often with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.augment`), an EMA of the
+weights (:mod:`synapse_ei.ema`), ``torch.compile`` and early stopping. A checkpoint ``last.pt``
+written atomically after every epoch (model, optimizer, scheduler, EMA, best weights, history and
+every random state, the sampler's included) lets a killed job resume where it stopped with the
+same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from synapse_ei import data
+from synapse_ei import augment, data, losses
+from synapse_ei.ema import build_ema
 from synapse_ei.errors import DataError
 from synapse_ei.io import atomic_path
 from synapse_ei.models import build_model, input_kind
@@ -44,14 +49,28 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "samples_per_epoch": None,
     "grad_clip": 1.0,
     "augment_strength": 1.0,
+    "augmentations": list(data.DEFAULT_AUGMENTATIONS),
+    "optimizer": "adamw",
+    "warmup_epochs": 0,
+    "loss": "cross_entropy",
+    "focal_gamma": 2.0,
+    "focal_alpha": None,
+    "cb_beta": 0.999,
+    "sampler": "random",
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "ema_decay": None,
+    "compile": False,
+    "early_stopping_patience": None,
 }
+OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
 PRELOAD_MAX_BYTES = 1 << 30
 HISTORY_COLUMNS = [
-    "epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr", "seconds",
-    "samples_per_second",
+    "epoch", "train_loss", "train_accuracy", "train_balanced_accuracy", "val_loss", "val_accuracy",
+    "val_balanced_accuracy", "lr", "seconds", "samples_per_second",
 ]
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
@@ -62,12 +81,38 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
         if int(merged[key]) < 1:
             raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be >= 1.")
         merged[key] = int(merged[key])
-    for key in ("learning_rate", "weight_decay", "grad_clip", "augment_strength"):
+    for key in ("learning_rate", "weight_decay", "grad_clip", "augment_strength", "focal_gamma",
+                "cb_beta", "mixup", "cutmix"):
         merged[key] = float(merged[key])
-    if merged["samples_per_epoch"] is not None:
-        merged["samples_per_epoch"] = int(merged["samples_per_epoch"])
-        if merged["samples_per_epoch"] < 1:
-            raise DataError("models: setting 'samples_per_epoch' must be >= 1 (or left out).")
+    for key in ("augment_strength", "focal_gamma", "mixup", "cutmix"):
+        if merged[key] < 0:
+            raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be >= 0.")
+    for key in ("samples_per_epoch", "early_stopping_patience"):
+        if merged[key] is not None:
+            merged[key] = int(merged[key])
+            if merged[key] < 1:
+                raise DataError(f"models: setting '{key}' must be >= 1 (or left out).")
+    for key in ("focal_alpha", "ema_decay"):
+        if merged[key] is not None:
+            merged[key] = float(merged[key])
+            if not 0.0 < merged[key] < 1.0:
+                raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be "
+                                "strictly between 0 and 1 (or left out).")
+    merged["warmup_epochs"] = int(merged["warmup_epochs"])
+    if not 0 <= merged["warmup_epochs"] < merged["epochs"]:
+        raise DataError(f"models: setting 'warmup_epochs' is {merged['warmup_epochs']}; it must "
+                        f"be >= 0 and below epochs ({merged['epochs']}).")
+    for key, allowed in (("optimizer", OPTIMIZERS), ("loss", losses.LOSSES),
+                         ("sampler", data.SAMPLERS)):
+        merged[key] = str(merged[key])
+        if merged[key] not in allowed:
+            raise DataError(f"models: setting '{key}' is {merged[key]!r}; use one of "
+                            f"{list(allowed)}.")
+    if merged["sampler"] == "balanced" and merged["focal_alpha"] is not None:
+        raise DataError("models: 'focal_alpha' and 'sampler: balanced' both balance the classes; "
+                        "set one of them (leave focal_alpha out with the balanced sampler).")
+    merged["augmentations"] = [str(name) for name in merged["augmentations"]]
+    merged["compile"] = bool(merged["compile"])
     return merged
 
 
@@ -92,14 +137,7 @@ def seed_everything(seed: int) -> None:
 
 def class_weights(labels: np.ndarray, num_classes: int = 2) -> torch.Tensor:
     """Weights inversely proportional to class frequency: ``n / (num_classes * n_c)``."""
-    counts = np.bincount(labels, minlength=num_classes)
-    if (counts == 0).any():
-        missing = [LABELS[i] for i in np.flatnonzero(counts == 0)]
-        raise DataError(
-            f"training split has no {missing} cutouts: a classifier needs both classes. Check the "
-            "split and cutout stages (more data or another split seed)."
-        )
-    return torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32)
+    return losses.inverse_frequency_weights(np.bincount(labels, minlength=num_classes))
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -133,6 +171,53 @@ def autocast_for(device: torch.device) -> Any:
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step: linear warm-up to 1, then cosine down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def build_optimizer(name: str, model: nn.Module, learning_rate: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient)."""
+    optimizer = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+
+def compile_for_training(model: nn.Module, device: torch.device,
+                         architecture: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(model)`` for the training steps (validation stays eager).
+
+    Compiling happens at the first call. On CPU, where it needs a working C++ toolchain, a
+    failure logs a line and training goes on eagerly; on CUDA it is an error.
+    """
+    compiled = torch.compile(model)
+    current: list[Callable[[torch.Tensor], torch.Tensor]] = [compiled]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if current[0] is model or device.type == "cuda":
+            return current[0](x)
+        try:
+            return compiled(x)
+        except Exception as error:  # inductor raises many types; the eager model is the fallback
+            log.warning("%s: torch.compile failed on CPU (%s: %s); training without it",
+                        architecture, type(error).__name__, str(error).splitlines()[0][:200])
+            current[0] = model
+            return model(x)
+
+    return forward
+
+
+def _stopped_early(history: list[dict[str, Any]], best_epoch: int, patience: int | None) -> bool:
+    return patience is not None and bool(history) and history[-1]["epoch"] - best_epoch >= patience
 
 
 def _memory_format(kind: str) -> torch.memory_format:
@@ -242,10 +327,9 @@ def train_image_model(
     root = Path(cutout_root)
     shape = data.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]))
     preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
-    train_set = data.CutoutDataset(
-        train_rows, root, kind, data.build_transforms(kind, True, settings["augment_strength"]),
-        shape=shape, preload=preload,
-    )
+    transform = data.build_transforms(kind, True, settings["augment_strength"],
+                                      settings["augmentations"])
+    train_set = data.CutoutDataset(train_rows, root, kind, transform, shape=shape, preload=preload)
     val_set = data.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
     weights = class_weights(train_set.labels)
 
@@ -256,6 +340,7 @@ def train_image_model(
         train_set, batch_size, seed, shuffle=True, num_workers=num_workers, num_samples=per_epoch,
         # BatchNorm cannot train on a final batch of one sample.
         drop_last=per_epoch % batch_size == 1, pin_memory=torch_device.type == "cuda",
+        sampler=settings["sampler"],
     )
     val_loader = data.make_loader(val_set, batch_size, seed + 1, shuffle=False,
                                   num_workers=num_workers, pin_memory=torch_device.type == "cuda")
@@ -263,17 +348,25 @@ def train_image_model(
     model = build_model(architecture, num_classes=len(LABELS)).to(torch_device)
     if torch_device.type == "cuda":
         model = model.to(memory_format=_memory_format(kind))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
-                                  weight_decay=settings["weight_decay"])
+    optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
+                                settings["weight_decay"])
     epochs = settings["epochs"]
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * len(train_loader)
-    )
-    criterion = nn.CrossEntropyLoss(weight=weights.to(torch_device))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        epochs * len(train_loader), settings["warmup_epochs"] * len(train_loader)))
+    criterion = losses.build_loss(
+        settings["loss"], np.bincount(train_set.labels, minlength=len(LABELS)),
+        balanced_sampler=settings["sampler"] == "balanced", focal_gamma=settings["focal_gamma"],
+        focal_alpha=settings["focal_alpha"], cb_beta=settings["cb_beta"],
+    ).to(torch_device)
+    # Validation, the best weights and model.pt use the averaged copy when there is one.
+    ema = build_ema(model, settings["ema_decay"]) if settings["ema_decay"] else None
+    scored = ema.module if ema is not None else model
+    forward = (compile_for_training(model, torch_device, architecture) if settings["compile"]
+               else model)
 
     history: list[dict[str, Any]] = []
     best_score, best_epoch = -math.inf, 0
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
     start_epoch = 1
     fingerprint = _fingerprint(architecture, settings, seed, shape, len(train_set), len(val_set))
     checkpoint = _load_checkpoint(checkpoint_path, fingerprint)
@@ -281,6 +374,8 @@ def train_image_model(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
         history = list(checkpoint["history"])
         best_score, best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
         best_state = checkpoint["best_state"]
@@ -291,18 +386,27 @@ def train_image_model(
     log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s", architecture,
              len(train_set), per_epoch, len(val_set), kind, shape, torch_device)
 
+    patience = settings["early_stopping_patience"]
     for epoch in range(start_epoch, epochs + 1):
+        if _stopped_early(history, best_epoch, patience):
+            log.info("%s: stopping early after epoch %d: no better val balanced accuracy than "
+                     "epoch %d's in %d epochs", architecture, history[-1]["epoch"], best_epoch,
+                     patience)
+            break
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         loss_sum, seen = 0.0, 0
+        truths, predictions = [], []
         batches = tqdm(train_loader, desc=f"{architecture} epoch {epoch}/{epochs}", unit="batch",
                        leave=False, disable=not sys.stderr.isatty())
         for batch, (x, y) in enumerate(batches):
             x, y = to_device(x, torch_device, kind), y.to(torch_device)
+            x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings["mixup"],
+                                          settings["cutmix"])
             with autocast_for(torch_device):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
+                logits = forward(x)
+            loss = criterion(logits.float(), target)
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"{architecture}: loss is {loss.item()} at epoch {epoch}, batch {batch}; "
@@ -314,13 +418,21 @@ def train_image_model(
             nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.item() * len(y)
             seen += len(y)
+            truths.append(y.cpu().numpy())
+            predictions.append(logits.detach().argmax(dim=1).cpu().numpy())
         train_seconds = time.perf_counter() - started
-        scores = evaluate(model, val_loader, weights, torch_device, kind)
+        scores = evaluate(scored, val_loader, weights, torch_device, kind)
+        # On the augmented (and mixed) batches as trained, against each cutout's own label.
+        truth, predicted = np.concatenate(truths), np.concatenate(predictions)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": float(accuracy_score(truth, predicted)),
+            "train_balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
             "val_loss": scores["loss"],
             "val_accuracy": scores["accuracy"],
             "val_balanced_accuracy": scores["balanced_accuracy"],
@@ -331,7 +443,7 @@ def train_image_model(
         history.append(row)
         if scores["balanced_accuracy"] > best_score:
             best_score, best_epoch = scores["balanced_accuracy"], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
         with atomic_path(checkpoint_path) as tmp:
             torch.save({
                 "format": CHECKPOINT_FORMAT,
@@ -340,6 +452,7 @@ def train_image_model(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
                 "history": history,
                 "best_score": best_score,
                 "best_epoch": best_epoch,

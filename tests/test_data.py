@@ -11,8 +11,10 @@ import tifffile
 import torch
 
 from synapse_ei.data import (
+    AUGMENTATIONS,
     NORM_MEAN,
     NORM_STD,
+    SECTION_AUGMENTATIONS,
     CutoutDataset,
     build_transforms,
     load_manifest,
@@ -105,11 +107,20 @@ def test_missing_tiff_is_named(cutouts):
         dataset[2]
 
 
-@pytest.mark.parametrize(("kind", "shape"), [("2d", SIZE_2D), ("3d", SIZE_3D)])
-def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape):
+ALL_2D = [name for name in AUGMENTATIONS if name not in SECTION_AUGMENTATIONS]
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape", "augmentations"),
+    [("2d", SIZE_2D, None), ("3d", SIZE_3D, None), ("2d", SIZE_2D, ALL_2D),
+     ("3d", SIZE_3D, AUGMENTATIONS)],
+)
+def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape, augmentations):
     root, manifest = cutouts
     rows = load_manifest(manifest, "train", kind)
-    dataset = CutoutDataset(rows, root, kind, transform=build_transforms(kind, train=True))
+    chosen = {} if augmentations is None else {"augmentations": augmentations}
+    transform = build_transforms(kind, train=True, strength=2.0 if chosen else 1.0, **chosen)
+    dataset = CutoutDataset(rows, root, kind, transform=transform)
     plain = CutoutDataset(rows, root, kind)
     torch.manual_seed(0)
     for index in range(len(dataset)):
@@ -171,3 +182,43 @@ def test_seeded_loader_order_follows_seed(cutouts):
     assert len(first) == 2  # num_samples bounds the epoch
     assert first == labels_and_first_pixel(3)
     assert any(labels_and_first_pixel(s) != first for s in (4, 5, 6))
+
+
+def test_section_augmentations_need_a_3d_model():
+    with pytest.raises(DataError, match=r"section_slip.*2D"):
+        build_transforms("2d", train=True, augmentations=["flip", "section_slip"])
+    with pytest.raises(DataError, match="cutout"):
+        build_transforms("3d", train=True, augmentations=["cutout"])
+    identity = build_transforms("3d", train=True, augmentations=[])
+    x = torch.rand(1, 4, 8, 8)
+    assert torch.equal(identity(x), x)
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Items are their own index; 10 % of them are inhibitory."""
+
+    def __init__(self, n: int = 100) -> None:
+        self.labels = np.array([1 if i % 10 == 0 else 0 for i in range(n)], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return torch.tensor(index), torch.tensor(self.labels[index])
+
+
+def test_balanced_sampler_draws_classes_near_half_and_half():
+    dataset = Labelled()
+    loader = make_loader(dataset, batch_size=50, seed=0, shuffle=True, num_samples=2000,
+                         sampler="balanced")
+    batches = list(loader)
+    drawn = torch.cat([y for _, y in batches])
+    assert len(drawn) == 2000
+    assert 0.45 < drawn.float().mean().item() < 0.55
+    random = torch.cat([y for _, y in make_loader(dataset, 50, 0, shuffle=True)])
+    assert random.float().mean().item() == pytest.approx(0.1)
+    # The sampler follows the loader's generator: same seed, same draws.
+    again = make_loader(dataset, 50, 0, shuffle=True, num_samples=2000, sampler="balanced")
+    assert torch.equal(torch.cat([i for i, _ in again]), torch.cat([i for i, _ in batches]))
+    with pytest.raises(DataError, match="weighted"):
+        make_loader(dataset, 50, 0, shuffle=True, sampler="weighted")

@@ -13,9 +13,21 @@ import torch
 from synapse_ei import train as train_module
 from synapse_ei.errors import DataError
 from synapse_ei.inference import load_trained, predict_cutouts
-from synapse_ei.train import HISTORY_COLUMNS, class_weights, train_image_model
+from synapse_ei.train import (
+    HISTORY_COLUMNS,
+    class_weights,
+    resolve_settings,
+    train_image_model,
+    warmup_cosine,
+)
 
 SETTINGS_2D = {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "weight_decay": 0.0}
+#: Every stateful technique at once: resume must replay the EMA, sampler, mixing and schedule.
+TECHNIQUES_2D = {
+    **SETTINGS_2D, "optimizer": "adam", "warmup_epochs": 1, "loss": "focal", "sampler": "balanced",
+    "mixup": 0.4, "cutmix": 1.0, "ema_decay": 0.9,
+    "augmentations": ["flip", "rotate", "elastic", "intensity", "blur", "noise"],
+}
 
 
 def write_learnable_cutouts(root: Path, n: int = 40) -> Path:
@@ -80,30 +92,100 @@ def test_training_writes_model_and_history(uninterrupted):
     assert not model.training
 
 
-def test_resume_continues_and_matches_uninterrupted_run(cutouts, uninterrupted, tmp_path):
-    work, history = uninterrupted
+@pytest.fixture(scope="module")
+def uninterrupted_techniques(cutouts, tmp_path_factory):
+    work = tmp_path_factory.mktemp("uninterrupted_techniques")
+    return work, run(cutouts, work, settings=TECHNIQUES_2D)
+
+
+@pytest.mark.parametrize("techniques", [False, True], ids=["plain", "ema-mixup-balanced"])
+def test_resume_continues_and_matches_uninterrupted_run(cutouts, request, tmp_path, techniques):
+    settings = TECHNIQUES_2D if techniques else SETTINGS_2D
+    fixture = "uninterrupted_techniques" if techniques else "uninterrupted"
+    work, history = request.getfixturevalue(fixture)
 
     def stop_after_first(row):
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        run(cutouts, tmp_path, on_epoch_end=stop_after_first)
+        run(cutouts, tmp_path, settings=settings, on_epoch_end=stop_after_first)
     assert not (tmp_path / "out" / "model.pt").exists()
     assert (tmp_path / "ckpt" / "last.pt").exists()
 
     resumed_epochs = []
-    resumed = run(cutouts, tmp_path, on_epoch_end=lambda row: resumed_epochs.append(row["epoch"]))
+    resumed = run(cutouts, tmp_path, settings=settings,
+                  on_epoch_end=lambda row: resumed_epochs.append(row["epoch"]))
     assert resumed_epochs == [2]
     assert resumed["epoch"].tolist() == [1, 2]
     # Same seed, same first-epoch loss; and the resumed second epoch equals the uninterrupted one.
     assert resumed["train_loss"].tolist() == history["train_loss"].tolist()
     assert resumed["val_loss"].tolist() == history["val_loss"].tolist()
-    for name in ("ckpt/last.pt", "out/model.pt"):
+    for name, key in (("ckpt/last.pt", "model"), ("ckpt/last.pt", "ema"),
+                      ("out/model.pt", "state_dict")):
         a = torch.load(work / name, weights_only=True)
         b = torch.load(tmp_path / name, weights_only=True)
-        key = "model" if name.endswith("last.pt") else "state_dict"
-        for param in a[key]:
+        assert (a[key] is None) == (b[key] is None) == (key == "ema" and not techniques)
+        for param in a[key] or {}:
             torch.testing.assert_close(b[key][param], a[key][param], rtol=0, atol=0)
+
+
+def test_ema_weights_are_validated_and_saved(cutouts, tmp_path):
+    # One epoch: the best epoch is the last, so model.pt holds the EMA weights of last.pt.
+    run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 1, "ema_decay": 0.5})
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["state_dict"]
+    assert int(checkpoint["ema"]["n_averaged"]) == 3  # 24 samples in batches of 8
+    for name, value in saved.items():
+        torch.testing.assert_close(value, checkpoint["ema"][f"module.{name}"], rtol=0, atol=0)
+    assert any(not torch.equal(value, checkpoint["model"][name]) for name, value in saved.items()
+               if value.is_floating_point())
+
+
+def test_early_stopping_after_patience_epochs(cutouts, tmp_path, monkeypatch):
+    flat = {"loss": 1.0, "accuracy": 0.5, "balanced_accuracy": 0.5}
+    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: flat)
+    settings = {**SETTINGS_2D, "epochs": 6, "samples_per_epoch": 8, "early_stopping_patience": 2}
+    history = run(cutouts, tmp_path, settings=settings)
+    assert history["epoch"].tolist() == [1, 2, 3]  # epoch 1 stays best; 2 and 3 do not beat it
+    assert torch.load(tmp_path / "out" / "model.pt", weights_only=True)["best_epoch"] == 1
+    # A rerun resumes the stopped run and stops again at once.
+    epochs = []
+    run(cutouts, tmp_path, settings=settings, on_epoch_end=lambda row: epochs.append(row))
+    assert epochs == []
+
+
+def test_compile_failure_on_cpu_falls_back_to_eager(cutouts, tmp_path, monkeypatch, caplog):
+    def broken_compile(model):
+        def compiled(x):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    settings = {**SETTINGS_2D, "epochs": 1, "samples_per_epoch": 8, "compile": True}
+    with caplog.at_level("WARNING", logger="synapse_ei.train"):
+        history = run(cutouts, tmp_path, settings=settings)
+    assert np.isfinite(history["train_loss"]).all()
+    assert "torch.compile failed on CPU (RuntimeError: no C++ compiler)" in caplog.text
+
+
+def test_warmup_then_cosine_schedule():
+    factor = warmup_cosine(total_steps=10, warmup_steps=4)
+    assert [factor(step) for step in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert factor(7) == pytest.approx(0.5)  # halfway through the cosine part
+    assert factor(10) == pytest.approx(0.0)
+    no_warmup = warmup_cosine(total_steps=4, warmup_steps=0)
+    assert [no_warmup(step) for step in range(3)] == pytest.approx([1.0, 0.5 + 0.5 ** 1.5, 0.5])
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"loss": "hinge"}, "loss"), ({"optimizer": "sgd"}, "optimizer"),
+    ({"sampler": "weighted"}, "sampler"), ({"warmup_epochs": 2}, "warmup_epochs"),
+    ({"ema_decay": 1.0}, "ema_decay"), ({"mixup": -0.2}, "mixup"),
+    ({"sampler": "balanced", "loss": "focal", "focal_alpha": 0.75}, "focal_alpha"),
+])
+def test_bad_technique_settings_are_named(override, named):
+    with pytest.raises(DataError, match=named):
+        resolve_settings({**SETTINGS_2D, **override})
 
 
 def test_other_seed_gives_another_first_epoch(cutouts, uninterrupted, tmp_path):
@@ -159,8 +241,8 @@ def test_class_weights_are_inverse_frequencies():
 def test_nan_loss_stops_naming_epoch_and_batch(cutouts, tmp_path, monkeypatch):
     real_build = train_module.build_model
 
-    def nan_model(architecture, num_classes=2):
-        model = real_build(architecture, num_classes)
+    def nan_model(architecture, num_classes=2, **options):
+        model = real_build(architecture, num_classes, **options)
         model.fc.register_forward_hook(lambda module, args, out: out * float("nan"))
         return model
 
