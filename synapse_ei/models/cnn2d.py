@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
+from synapse_ei.models.norm import apply_norm
+from synapse_ei.models.pretrained import load_backbone, pretrained_state_dict
+
 
 def one_channel_stem(conv: nn.Conv2d | nn.Conv3d) -> nn.Conv2d | nn.Conv3d:
     """A copy of ``conv`` taking one input channel, its kernel the sum over the input channels.
@@ -70,16 +73,28 @@ class SmallCNN(nn.Module):
         return self.fc(self.dropout(x))
 
 
-def build_cnn2d(num_classes: int = 2) -> nn.Module:
+def build_cnn2d(num_classes: int = 2, norm: str = "batch") -> nn.Module:
     """The small custom CNN for (N, 1, H, W) patches."""
-    return SmallCNN(num_classes=num_classes)
+    return apply_norm(SmallCNN(num_classes=num_classes), norm)
 
 
-def build_resnet2d(depth: int, num_classes: int = 2) -> nn.Module:
-    """torchvision ResNet-18/50 (no pretrained weights) with a one-channel stem."""
+def build_resnet2d(
+    depth: int, num_classes: int = 2, norm: str = "batch", pretrained: str | None = None
+) -> nn.Module:
+    """torchvision ResNet-18/50 with a one-channel stem, optionally ImageNet-initialised.
+
+    ``pretrained`` (a local state-dict file or ``'imagenet'``, see
+    :mod:`synapse_ei.models.pretrained`) fills every layer but the fresh two-class head; the stem
+    then sums its RGB kernels. With ``norm='group'`` each BatchNorm becomes a GroupNorm that
+    keeps the pretrained scale and shift.
+    """
     factories = {18: resnet18, 50: resnet50}
     if depth not in factories:
         raise ValueError(f"ResNet depth {depth} not available; use one of {sorted(factories)}")
+    architecture = f"resnet{depth}"
+    state = None if pretrained is None else pretrained_state_dict(architecture, pretrained)
     model = factories[depth](weights=None, num_classes=num_classes)
+    if state is not None:
+        load_backbone(model, state, architecture, pretrained)
     model.conv1 = one_channel_stem(model.conv1)
-    return model
+    return apply_norm(model, norm)
