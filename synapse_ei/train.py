@@ -35,7 +35,7 @@ from synapse_ei import augment, data, losses
 from synapse_ei.ema import build_ema
 from synapse_ei.errors import DataError
 from synapse_ei.io import atomic_path
-from synapse_ei.models import build_model, input_kind
+from synapse_ei.models import build_model, input_kind, model_options
 from synapse_ei.tables import LABELS
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,8 @@ def train_image_model(
     val_loader = data.make_loader(val_set, batch_size, seed + 1, shuffle=False,
                                   num_workers=num_workers, pin_memory=torch_device.type == "cuda")
 
-    model = build_model(architecture, num_classes=len(LABELS)).to(torch_device)
+    model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
+    model = model.to(torch_device)
     if torch_device.type == "cuda":
         model = model.to(memory_format=_memory_format(kind))
     optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
