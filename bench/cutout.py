@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-sample", type=int, default=200)
     parser.add_argument("--shape", type=int, nargs=3, default=(1536, 1536, 128),
                         help="volume size in voxels (XYZ)")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="chunk read threads (default: the workflow's, 1 for a local volume)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "synapse-ei-bench")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

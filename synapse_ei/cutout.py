@@ -46,14 +46,16 @@ OUTSIDE_VOLUME = "outside_volume"
 MANIFEST_COLUMNS = ["status", "path_2d", "path_3d"]
 #: Decoded chunks kept per shard: neighbouring synapses share chunks, so each is decoded once.
 DEFAULT_LRU_BYTES = 256 * 2**20
-#: Chunk reads in flight: remote reads wait on the network, so more threads than cores pay off.
+#: Chunk reads in flight for a remote volume: they wait on the network, so more threads than
+#: cores pay off. A local volume is decoded in the calling thread: decoding holds the GIL, and
+#: threads only add switching (as cloud-volume itself does for file://).
 DEFAULT_READ_THREADS = 8
 #: How to read the union box of each synapse: every needed chunk once ("chunks"), or one
 #: cloud-volume read per synapse with no cache ("per_synapse": the reference the chunk reader is
 #: tested and benchmarked against).
 READERS = ("chunks", "per_synapse")
 #: TIFF writer threads per shard: writing is mostly system calls, which release the GIL.
-_WRITERS = 2
+_WRITERS = 1
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
 
@@ -252,6 +254,13 @@ def iter_boxes(
         return uses[key][position] if position < len(uses[key]) else done
 
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+
+        def submit(key: tuple) -> Callable[[], np.ndarray]:
+            """Start reading ``key``; call the result to wait for the chunk."""
+            if threads <= 1:  # read when waited on, in this thread
+                return lambda: reader.read(key)
+            return pool.submit(reader.read, key).result
+
         k = 0
         while k < done:
             # A wave: the next boxes, until their new chunks fill a wave or the cache.
@@ -268,10 +277,10 @@ def iter_boxes(
             evictable = sorted((key for key in cache if key not in wave), key=upcoming)
             while len(cache) + len(new) > capacity:
                 del cache[evictable.pop()]
-            futures = {key: pool.submit(reader.read, key) for key in new}
-            for key, future in futures.items():
+            pending = {key: submit(key) for key in new}  # the whole wave in flight at once
+            for key in new:
                 try:
-                    cache[key] = future.result()
+                    cache[key] = pending[key]()
                 except _CHUNK_ERRORS as error:
                     first = next(j for j in range(k, end) if key in needs[j])
                     raise _chunk_error(error, reader.info, starts[first], stops[first],
@@ -366,7 +375,7 @@ def cut_shard(
     lru_bytes: int = DEFAULT_LRU_BYTES,
     compression: str | None = None,
     reader: str = "chunks",
-    threads: int = DEFAULT_READ_THREADS,
+    threads: int | None = None,
 ) -> dict:
     """Cut the 2D patch and 3D cube of every synapse in ``plan`` whose ``shard`` is ``shard``.
 
@@ -375,7 +384,8 @@ def cut_shard(
     ``size_2d`` = (X, Y) voxels of section ``c.z`` and the cube ``size_3d`` = (X, Y, Z) voxels,
     both starting at ``c - size // 2``; the union box is read once and sliced. With ``reader``
     "chunks" the shard's boxes are read in Morton order through :func:`iter_boxes` (each chunk
-    decoded once, ``threads`` reads in flight, at most ``lru_bytes`` of decoded chunks);
+    decoded once, ``threads`` reads in flight, by default 1 for a local volume and
+    :data:`DEFAULT_READ_THREADS` for a remote one, at most ``lru_bytes`` of decoded chunks);
     "per_synapse" reads each box with its own cloud-volume call. Both write the same bytes.
 
     Writes ``out_dir/2d/{id}.tif`` ((Y, X) uint8), ``out_dir/3d/{id}.tif`` ((Z, Y, X) uint8),
@@ -444,6 +454,8 @@ def cut_shard(
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
     if reader == "chunks":
         chunk_reader = ChunkReader(vol, info)
+        if threads is None:
+            threads = 1 if info.path.startswith("file://") else DEFAULT_READ_THREADS
         reads = (
             (todo[k], box)
             for k, box in iter_boxes(
