@@ -272,4 +272,4 @@ def test_microns_config_dry_run_needs_no_network(tmp_path):
     )
     assert "synthesize" not in result.stdout
     counts = job_counts(result.stdout)
-    assert counts["cutout"] == 256 and counts["train"] == 6 and counts["evaluate"] == 7
+    assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 8
