@@ -246,3 +246,23 @@ def test_pretrained_errors_name_the_file_and_the_fix(torch_home, tmp_path):
     for architecture in ("cnn2d", "unet3d"):
         with pytest.raises(DataError, match="no pretrained weights"):
             build_model(architecture, pretrained="imagenet")
+
+
+def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
+    from test_train import write_learnable_cutouts
+
+    from synapse_ei.inference import load_trained, predict_cutouts
+    from synapse_ei.train import train_image_model
+
+    manifest = write_learnable_cutouts(tmp_path / "cutouts")
+    settings = {"epochs": 1, "batch_size": 4, "samples_per_epoch": 8, "norm": "group"}
+    history = train_image_model(manifest, tmp_path / "cutouts", "unet3d", settings,
+                                tmp_path / "out", tmp_path / "ckpt", seed=3, device="cpu",
+                                threads=1)
+    assert history["train_loss"].notna().all()
+    # Inference rebuilds the GroupNorm model the weights belong to.
+    model, _ = load_trained(tmp_path / "out" / "model.pt")
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    predictions = predict_cutouts(tmp_path / "out" / "model.pt", manifest, tmp_path / "cutouts",
+                                  ("val",), device="cpu")
+    assert len(predictions) == 8 and predictions["prob_inhibitory"].between(0, 1).all()
