@@ -84,6 +84,12 @@ def random_synapses(n: int, shape: tuple[int, int, int], seed: int = 0) -> pd.Da
     })
 
 
+def chunk_bytes(path: Path) -> float:
+    """Mean size of a stored chunk file (bytes)."""
+    sizes = [file.stat().st_size for file in (path / "8_8_40").iterdir()]
+    return round(float(np.mean(sizes)), 1)
+
+
 def timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "synapses": n, "naive_sample": n_naive, "volume_shape": list(shape),
         "chunks_needed": n_chunks, "chunks_decoded": stats["chunks_decoded"],
+        "chunk_decodes_per_second": round(n_chunks / bound_s, 1),
+        "chunk_bytes_on_disk": chunk_bytes(args.dir / "em"),
         "cutouts_per_second": {key: round(value, 1) for key, value in rates.items()},
         "speedup_over_naive": round(rates["workflow"] / rates["naive"], 2),
         "slowdown_vs_decode_bound": round(rates["decode_bound"] / rates["workflow"], 2),
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             rates["decode_bound_plus_write"] / rates["workflow"], 2),
     }
     print(f"{n} synapses, {n_chunks} chunks needed, {stats['chunks_decoded']} decoded by the "
-          f"workflow (naive: a sample of {n_naive})")
+          f"workflow (naive: a sample of {n_naive}); {result['chunk_decodes_per_second']} chunk "
+          f"decodes/s, {result['chunk_bytes_on_disk']:.0f} bytes per chunk file")
     for key, value in rates.items():
         print(f"  {key:<26} {value:9.1f} cutouts/s")
     for key in ("speedup_over_naive", "slowdown_vs_decode_bound",

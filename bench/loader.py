@@ -9,7 +9,9 @@ kind:
 - ``read``: :meth:`synapse_ei.data.CutoutDataset.read`, the checked TIFF read alone;
 - ``loader``: batches from :func:`synapse_ei.data.make_loader` over a
   :class:`~synapse_ei.data.CutoutDataset` (float32, normalised), without augmentation;
-- ``loader+aug``: the same with the training augmentations (:func:`build_transforms`).
+- ``loader+aug``: the same with the training augmentations (:func:`build_transforms`);
+- ``bound``: the same cutouts from one memory-mapped uint8 ``.npy``, batched as uint8 (what a
+  packed per-shard form with normalisation on the GPU would cost the CPU), workers 0.
 
 Each loader row is measured for every ``--workers`` count. The files are read from the page
 cache (they were just written): a cold read from a network file system adds its own cost.
@@ -48,6 +50,19 @@ def write_cutouts(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
                      "label": ("excitatory", "inhibitory")[i % 2],
                      "path_2d": f"2d/{i}.tif", "path_3d": f"3d/{i}.tif"})
     return pd.DataFrame(rows)
+
+
+class PackedUint8(torch.utils.data.Dataset):
+    """Items straight out of a memory-mapped (N, ...) uint8 array: the input pipeline's floor."""
+
+    def __init__(self, path: Path) -> None:
+        self.array = np.load(path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[index]))
 
 
 def rate(fn, n_samples: int) -> float:
@@ -95,6 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
                 row[f"loader w={workers}"] = loader_rate(plain, args.batch_size, workers, n)
                 row[f"loader+aug w={workers}"] = loader_rate(
                     augmented, args.batch_size, workers, min(n, args.aug_samples))
+            packed = root / f"{kind}.npy"
+            np.save(packed, np.stack([plain.read(i) for i in range(n)]))
+            loader = torch.utils.data.DataLoader(PackedUint8(packed), batch_size=args.batch_size,
+                                                 shuffle=True, drop_last=True)
+            row["bound"] = rate(lambda: [batch for batch in loader],
+                                (n // args.batch_size) * args.batch_size)
             results[kind] = {key: round(value, 1) for key, value in row.items()}
     finally:
         shutil.rmtree(root, ignore_errors=True)
