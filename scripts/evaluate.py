@@ -7,11 +7,12 @@ from synapse_ei.logs import log_to_file
 log_to_file(snakemake.log[0])
 
 from synapse_ei.baseline import predict_connectivity  # noqa: E402
-from synapse_ei.evaluate import evaluate_predictions  # noqa: E402
+from synapse_ei.evaluate import NO_GALLERY, evaluate_predictions  # noqa: E402
 from synapse_ei.inference import predict_cutouts  # noqa: E402
 from synapse_ei.models import input_kind  # noqa: E402
 
-if snakemake.params.architecture == "connectivity":
+image_model = snakemake.params.architecture != "connectivity"
+if not image_model:
     predictions = predict_connectivity(
         snakemake.input.model,
         split_path=snakemake.input.split,
@@ -24,6 +25,7 @@ else:
         manifest_path=snakemake.input.manifest,
         cutout_root=snakemake.params.cutout_root,
         device=snakemake.params.device,
+        tta=snakemake.params.tta,
     )
 evaluate_predictions(
     predictions,
@@ -33,5 +35,7 @@ evaluate_predictions(
     details={
         "architecture": snakemake.params.architecture,
         "input": input_kind(snakemake.params.architecture),
+        "tta": snakemake.params.tta if image_model else "none: table-only model",
+        "gallery": "gallery.png" if image_model else NO_GALLERY,
     },
 )

@@ -18,6 +18,8 @@ import pytest
 import tifffile
 import yaml
 
+from synapse_ei.evaluate import NO_GALLERY
+
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "config" / "mini.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -79,9 +81,10 @@ def test_dry_run_lists_every_stage(tmp_path):
         "train": 2,
         "train_connectivity": 1,
         "evaluate": 3,
+        "gallery": 2,
         "summary": 1,
         "all": 1,
-        "total": 17,
+        "total": 19,
     }
 
 
@@ -125,8 +128,14 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
         metrics = json.loads((results / "eval" / model / "metrics.json").read_text())
         for key in ("accuracy", "balanced_accuracy", "roc_auc"):
             assert 0.0 <= metrics["test"][key] <= 1.0, (model, key, metrics["test"][key])
-        for figure in ("confusion_matrix.png", "roc.png", "training_curves.png"):
+        for figure in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png",
+                       "training_curves.png"):
             assert (results / "eval" / model / figure).stat().st_size > 1000
+        for scores in (metrics["test"], metrics["tuned_threshold"]["test"]):
+            assert set(scores["ci95"]) == {"accuracy", "balanced_accuracy", "roc_auc", "pr_auc"}
+        has_gallery = (results / "eval" / model / "gallery.png").exists()
+        assert has_gallery == (model != "connectivity")
+        assert metrics["gallery"] == ("gallery.png" if has_gallery else NO_GALLERY)
         predictions = pd.read_parquet(results / "eval" / model / "predictions.parquet")
         assert set(predictions.loc[predictions["split"] == "test", "id"]) <= set(
             split.loc[split["split"] == "test", "id"]
@@ -135,9 +144,31 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
     summary = pd.read_csv(results / "summary" / "models.csv")
     assert sorted(summary["model"]) == sorted(MODELS)
     assert (results / "summary" / "models.md").read_text().count("\n") >= len(MODELS) + 2
+    assert all(model in (results / "summary" / "models.html").read_text() for model in MODELS)
+    assert (results / "summary" / "curves.png").stat().st_size > 1000
     for stage_stats in ("query/provenance.json", "labels/stats.json", "splits/audit.json",
                         "cutouts/stats.json"):
         assert json.loads((results / stage_stats).read_text())
+
+
+@pytest.mark.workflow
+def test_report_builds_offline(finished_run: Path):
+    """`snakemake --report` gathers every figure and table by category, with no network."""
+    workdir = finished_run.parent
+    # A proxy that refuses every connection: any download the report tried would fail it.
+    offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    offline.update({key.upper(): value for key, value in offline.items()})
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in offline.items():
+            patch.setenv(key, value)
+        snakemake(workdir, "--report", "results/report.html")
+    text = (finished_run / "report.html").read_text()
+    for category in ("Data", "Splits", "Per model", "Comparison"):
+        assert f'"{category}"' in text, category
+    for shown in ("stats.json", "audit.json", "models.html", "curves.png", "gallery.png",
+                  "reliability.png", "pr.png"):
+        assert shown in text, shown
+    assert "reads no images and has no gallery" in text  # a caption made it in
 
 
 def config_with(tmp_path: Path, name: str, edit) -> Path:
@@ -174,7 +205,9 @@ def test_a_failed_model_reruns_alone_once_fixed(finished_run: Path, tmp_path: Pa
     assert not (finished_run / "models" / "cnn2d" / "model.pt").exists()
 
     fixed = snakemake(workdir, "-n", "--cores", "2").stdout
-    assert job_counts(fixed) == {"train": 1, "evaluate": 1, "summary": 1, "all": 1, "total": 4}
+    assert job_counts(fixed) == {
+        "train": 1, "evaluate": 1, "gallery": 1, "summary": 1, "all": 1, "total": 5
+    }  # fmt: skip
     assert "model=cnn2d" in fixed
     snakemake(workdir, "--cores", "2")
     assert (finished_run / "eval" / "cnn2d" / "metrics.json").is_file()

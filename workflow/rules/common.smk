@@ -47,5 +47,8 @@ def all_targets():
         f"{RESULTS}/summary/models.csv",
         f"{RESULTS}/summary/models.md",
         f"{RESULTS}/summary/models.png",
+        f"{RESULTS}/summary/models.html",
+        f"{RESULTS}/summary/curves.png",
         *expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
+        *expand(f"{RESULTS}/eval/{{model}}/gallery.png", model=IMAGE_MODELS),
     ]

@@ -48,7 +48,11 @@ rule gather_cutouts:
         shards=expand(f"{RESULTS}/cutouts/shards/{{shard}}", shard=SHARDS),
     output:
         manifest=f"{RESULTS}/cutouts/manifest.parquet",
-        stats=f"{RESULTS}/cutouts/stats.json",
+        stats=report(
+            f"{RESULTS}/cutouts/stats.json",
+            caption="../report/cutout_stats.rst",
+            category="Data",
+        ),
     log:
         f"{LOGS}/gather_cutouts.log",
     benchmark:

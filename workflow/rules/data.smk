@@ -26,7 +26,11 @@ rule query:
     output:
         synapses=f"{RESULTS}/query/synapses.parquet",
         cell_types=f"{RESULTS}/query/cell_types.parquet",
-        provenance=f"{RESULTS}/query/provenance.json",
+        provenance=report(
+            f"{RESULTS}/query/provenance.json",
+            caption="../report/provenance.rst",
+            category="Data",
+        ),
     log:
         f"{LOGS}/query.log",
     benchmark:
@@ -49,7 +53,11 @@ rule label:
         cell_types=rules.query.output.cell_types,
     output:
         synapses=f"{RESULTS}/labels/synapses.parquet",
-        stats=f"{RESULTS}/labels/stats.json",
+        stats=report(
+            f"{RESULTS}/labels/stats.json",
+            caption="../report/label_stats.rst",
+            category="Data",
+        ),
     log:
         f"{LOGS}/label.log",
     benchmark:

@@ -21,6 +21,18 @@ rule evaluate:
             category="Per model",
             subcategory="{model}",
         ),
+        pr=report(
+            f"{RESULTS}/eval/{{model}}/pr.png",
+            caption="../report/pr.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+        reliability=report(
+            f"{RESULTS}/eval/{{model}}/reliability.png",
+            caption="../report/reliability.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
         curves=report(
             f"{RESULTS}/eval/{{model}}/training_curves.png",
             caption="../report/training_curves.rst",
@@ -43,5 +55,35 @@ rule evaluate:
         architecture=lambda wildcards: architecture(wildcards.model),
         cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
         device=config["train"]["device"],
+        tta=config["evaluate"]["tta"],
     script:
         "../../scripts/evaluate.py"
+
+
+rule gallery:
+    input:
+        predictions=rules.evaluate.output.predictions,
+        manifest=rules.gather_cutouts.output.manifest,
+    output:
+        gallery=report(
+            f"{RESULTS}/eval/{{model}}/gallery.png",
+            caption="../report/gallery.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+    log:
+        f"{LOGS}/gallery/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/gallery/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(IMAGE_MODELS),
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        architecture=lambda wildcards: architecture(wildcards.model),
+        cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
+    script:
+        "../../scripts/gallery.py"

@@ -1,6 +1,9 @@
 rule summary:
     input:
         metrics=expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
+        predictions=expand(
+            f"{RESULTS}/eval/{{model}}/predictions.parquet", model=MODELS
+        ),
     output:
         csv=report(
             f"{RESULTS}/summary/models.csv",
@@ -8,9 +11,19 @@ rule summary:
             category="Comparison",
         ),
         markdown=f"{RESULTS}/summary/models.md",
+        html=report(
+            f"{RESULTS}/summary/models.html",
+            caption="../report/summary.rst",
+            category="Comparison",
+        ),
         figure=report(
             f"{RESULTS}/summary/models.png",
             caption="../report/summary_figure.rst",
+            category="Comparison",
+        ),
+        curves=report(
+            f"{RESULTS}/summary/curves.png",
+            caption="../report/summary_curves.rst",
             category="Comparison",
         ),
     log:

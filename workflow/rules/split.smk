@@ -3,7 +3,11 @@ rule split:
         synapses=rules.label.output.synapses,
     output:
         synapses=f"{RESULTS}/splits/synapses.parquet",
-        audit=f"{RESULTS}/splits/audit.json",
+        audit=report(
+            f"{RESULTS}/splits/audit.json",
+            caption="../report/split_audit.rst",
+            category="Splits",
+        ),
     log:
         f"{LOGS}/split.log",
     benchmark:
