@@ -255,8 +255,13 @@ def build_transforms(
                 cube_ops.append(augment.MissingSection(p=min(1.0, 0.2 * s)))
     if s > 0 and "noise" in chosen:
         cube_ops.append(v2.GaussianNoise(mean=0.0, sigma=0.03 * s, clip=True))
-    first = v2.Compose(in_plane) if kind == "2d" else SectionsAsBatch(v2.Compose(in_plane))
-    return v2.Compose([first, *cube_ops]) if cube_ops else first
+    stages = cube_ops
+    if in_plane:
+        first = v2.Compose(in_plane)
+        stages = [first if kind == "2d" else SectionsAsBatch(first), *cube_ops]
+    if not stages:  # e.g. only intensity ops at strength 0
+        return v2.Identity()
+    return stages[0] if len(stages) == 1 else v2.Compose(stages)
 
 
 def check_augmentations(kind: str, augmentations: Sequence[str]) -> list[str]:

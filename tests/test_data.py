@@ -189,9 +189,14 @@ def test_section_augmentations_need_a_3d_model():
         build_transforms("2d", train=True, augmentations=["flip", "section_slip"])
     with pytest.raises(DataError, match="cutout"):
         build_transforms("3d", train=True, augmentations=["cutout"])
-    identity = build_transforms("3d", train=True, augmentations=[])
     x = torch.rand(1, 4, 8, 8)
-    assert torch.equal(identity(x), x)
+    for nothing in ({"augmentations": []}, {"augmentations": ["noise"], "strength": 0.0}):
+        assert torch.equal(build_transforms("3d", train=True, **nothing)(x), x)
+    # A single op without any in-plane one works too.
+    torch.manual_seed(0)
+    for only in ("noise", "missing_section"):
+        out = build_transforms("3d", train=True, strength=5.0, augmentations=[only])(x)
+        assert out.shape == x.shape and not torch.equal(out, x)
 
 
 class Labelled(torch.utils.data.Dataset):

@@ -1,0 +1,67 @@
+"""Cost of each training augmentation per cutout, beside the default set, in one run.
+
+Usage: ``python bench/augment.py [--repeats 50] [--threads 1] [--sizes demo microns]``
+
+For each kind (2D patch, 3D cube) and size (``demo``: 64x64 and 8x32x32 as config/config.yaml
+cuts them; ``microns``: 256x256 and 32x128x128 as config/microns.yaml does), times
+:func:`synapse_ei.data.build_transforms` with the default augmentations, with each single
+augmentation (``augment_strength`` 1, so every random op fires at its configured odds), and with
+all of them, on one random scaled cutout; then :func:`synapse_ei.augment.mix_batch` (MixUp,
+CutMix) on a batch of 32. Prints milliseconds per cutout and the ratio to the default set: the
+price a data-loader worker pays for switching an op on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from synapse_ei.augment import mix_batch
+from synapse_ei.data import AUGMENTATIONS, DEFAULT_AUGMENTATIONS, SECTION_AUGMENTATIONS
+from synapse_ei.data import build_transforms
+from synapse_ei.losses import one_hot
+
+SIZES = {"demo": {"2d": (64, 64), "3d": (8, 32, 32)},
+         "microns": {"2d": (256, 256), "3d": (32, 128, 128)}}
+
+
+def per_call_ms(function, x: torch.Tensor, repeats: int) -> float:
+    function(x)  # warm-up: kernels, caches
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function(x)
+    return 1000 * (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"{'size':8} {'kind':4} {'augmentations':34} {'ms/cutout':>10} {'x default':>10}")
+    for size in args.sizes:
+        for kind, shape in SIZES[size].items():
+            x = torch.rand(1, *shape)
+            names = [n for n in AUGMENTATIONS if kind == "3d" or n not in SECTION_AUGMENTATIONS]
+            variants = {"default": list(DEFAULT_AUGMENTATIONS), **{n: [n] for n in names},
+                        "all": names}
+            base = None
+            for label, chosen in variants.items():
+                ms = per_call_ms(build_transforms(kind, True, 1.0, chosen), x, args.repeats)
+                base = base or ms
+                print(f"{size:8} {kind:4} {label:34} {ms:10.3f} {ms / base:10.2f}")
+            batch = torch.rand(32, 1, *shape)
+            target = one_hot(torch.randint(2, (32,)))
+            for label, alphas in (("mixup (batch of 32)", (0.4, 0.0)),
+                                  ("cutmix (batch of 32)", (0.0, 1.0))):
+                ms = per_call_ms(lambda b: mix_batch(b, target, *alphas), batch, args.repeats) / 32
+                print(f"{size:8} {kind:4} {label:34} {ms:10.3f} {ms / base:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
