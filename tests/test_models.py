@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import urllib.error
@@ -22,7 +23,7 @@ from synapse_ei.models import (
     one_channel_stem,
 )
 from synapse_ei.models.norm import group_count
-from synapse_ei.models.pretrained import weights_url
+from synapse_ei.models.pretrained import PUBLISHED_WEIGHTS, weights_url
 
 IMAGE_MODELS = [name for name, kind in ARCHITECTURES.items() if kind != "tables"]
 
@@ -266,3 +267,11 @@ def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
     predictions = predict_cutouts(tmp_path / "out" / "model.pt", manifest, tmp_path / "cutouts",
                                   ("val",), device="cpu")
     assert len(predictions) == 8 and predictions["prob_inhibitory"].between(0, 1).all()
+
+
+def test_workflow_knows_the_published_weights_names():
+    # common.smk keeps its own copy (the Snakefile must not import torch) to tell files from names.
+    common = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    line = next(line for line in common.splitlines() if line.startswith("PUBLISHED_WEIGHTS = "))
+    names = ast.literal_eval(line.removeprefix("PUBLISHED_WEIGHTS = "))
+    assert set(names) == {name for name, _ in PUBLISHED_WEIGHTS.values()}

@@ -37,6 +37,17 @@ def query_input(wildcards):
     raise ValueError(f"dataset.source: unknown source {source!r}")
 
 
+# The published-weights names of synapse_ei.models.pretrained.PUBLISHED_WEIGHTS (importing the
+# package here would load torch at every parse).
+PUBLISHED_WEIGHTS = ("imagenet", "kinetics400")
+
+
+def pretrained_weights(wildcards):
+    """A model's local pretrained-weights file as an input: a missing one fails before any job."""
+    source = config["models"][wildcards.model].get("pretrained")
+    return [] if source is None or source in PUBLISHED_WEIGHTS else [source]
+
+
 def trained_model(wildcards):
     suffix = "joblib" if architecture(wildcards.model) == "connectivity" else "pt"
     return f"{RESULTS}/models/{wildcards.model}/model.{suffix}"

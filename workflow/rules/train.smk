@@ -1,6 +1,7 @@
 rule train:
     input:
         manifest=rules.gather_cutouts.output.manifest,
+        pretrained=pretrained_weights,
     output:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         history=f"{RESULTS}/models/{{model}}/history.csv",
