@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.models import resnet18
-from torchvision.models.video import mc3_18, r3d_18
+from torchvision.models import resnet18, resnet50
+from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
 from synapse_ei.errors import DataError
 from synapse_ei.models import (
@@ -80,7 +80,10 @@ def test_forward_backward_on_configured_shape(architecture):
     ("factory", "stem", "shape"),
     [
         (resnet18, lambda m: ("conv1", m.conv1), (2, 1, 32, 32)),
+        (resnet50, lambda m: ("conv1", m.conv1), (2, 1, 32, 32)),
         (r3d_18, lambda m: ("stem.0", m.stem[0]), (2, 1, 4, 16, 16)),
+        (mc3_18, lambda m: ("stem.0", m.stem[0]), (2, 1, 4, 16, 16)),
+        (r2plus1d_18, lambda m: ("stem.0", m.stem[0]), (2, 1, 4, 16, 16)),
     ],
 )
 def test_one_channel_stem_equals_rgb_model_on_grey_input(factory, stem, shape):
