@@ -23,7 +23,7 @@ from synapse_ei.models import (
     one_channel_stem,
 )
 from synapse_ei.models.norm import group_count
-from synapse_ei.models.pretrained import PUBLISHED_WEIGHTS, weights_url
+from synapse_ei.models.pretrained import PUBLISHED_NAMES, weights_url
 
 IMAGE_MODELS = [name for name, kind in ARCHITECTURES.items() if kind != "tables"]
 
@@ -275,6 +275,6 @@ def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
 def test_workflow_knows_the_published_weights_names():
     # common.smk keeps its own copy (the Snakefile must not import torch) to tell files from names.
     common = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    line = next(line for line in common.splitlines() if line.startswith("PUBLISHED_WEIGHTS = "))
-    names = ast.literal_eval(line.removeprefix("PUBLISHED_WEIGHTS = "))
-    assert set(names) == {name for name, _ in PUBLISHED_WEIGHTS.values()}
+    line = next(line for line in common.splitlines() if line.startswith("PUBLISHED_NAMES = "))
+    names = ast.literal_eval(line.removeprefix("PUBLISHED_NAMES = "))
+    assert set(names) == PUBLISHED_NAMES

@@ -26,6 +26,8 @@ PUBLISHED_WEIGHTS: dict[str, tuple[str, str]] = {
     "mc3_18": ("kinetics400", "MC3_18_Weights.KINETICS400_V1"),
     "r2plus1d_18": ("kinetics400", "R2Plus1D_18_Weights.KINETICS400_V1"),
 }
+#: The values of ``pretrained`` that name published weights rather than a file.
+PUBLISHED_NAMES = frozenset(name for name, _ in PUBLISHED_WEIGHTS.values())
 #: The classification head of every torchvision model above; never taken from the file.
 HEAD = "fc"
 
@@ -49,7 +51,7 @@ def pretrained_state_dict(architecture: str, source: str) -> Mapping[str, torch.
     """The torchvision state dict named by ``source``: a local file, or the published name."""
     name, enum = published_weights(architecture)
     url = get_weight(enum).url
-    if source in {published for published, _ in PUBLISHED_WEIGHTS.values()}:
+    if source in PUBLISHED_NAMES:
         if source != name:
             raise DataError(
                 f"models: {architecture!r} was published with {name!r} weights, not "
@@ -75,8 +77,9 @@ def pretrained_state_dict(architecture: str, source: str) -> Mapping[str, torch.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise DataError(f"{path}: unreadable weights file ({error}); download {url} again.") \
-            from error
+        raise DataError(
+            f"{path}: unreadable weights file ({error}); download {url} again."
+        ) from error
     if not isinstance(state, Mapping) or not all(
         isinstance(value, torch.Tensor) for value in state.values()
     ):

@@ -37,15 +37,15 @@ def query_input(wildcards):
     raise ValueError(f"dataset.source: unknown source {source!r}")
 
 
-# The published-weights names of synapse_ei.models.pretrained.PUBLISHED_WEIGHTS (importing the
-# package here would load torch at every parse).
-PUBLISHED_WEIGHTS = ("imagenet", "kinetics400")
+# The `pretrained` values that name published weights, not a file: a copy of
+# synapse_ei.models.pretrained.PUBLISHED_NAMES (importing it would load torch at every parse).
+PUBLISHED_NAMES = ("imagenet", "kinetics400")
 
 
 def pretrained_weights(wildcards):
     """A model's local pretrained-weights file as an input: a missing one fails before any job."""
     source = config["models"][wildcards.model].get("pretrained")
-    return [] if source is None or source in PUBLISHED_WEIGHTS else [source]
+    return [] if source is None or source in PUBLISHED_NAMES else [source]
 
 
 def trained_model(wildcards):
