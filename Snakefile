@@ -36,3 +36,26 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Every run that does something leaves results/runs/<start time>.json: package versions, the
+# config, the git commit and, once the run ends, the dataset provenance (synapse_ei.provenance).
+RUN_RECORD = []
+
+
+onstart:
+    from synapse_ei.provenance import start_run_record
+
+    RUN_RECORD.append(start_run_record(RESULTS, config, workflow.basedir))
+
+
+onsuccess:
+    from synapse_ei.provenance import finish_run_record
+
+    finish_run_record(RUN_RECORD[0], True, f"{RESULTS}/query/provenance.json")
+
+
+onerror:
+    from synapse_ei.provenance import finish_run_record
+
+    finish_run_record(RUN_RECORD[0], False, f"{RESULTS}/query/provenance.json")

@@ -185,6 +185,41 @@ def mtimes(results: Path) -> dict[Path, int]:
 
 
 @pytest.mark.workflow
+def test_a_second_run_from_scratch_reproduces_the_first(finished_run: Path, tmp_path: Path):
+    """Same config, new directory: identical tables, splits and cutouts, and on CPU metrics."""
+    snakemake(tmp_path, "--cores", "2")
+    again = tmp_path / "results"
+    identical = [
+        "query/synapses.parquet", "query/cell_types.parquet", "labels/synapses.parquet",
+        "splits/synapses.parquet", "splits/audit.json", "cutouts/plan.parquet",
+        "cutouts/manifest.parquet",
+    ]  # fmt: skip
+    identical += [
+        str(path.relative_to(finished_run))
+        for path in (finished_run / "cutouts" / "shards").rglob("*")
+        if path.suffix in {".tif", ".parquet"}
+    ]
+    assert len(identical) > 100
+    differ = [name for name in identical
+              if (finished_run / name).read_bytes() != (again / name).read_bytes()]  # fmt: skip
+    assert not differ, f"not byte-identical: {differ[:10]}"
+    for model in MODELS:
+        first, second = (json.loads((run / "eval" / model / "metrics.json").read_text())
+                         for run in (finished_run, again))  # fmt: skip
+        assert first["test"] == second["test"], model
+        assert first["tuned_threshold"] == second["tuned_threshold"], model
+
+    # Each run recorded what it ran with.
+    (record_path,) = (again / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "succeeded"
+    assert record["packages"]["torch"] == "2.14.1" and record["packages"]["synapse-ei"]
+    assert record["git"]["commit"] and len(record["git"]["commit"]) == 40
+    assert record["config"]["models"].keys() == yaml.safe_load(MINI.read_text())["models"].keys()
+    assert record["dataset"] == json.loads((again / "query" / "provenance.json").read_text())
+
+
+@pytest.mark.workflow
 def test_a_failed_model_reruns_alone_once_fixed(finished_run: Path, tmp_path: Path):
     """One model's training fails (its loss explodes); after the fix only that model reruns."""
     workdir = finished_run.parent
