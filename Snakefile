@@ -32,6 +32,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Light rules run where Snakemake runs (a cluster's login node), not as cluster jobs.
+localrules:
+    gather_cutouts,
+    summary,
+
+
 rule all:
     default_target: True
     input:
