@@ -30,6 +30,7 @@ include: "workflow/rules/cutout.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 # Light rules run where Snakemake runs (a cluster's login node), not as cluster jobs.

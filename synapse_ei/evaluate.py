@@ -177,7 +177,8 @@ def _neuron_weighted_scores(
     for index in range(n_bins):
         in_bin = bin_of_synapse == index
         if in_bin.any():
-            gap += np.abs(draws @ per_neuron(in_bin, prob) - draws @ per_neuron(in_bin & (target == 1)))
+            predicted = draws @ per_neuron(in_bin, prob)
+            gap += np.abs(predicted - draws @ per_neuron(in_bin & (target == 1)))
     with np.errstate(invalid="ignore", divide="ignore"):
         ece = gap / (positives + negatives)
 
@@ -189,7 +190,8 @@ def _neuron_weighted_scores(
     inhibitory = per_neuron(target == 1) > 0
     correct = present & ((mean_prob >= threshold) == inhibitory)
     neurons_drawn = draws @ present.astype(float)
-    inhibitory_drawn, excitatory_drawn = draws @ (present & inhibitory), draws @ (present & ~inhibitory)
+    inhibitory_drawn = draws @ (present & inhibitory)
+    excitatory_drawn = draws @ (present & ~inhibitory)
     with np.errstate(invalid="ignore", divide="ignore"):
         neuron_accuracy = (draws @ correct.astype(float)) / neurons_drawn
         neuron_balanced = (
@@ -269,7 +271,9 @@ def _calibration_bin(prob: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def reliability_table(
-    labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarray, n_bins: int = N_CALIBRATION_BINS
+    labels: Sequence[str] | np.ndarray,
+    prob_inhibitory: np.ndarray,
+    n_bins: int = N_CALIBRATION_BINS,
 ) -> pd.DataFrame:
     """Per equal-width probability bin: its edges, synapse count, mean predicted probability of
     inhibitory and the observed fraction of inhibitory synapses (NaN in empty bins)."""
@@ -293,7 +297,9 @@ def reliability_table(
 
 
 def expected_calibration_error(
-    labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarray, n_bins: int = N_CALIBRATION_BINS
+    labels: Sequence[str] | np.ndarray,
+    prob_inhibitory: np.ndarray,
+    n_bins: int = N_CALIBRATION_BINS,
 ) -> float:
     """Expected calibration error of the inhibitory probability: the synapse-weighted mean, over
     equal-width bins, of |observed fraction inhibitory - mean predicted probability|."""

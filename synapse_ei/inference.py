@@ -22,7 +22,7 @@ from torch import nn
 from synapse_ei import data
 from synapse_ei.errors import DataError
 from synapse_ei.models import build_model, model_options
-from synapse_ei.tables import INHIBITORY
+from synapse_ei.tables import EXCITATORY, INHIBITORY
 from synapse_ei.train import autocast_for, to_device, resolve_device
 
 PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
@@ -113,12 +113,52 @@ def predict_cutouts(
         raise DataError(f"evaluate.tta: unknown mode {tta!r}; use one of {list(TTA_MODES)}.")
     torch_device = resolve_device(device)
     model, meta = load_trained(model_path, str(torch_device))
+    rows = data.load_manifest(manifest_path, list(splits), meta["input_kind"])
+    probabilities = _predict_rows(model, meta, model_path, rows, cutout_root, torch_device,
+                                  batch_size, tta)
+    predictions = rows[PREDICTION_COLUMNS[:-1]].copy()
+    predictions["prob_inhibitory"] = probabilities
+    return predictions.reset_index(drop=True)
+
+
+@torch.no_grad()
+def predict_unlabelled_cutouts(
+    model_path: str | Path,
+    manifest: pd.DataFrame,
+    cutout_root: str | Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    tta: str = "d4",
+) -> np.ndarray:
+    """The probability of inhibitory of every row of a cutout ``manifest`` without labels (its
+    ``path_<kind>`` relative to ``cutout_root``), as :func:`predict_cutouts` computes it."""
+    if tta not in TTA_MODES:
+        raise DataError(f"evaluate.tta: unknown mode {tta!r}; use one of {list(TTA_MODES)}.")
+    torch_device = resolve_device(device)
+    model, meta = load_trained(model_path, str(torch_device))
+    # CutoutDataset yields (image, label) pairs; these synapses have no label, and the one it
+    # is given here is never read.
+    rows = manifest.assign(label=EXCITATORY)
+    return _predict_rows(model, meta, model_path, rows, cutout_root, torch_device, batch_size,
+                         tta)
+
+
+def _predict_rows(
+    model: nn.Module,
+    meta: dict[str, Any],
+    model_path: str | Path,
+    rows: pd.DataFrame,
+    cutout_root: str | Path,
+    torch_device: torch.device,
+    batch_size: int,
+    tta: str,
+) -> np.ndarray:
+    """Probability of inhibitory of each manifest row, in order, averaged over TTA views."""
     norm = meta["normalisation"]
     if (norm["scale"], norm["mean"], norm["std"]) != (255.0, data.NORM_MEAN, data.NORM_STD):
         raise DataError(f"{model_path}: trained with normalisation {norm}, but this code uses "
                         f"x/255, mean {data.NORM_MEAN}, std {data.NORM_STD}; retrain the model.")
     kind = meta["input_kind"]
-    rows = data.load_manifest(manifest_path, list(splits), kind)
     dataset = data.CutoutDataset(rows, cutout_root, kind, None, shape=meta["cutout_shape"])
     loader = data.make_loader(dataset, batch_size, seed=0, shuffle=False,
                               pin_memory=torch_device.type == "cuda")
@@ -127,6 +167,4 @@ def predict_cutouts(
     for x, _ in loader:
         averaged = predict_proba(model, to_device(x, torch_device, kind), tta)
         probabilities.append(averaged[:, inhibitory].cpu().numpy())
-    predictions = rows[PREDICTION_COLUMNS[:-1]].copy()
-    predictions["prob_inhibitory"] = np.concatenate(probabilities).astype(np.float64)
-    return predictions.reset_index(drop=True)
+    return np.concatenate(probabilities).astype(np.float64)

@@ -171,6 +171,24 @@ def test_report_builds_offline(finished_run: Path):
     assert "reads no images and has no gallery" in text  # a caption made it in
 
 
+@pytest.mark.workflow
+def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
+    """The prediction target scores the synthetic orphan axons' synapses and calls each axon."""
+    snakemake(finished_run.parent, "--cores", "2", "results/predict/cnn2d/neurons.csv")
+    predict = finished_run / "predict"
+    synapses = pd.read_parquet(predict / "cnn2d" / "synapses.parquet")
+    neurons = pd.read_csv(predict / "cnn2d" / "neurons.csv")
+    typed = set(pd.read_parquet(finished_run / "query" / "cell_types.parquet")["pt_root_id"])
+    assert len(synapses) > 0 and not set(synapses["pre_pt_root_id"]) & typed
+    assert synapses["prob_inhibitory"].between(0, 1).all()
+    assert sorted(neurons["pre_pt_root_id"]) == sorted(synapses["pre_pt_root_id"].unique())
+    assert neurons["n_synapses"].sum() == len(synapses)
+    assert set(neurons["predicted_label"]) <= {"excitatory", "inhibitory"}
+    assert neurons["confidence"].between(0, 1).all()
+    tuned = json.loads((finished_run / "eval" / "cnn2d" / "metrics.json").read_text())
+    assert (neurons["threshold"] == tuned["tuned_threshold"]["threshold"]).all()
+
+
 def config_with(tmp_path: Path, name: str, edit) -> Path:
     """The mini config with ``edit(config)`` applied, written to ``tmp_path/name``."""
     config = yaml.safe_load(MINI.read_text())

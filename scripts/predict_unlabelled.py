@@ -1,0 +1,18 @@
+"""Rule predict_unlabelled: one model's probabilities for unlabelled synapses; their neurons."""
+
+from synapse_ei.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from synapse_ei.predict import predict_unlabelled  # noqa: E402
+
+predict_unlabelled(
+    snakemake.input.model,
+    metrics_path=snakemake.input.metrics,
+    shard_dirs=snakemake.input.shards,
+    synapses_out=snakemake.output.synapses,
+    neurons_out=snakemake.output.neurons,
+    stats_out=snakemake.output.stats,
+    device=snakemake.params.device,
+    tta=snakemake.params.tta,
+)

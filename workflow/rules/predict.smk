@@ -1,0 +1,83 @@
+# Prediction on unlabelled synapses (not part of `all`): ask for it with a target, e.g.
+#   snakemake --cores all results/predict/cnn2d/neurons.csv
+
+PREDICT_SHARDS = [f"{index:03d}" for index in range(config["predict"]["shards"])]
+
+
+rule plan_unlabelled:
+    input:
+        synapses=rules.query.output.synapses,
+        cell_types=rules.query.output.cell_types,
+    output:
+        plan=f"{RESULTS}/predict/plan.parquet",
+        stats=f"{RESULTS}/predict/selection.json",
+    log:
+        f"{LOGS}/predict/plan_unlabelled.log",
+    benchmark:
+        f"{BENCHMARKS}/predict/plan_unlabelled.tsv"
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        shards=len(PREDICT_SHARDS),
+        max_synapses_per_neuron=config["predict"]["max_synapses_per_neuron"],
+        seed=config["predict"]["seed"],
+    script:
+        "../../scripts/plan_unlabelled.py"
+
+
+rule cutout_unlabelled:
+    input:
+        plan=rules.plan_unlabelled.output.plan,
+        provenance=rules.query.output.provenance,
+    output:
+        shard=directory(f"{RESULTS}/predict/cutouts/shards/{{shard}}"),
+    log:
+        f"{LOGS}/predict/cutout/{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/predict/cutout/{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        mip=config["cutout"]["mip"],
+        size_2d=config["cutout"]["size_2d"],
+        size_3d=config["cutout"]["size_3d"],
+    script:
+        "../../scripts/cutout.py"
+
+
+rule predict_unlabelled:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        metrics=f"{RESULTS}/eval/{{model}}/metrics.json",
+        shards=expand(
+            f"{RESULTS}/predict/cutouts/shards/{{shard}}", shard=PREDICT_SHARDS
+        ),
+    output:
+        synapses=f"{RESULTS}/predict/{{model}}/synapses.parquet",
+        neurons=f"{RESULTS}/predict/{{model}}/neurons.csv",
+        stats=f"{RESULTS}/predict/{{model}}/stats.json",
+    log:
+        f"{LOGS}/predict/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/predict/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(IMAGE_MODELS),
+    conda:
+        "../../envs/synapse-ei.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        device=config["train"]["device"],
+        tta=config["evaluate"]["tta"],
+    script:
+        "../../scripts/predict_unlabelled.py"
