@@ -2,7 +2,8 @@
 
 Synapses of one neuron look alike (same axon, same neighbourhood): a synapse-level split would
 let a model recognise neurons rather than classes. Each class is split on its own, so every split
-gets neurons of both classes in the configured fractions.
+gets neurons of both classes in the configured fractions. :func:`split_by_synapse` is that
+synapse-level split, kept only as the leakage audit's control.
 """
 
 from __future__ import annotations
@@ -55,6 +56,48 @@ def split_by_neuron(
     result = result.sort_values("id", kind="stable").reset_index(drop=True)
     audit = _audit(result, labelled, fractions, seed, disjoint_postsynaptic, dropped)
     return result, audit
+
+
+def split_by_synapse(
+    labelled: pd.DataFrame, fractions: Mapping[str, float], seed: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The deliberately leaky control: each synapse, not each neuron, drawn into a split.
+
+    Used only by the leakage audit (synapse_ei.leakage) to measure how much a synapse-level
+    split flatters a model: a neuron's synapses land in several splits, so a model can score by
+    recognising neurons seen in training. Stratified by class with scikit-learn, ``fractions``
+    of the synapses per split; depends only on the synapse ids, labels and ``seed``, not on row
+    order. Any ``split`` column of ``labelled`` is replaced. Returns the table with a ``split``
+    column, sorted by id, and an audit dict shaped as :func:`split_by_neuron`'s (plus
+    ``"unit": "synapse"``).
+    """
+    fractions = _check_fractions(fractions)
+    tables.require_columns(labelled, ["id", PRE, POST, "label"], "labelled synapse table")
+    _neuron_labels(labelled)  # the same label checks as the neuron split
+    result = labelled.drop(columns="split", errors="ignore")
+    result = result.sort_values("id", kind="stable").reset_index(drop=True)
+    counts = result["label"].value_counts()
+    too_few = [label for label in tables.LABELS if counts.get(label, 0) < len(tables.SPLITS)]
+    if too_few:
+        raise DataError(
+            f"Class {too_few[0]!r} has {int(counts.get(too_few[0], 0))} synapse(s); at least "
+            f"{len(tables.SPLITS)} are needed (one per split). Add data or check labels.classes."
+        )
+    ids, labels = result["id"].to_numpy(), result["label"].to_numpy()
+    rest, test = train_test_split(
+        ids, test_size=fractions["test"], random_state=seed, stratify=labels
+    )
+    rest_labels = result.set_index("id").loc[rest, "label"].to_numpy()
+    val_share = fractions["val"] / (fractions["train"] + fractions["val"])
+    train, val = train_test_split(
+        rest, test_size=val_share, random_state=seed + 1, stratify=rest_labels
+    )
+    split_of_synapse = {}
+    for name, members in (("train", train), ("val", val), ("test", test)):
+        split_of_synapse.update(dict.fromkeys(members.tolist(), name))
+    result["split"] = result["id"].map(split_of_synapse)
+    audit = _audit(result, labelled, fractions, seed, False, {"post_in_other_split": 0})
+    return result, {"unit": "synapse", **audit}
 
 
 def _check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
