@@ -31,6 +31,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/audit.smk"
 
 
 # Light rules run where Snakemake runs (a cluster's login node), not as cluster jobs.

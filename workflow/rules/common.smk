@@ -62,4 +62,60 @@ def all_targets():
         f"{RESULTS}/summary/curves.png",
         *expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
         *expand(f"{RESULTS}/eval/{{model}}/gallery.png", model=IMAGE_MODELS),
+        *leakage_audit_targets(),
     ]
+
+
+def leakage_audit_targets():
+    """The leakage audit's outputs (workflow/rules/audit.smk), only with leakage_audit.enabled."""
+    if not config["leakage_audit"]["enabled"]:
+        return []
+    return [
+        f"{RESULTS}/audit/leakage.{suffix}" for suffix in ("json", "md", "html", "png")
+    ]
+
+
+# The leakage audit (workflow/rules/audit.smk): its models and where their leaky-split files go.
+LEAKY = f"{RESULTS}/audit/leaky"
+
+
+def audited_models():
+    """(image model, connectivity baseline) of the audit: leakage_audit.model or the first
+    image model, and the first connectivity entry of `models`."""
+    chosen = config["leakage_audit"]["model"]
+    image = chosen if chosen is not None else next(iter(IMAGE_MODELS), None)
+    if image not in IMAGE_MODELS:
+        raise ValueError(
+            f"leakage_audit.model: {image!r} is not an image model of `models` "
+            f"({IMAGE_MODELS}); name one, or set leakage_audit.enabled to false."
+        )
+    if not BASELINE_MODELS:
+        raise ValueError(
+            "leakage_audit: `models` has no entry with architecture connectivity; add one "
+            "(the audit compares it), or set leakage_audit.enabled to false."
+        )
+    return image, BASELINE_MODELS[0]
+
+
+AUDIT_IMAGE_MODEL, AUDIT_BASELINE = (
+    audited_models() if config["leakage_audit"]["enabled"] else (None, None)
+)
+
+
+def audit_metrics(wildcards):
+    """The metrics.json of both audited models under both splits."""
+    if AUDIT_IMAGE_MODEL is None:
+        raise ValueError(
+            "leakage_audit.enabled is false: set it to true to run the leakage audit."
+        )
+    return {
+        "neuron_image": f"{RESULTS}/eval/{AUDIT_IMAGE_MODEL}/metrics.json",
+        "leaky_image": f"{LEAKY}/eval/{AUDIT_IMAGE_MODEL}/metrics.json",
+        "neuron_baseline": f"{RESULTS}/eval/{AUDIT_BASELINE}/metrics.json",
+        "leaky_baseline": f"{LEAKY}/eval/{AUDIT_BASELINE}/metrics.json",
+    }
+
+
+def leaky_model(wildcards):
+    suffix = "joblib" if architecture(wildcards.model) == "connectivity" else "pt"
+    return f"{LEAKY}/models/{wildcards.model}/model.{suffix}"
