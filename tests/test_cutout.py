@@ -219,7 +219,9 @@ def test_chunk_reader_writes_the_bytes_of_per_synapse_reads(
     plan = plan_shards(synapses, 1)
     by_synapse, by_chunk = tmp_path / "a" / "shards" / "000", tmp_path / "b" / "shards" / "000"
     for shard_dir, reader in ((by_synapse, "per_synapse"), (by_chunk, "chunks")):
-        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir, reader=reader)
+        # Three read threads: the path a remote volume takes (a local one reads inline).
+        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir, reader=reader,
+                  threads=3)
     expected = _shard_files(by_synapse)
     assert len(expected) == 2 * len(synapses)
     assert _shard_files(by_chunk) == expected
