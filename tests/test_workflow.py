@@ -295,8 +295,9 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(finished_run: Path,
             assert time.monotonic() < deadline, "no second epoch within 300 s"
             time.sleep(0.2)
     finally:
-        os.killpg(job.pid, signal.SIGKILL)  # no chance to clean up, as with a node failure
-        job.wait()
+        # What Slurm does to a preempted job: SIGTERM to every process of the job.
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=120)
     assert not (finished_run / "models" / "resumable" / "model.pt").exists()
 
     snakemake(workdir, "--cores", "2", "--configfile", str(config), "--rerun-incomplete", target)
