@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from synapse_ei.io import read_json, write_json
+from synapse_ei.io import plain, read_json, write_json
 
 #: The distributions whose versions decide what a run computes.
 PACKAGES = (
@@ -75,7 +75,7 @@ def start_run_record(
             "platform": platform.platform(),
             "packages": package_versions(),
             "git": git_state(workflow_dir),
-            "config": _plain(config),
+            "config": plain(config),
             "dataset": None,
         },
     )
@@ -91,12 +91,3 @@ def finish_run_record(path: str | Path, succeeded: bool, dataset_provenance: str
     dataset = Path(dataset_provenance)
     record["dataset"] = read_json(dataset) if dataset.is_file() else None
     write_json(path, record)
-
-
-def _plain(value: Any) -> Any:
-    """Config values (Snakemake's mapping types included) as plain JSON values."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from synapse_ei import augment, data, losses
 from synapse_ei.ema import build_ema
 from synapse_ei.errors import DataError
-from synapse_ei.io import atomic_path
+from synapse_ei.io import atomic_path, plain
 from synapse_ei.models import build_model, input_kind, model_options
 from synapse_ei.tables import LABELS
 
@@ -280,15 +280,6 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict[str, An
     return checkpoint
 
 
-def _plain(value: Any) -> Any:
-    """Config values (possibly Snakemake's mapping types) as plain dicts/lists."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
 def train_image_model(
     manifest_path: str | Path,
     cutout_root: str | Path,
@@ -315,7 +306,7 @@ def train_image_model(
     if kind not in data.KINDS:
         raise DataError(f"models: {architecture!r} reads {kind}, not images; train it with "
                         "synapse_ei.baseline.")
-    settings = resolve_settings(_plain(settings))
+    settings = resolve_settings(plain(settings))
     if threads is not None:
         torch.set_num_threads(int(threads))
     torch_device = resolve_device(device)

@@ -18,6 +18,7 @@ import pytest
 import tifffile
 import yaml
 
+from snakemake_helpers import job_counts
 from synapse_ei.evaluate import NO_GALLERY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,19 +47,6 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
             f"{result.stderr[-8000:]}"
         )
     return result
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """The "Job stats" table of a Snakemake dry run, as {rule: number of jobs}."""
-    lines = dry_run_output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split() == ["job", "count"])
-    counts = {}
-    for line in lines[start + 2 :]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.fixture(scope="module")
