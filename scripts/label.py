@@ -14,6 +14,8 @@ labelled, stats = label_synapses(
     pd.read_parquet(snakemake.input.cell_types),
     column=snakemake.params.column,
     classes=snakemake.params.classes,
+    max_synapses_per_class=snakemake.params.max_synapses_per_class,
+    seed=snakemake.params.seed,
 )
 write_parquet(snakemake.output.synapses, labelled)
 write_json(snakemake.output.stats, stats)

@@ -4,7 +4,8 @@ A synapse is dropped for the first reason that applies, so the counts add up to 
 ``pre_root_id_zero`` (no segment), ``no_cell_type`` (the presynaptic cell has no cell-type row),
 ``duplicate_cell_type`` (its root id has several rows: a multi-soma merge, so no single class),
 ``not_mapped`` (its class is not in ``classes``, e.g. glia), then ``autapse`` (pre == post, a
-segmentation merge rather than biology).
+segmentation merge rather than biology). An optional cap per class (``class_cap``) keeps a
+seeded random sample of each class, so a huge majority class does not swamp a run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from synapse_ei import tables
@@ -26,14 +28,24 @@ def label_synapses(
     cell_types: pd.DataFrame,
     column: str,
     classes: Mapping[str, str],
+    max_synapses_per_class: int | None = None,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Label each synapse excitatory/inhibitory by its presynaptic cell's ``column`` value.
 
     ``classes`` maps values of ``cell_types[column]`` to 'excitatory' / 'inhibitory'. Returns the
     labelled synapses (all input columns plus ``label`` and ``pre_cell_type``, sorted by id) and
-    a stats dict of counts in, out and dropped by reason.
+    a stats dict of counts in, out and dropped by reason. With ``max_synapses_per_class``, each
+    class keeps at most that many synapses, a random sample fixed by ``seed``.
     """
     _check_classes(classes)
+    if max_synapses_per_class is not None and (
+        isinstance(max_synapses_per_class, bool) or int(max_synapses_per_class) < 1
+    ):
+        raise DataError(
+            f"labels.max_synapses_per_class: {max_synapses_per_class!r} must be a positive "
+            "integer (or null for no cap)."
+        )
     tables.require_columns(synapses, ["id", "pre_pt_root_id", "post_pt_root_id"], "synapse table")
     tables.require_columns(cell_types, tables.CELL_TYPE_REQUIRED, "cell-type table")
     if column not in cell_types.columns:
@@ -80,6 +92,12 @@ def label_synapses(
     labelled["label"] = label[remaining].astype(str)
     labelled["pre_cell_type"] = labelled["pre_pt_root_id"].map(cell_type_name).astype(str)
     labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
+    capped = len(labelled)
+    if max_synapses_per_class is not None:
+        shuffled = labelled.sample(frac=1.0, random_state=np.random.default_rng(seed))
+        kept = shuffled.groupby("label", sort=False).head(int(max_synapses_per_class))
+        labelled = kept.sort_values("id", kind="stable").reset_index(drop=True)
+    capped -= len(labelled)
 
     stats = {
         "synapses_in": len(synapses),
@@ -87,6 +105,7 @@ def label_synapses(
         "column": column,
         "classes": dict(classes),
         "dropped": {reason: int(mask.sum()) for reason, mask in drops.items()},
+        "max_synapses_per_class": max_synapses_per_class,
         "not_mapped_values": {str(k): int(v) for k, v in not_mapped_values.items()},
         "by_label": {name: int((labelled["label"] == name).sum()) for name in tables.LABELS},
         "neurons_by_label": {
@@ -94,6 +113,8 @@ def label_synapses(
             for name in tables.LABELS
         },
     }
+    if max_synapses_per_class is not None:
+        stats["dropped"]["class_cap"] = int(capped)
     _check_both_classes(stats)
     return labelled, stats
 

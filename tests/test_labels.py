@@ -131,3 +131,28 @@ def test_repeated_synapse_id_is_an_error():
     frame.loc[1, "id"] = frame.loc[0, "id"]
     with pytest.raises(DataError, match="appears more than once"):
         label_synapses(frame, cell_types(), "classification_system", CLASSES)
+
+
+def test_a_class_cap_keeps_a_seeded_sample_of_each_class():
+    many = pd.DataFrame(
+        {
+            "id": range(1, 201),
+            "pre_pt_root_id": [ROOT + (1 if i % 4 else 2) for i in range(200)],  # 150 E, 50 I
+            "post_pt_root_id": [ROOT + 100 + i for i in range(200)],
+            "ctr_pt_position_x": 0, "ctr_pt_position_y": 0, "ctr_pt_position_z": 0,
+        }
+    )  # fmt: skip
+    labelled, stats = label_synapses(many, cell_types(), "classification_system", CLASSES,
+                                     max_synapses_per_class=40, seed=3)  # fmt: skip
+    assert labelled["label"].value_counts().to_dict() == {"excitatory": 40, "inhibitory": 40}
+    assert stats["dropped"]["class_cap"] == 120
+    assert stats["labelled"] + sum(stats["dropped"].values()) == stats["synapses_in"]
+    assert labelled["id"].is_monotonic_increasing
+    again, _ = label_synapses(many, cell_types(), "classification_system", CLASSES,
+                              max_synapses_per_class=40, seed=3)  # fmt: skip
+    other, _ = label_synapses(many, cell_types(), "classification_system", CLASSES,
+                              max_synapses_per_class=40, seed=4)  # fmt: skip
+    assert again["id"].tolist() == labelled["id"].tolist() != other["id"].tolist()
+    with pytest.raises(DataError, match="labels.max_synapses_per_class"):
+        label_synapses(many, cell_types(), "classification_system", CLASSES,
+                       max_synapses_per_class=0)  # fmt: skip

@@ -70,5 +70,7 @@ rule label:
     params:
         column=config["labels"]["column"],
         classes=config["labels"]["classes"],
+        max_synapses_per_class=config["labels"]["max_synapses_per_class"],
+        seed=config["labels"]["seed"],
     script:
         "../../scripts/label.py"
