@@ -92,6 +92,29 @@ def test_invalid_config_names_the_key(tmp_path):
     assert "synthetc" in message and "source" in message
 
 
+
+@pytest.mark.parametrize(
+    ("audit", "models", "expected"),
+    [
+        ({"model": "connectivity"}, MODELS, "leakage_audit.model: 'connectivity' is not an image model"),
+        ({"model": "resnet9"}, MODELS, "leakage_audit.model: 'resnet9' is not an image model"),
+        ({}, ["cnn2d", "r3d_18"], "`models` has no entry with architecture connectivity"),
+    ],
+)
+def test_a_leakage_audit_it_cannot_run_is_refused_at_once(tmp_path, audit, models, expected):
+    """A bad audit setting stops the dry run with a message naming the key and the way out."""
+
+    def edit(config):
+        config["leakage_audit"] = {"enabled": True, **audit}
+        config["models"] = {name: config["models"][name] for name in models}
+
+    bad = config_with(tmp_path, "audit.yaml", edit)
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert expected in said and "leakage_audit.enabled to false" in said
+    assert not (tmp_path / "results").exists()
+
 @pytest.mark.workflow
 def test_mini_dag_runs_end_to_end(finished_run: Path):
     results = finished_run
@@ -324,6 +347,76 @@ def test_a_failed_shard_reruns_alone(finished_run: Path):
     assert after == before, "the shards that did not fail were rewritten"
     new_manifest = pd.read_parquet(cutouts / "manifest.parquet")
     pd.testing.assert_frame_equal(new_manifest, old_manifest)
+
+
+def kill_shard_mid_write(workdir: Path, shard_dir: Path, attempts: int = 5) -> None:
+    """Run the cutout job of ``shard_dir`` and SIGKILL its whole process group (as the OOM
+    killer or a lost node does) once it has written some TIFFs but not its manifest."""
+    target = str(shard_dir.relative_to(workdir))
+    command = [
+        *SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(MINI), "--cores", "1", "--rerun-incomplete", target,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for _ in range(attempts):
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        job = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        try:
+            while job.poll() is None and time.monotonic() < deadline:
+                written = shard_dir / "3d"
+                if written.is_dir() and any(os.scandir(written)):
+                    os.killpg(job.pid, signal.SIGKILL)
+                    job.wait(timeout=60)
+                    if not (shard_dir / "manifest.parquet").exists():
+                        return
+                    break  # it finished between the look and the kill: try again
+                time.sleep(0.001)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait(timeout=60)
+    raise AssertionError(f"could not catch {target} mid-write in {attempts} attempts")
+
+
+@pytest.mark.workflow
+def test_a_killed_shard_is_redone_alone(finished_run: Path):
+    """A cutout job SIGKILLed mid-write leaves a partial shard: the next run redoes only it."""
+    workdir = finished_run.parent
+    cutouts = finished_run / "cutouts"
+    killed = cutouts / "shards" / "002"
+    old_files = {path.relative_to(killed): path.read_bytes() for path in killed.rglob("*.tif")}
+    others = {
+        path: path.stat().st_mtime_ns
+        for shard in ("000", "001") for path in (cutouts / "shards" / shard).rglob("*")
+    }  # fmt: skip
+    old_manifest = pd.read_parquet(cutouts / "manifest.parquet")
+
+    kill_shard_mid_write(workdir, killed)
+    partial = list(killed.rglob("*.tif"))
+    assert 0 < len(partial) < len(old_files), "the kill did not leave a partial shard"
+
+    # Snakemake knows the shard is incomplete: it refuses to trust it without being told...
+    refused = snakemake(workdir, "-n", "--cores", "2", check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert "--rerun-incomplete" in said and "results/cutouts/shards/002" in said
+    # ...with --rerun-incomplete it plans that shard alone, then the gathering...
+    target = str((cutouts / "manifest.parquet").relative_to(workdir))
+    counts = job_counts(snakemake(workdir, "-n", "--cores", "2", "--rerun-incomplete", target).stdout)
+    assert counts == {"cutout": 1, "gather_cutouts": 1, "total": 2}
+    # ...but the killed run still holds the lock, and the message says how to remove it.
+    locked = snakemake(workdir, "--cores", "2", "--rerun-incomplete", target, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "--cores", "2", "--rerun-incomplete", target)
+
+    assert {path: path.stat().st_mtime_ns for path in others} == others
+    redone = {path.relative_to(killed): path.read_bytes() for path in killed.rglob("*.tif")}
+    assert redone == old_files
+    assert not list(killed.rglob("*.tmp")), "a half-written temporary file survived the rerun"
+    pd.testing.assert_frame_equal(pd.read_parquet(cutouts / "manifest.parquet"), old_manifest)
 
 
 def test_configfile_replaces_the_demo_config(tmp_path):
