@@ -4,11 +4,15 @@
 :func:`cut_shard` writes one shard's TIFFs, manifest and stats, reading every chunk the shard
 needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each evicted
 after its last use); :func:`gather` joins the shards and refuses a dataset with an empty split
-or class; :func:`read_cutout` is the checked reader the training data loader uses.
+or class; :func:`read_cutout` and :func:`open_pack` are the checked readers the training
+data loader uses.
 
 TIFFs hold the raw uint8 EM values exactly as stored (no normalisation): 2D patches as (Y, X),
 3D cubes as (Z, Y, X), the TIFF page convention; the transpose from CloudVolume's XYZ happens
-here and only here.
+here and only here. Beside them each shard writes the same arrays packed into one
+memory-mappable ``.npy`` per kind (``2d.npy``: (N, Y, X), ``3d.npy``: (N, Z, Y, X)), so training
+reads a batch with one slice instead of one TIFF per synapse; the manifest's ``pack_index``
+gives each cutout's row.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ log = logging.getLogger(__name__)
 
 OK = "ok"
 OUTSIDE_VOLUME = "outside_volume"
-MANIFEST_COLUMNS = ["status", "path_2d", "path_3d"]
+MANIFEST_COLUMNS = ["status", "path_2d", "path_3d", "packed_2d", "packed_3d", "pack_index"]
+#: The cutout kinds, and the name of each kind's packed array in a shard directory.
+PACK_NAMES = {"2d": "2d.npy", "3d": "3d.npy"}
 #: Decoded chunks kept per shard: neighbouring synapses share chunks, so each is decoded once.
 DEFAULT_LRU_BYTES = 256 * 2**20
 #: Chunk reads in flight for a remote volume: they wait on the network, so more threads than
@@ -333,9 +339,19 @@ def _require_content(
 
 
 def _write_tiff(path: Path, array: np.ndarray, compression: str | None) -> None:
-    with atomic_path(path) as tmp:
-        # minisblack: a cube with 3 or 4 sections must not be taken for an RGB(A) image.
-        tifffile.imwrite(tmp, array, photometric="minisblack", compression=compression)
+    """Write one cutout TIFF in place. No per-file rename: a shard's files count only once its
+    manifest.parquet (written last, atomically) lists them, and a shard without one is cut again
+    whole, so a temporary name per file would only cost time."""
+    # minisblack: a cube with 3 or 4 sections must not be taken for an RGB(A) image.
+    tifffile.imwrite(path, array, photometric="minisblack", compression=compression)
+
+
+def _write_npy_header(file: Any, shape: tuple[int, ...]) -> None:
+    """Start an uint8 ``.npy`` of ``shape`` whose rows are then appended in order with
+    ``file.write``: sequential writes, cheaper than faulting in the pages of a memory map."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+              "fortran_order": False, "shape": tuple(int(n) for n in shape)}
+    np.lib.format.write_array_header_1_0(file, header)
 
 
 def _outside_message(
@@ -364,6 +380,7 @@ def _empty_manifest(rows: pd.DataFrame) -> pd.DataFrame:
     manifest = rows.copy()
     for column in MANIFEST_COLUMNS:
         manifest[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    manifest["pack_index"] = pd.Series(pd.NA, index=rows.index, dtype="Int64")
     return manifest
 
 
@@ -394,8 +411,10 @@ def cut_shard(
     "per_synapse" reads each box with its own cloud-volume call. Both write the same bytes.
 
     Writes ``out_dir/2d/{id}.tif`` ((Y, X) uint8), ``out_dir/3d/{id}.tif`` ((Z, Y, X) uint8),
-    ``out_dir/manifest.parquet`` (every planned row + ``status``, ``path_2d``, ``path_3d``,
-    paths relative to ``out_dir.parent.parent``) and ``out_dir/stats.json``; returns the stats.
+    the same arrays packed in ``out_dir/2d.npy`` ((N, Y, X)) and ``out_dir/3d.npy``
+    ((N, Z, Y, X)), ``out_dir/manifest.parquet`` (every planned row + ``status``, ``path_2d``,
+    ``path_3d``, ``packed_2d``, ``packed_3d``, paths relative to ``out_dir.parent.parent``, and
+    ``pack_index``, the row in the packs) and ``out_dir/stats.json``; returns the stats.
     Synapses whose box leaves the volume are skipped as ``outside_volume``; if all are, a
     :class:`DataError` names the likely unit mix-up. Missing chunks and constant cutouts raise
     :class:`DataError` naming the synapse and the box.
@@ -453,6 +472,7 @@ def cut_shard(
     status = np.full(len(rows), OUTSIDE_VOLUME, dtype=object)
     path_2d = np.full(len(rows), None, dtype=object)
     path_3d = np.full(len(rows), None, dtype=object)
+    pack_index = np.full(len(rows), -1, dtype=np.int64)
     ids = rows["id"].to_numpy()
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
@@ -478,29 +498,52 @@ def cut_shard(
         reads, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
         disable=not sys.stderr.isatty(),
     )
-    # Writing overlaps reading: a few writer threads, a bounded queue of cutouts in flight.
-    with ThreadPoolExecutor(max_workers=_WRITERS) as writers:
+    pack_2d, pack_3d = (out_dir / PACK_NAMES[kind] for kind in ("2d", "3d"))
+    # Writing overlaps reading: a few TIFF writer threads, a bounded queue of cutouts in flight.
+    # The packs get one row per cutout in read order and appear only once complete.
+    with (
+        atomic_path(pack_2d) as tmp_2d,
+        atomic_path(pack_3d) as tmp_3d,
+        # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
+        open(tmp_2d, "r+b") as packed_2d,
+        open(tmp_3d, "r+b") as packed_3d,
+        ThreadPoolExecutor(max_workers=_WRITERS) as writers,
+    ):
+        _write_npy_header(packed_2d, (len(todo), patch_size[1], patch_size[0]))
+        _write_npy_header(packed_3d, (len(todo), *cube_size[::-1]))
         pending: deque = deque()
-        for i, crop in progress:
+
+        def write(file_2d: Path, file_3d: Path, patch: np.ndarray, cube: np.ndarray) -> None:
+            # One writer thread, so the pack rows land in submission order.
+            _write_tiff(file_2d, patch, compression)
+            _write_tiff(file_3d, cube, compression)
+            packed_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the row layout
+            packed_3d.write(cube.data)
+
+        for row, (i, crop) in enumerate(progress):
             patch = crop(patch_start[i], patch_stop[i])[0]
             cube = crop(cube_start[i], cube_stop[i])
             _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
             _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
             file_2d = out_dir / "2d" / f"{ids[i]}.tif"
             file_3d = out_dir / "3d" / f"{ids[i]}.tif"
-            pending.append(writers.submit(_write_tiff, file_2d, patch, compression))
-            pending.append(writers.submit(_write_tiff, file_3d, cube, compression))
+            pending.append(writers.submit(write, file_2d, file_3d, patch, cube))
             while len(pending) > 4 * _WRITERS:
                 pending.popleft().result()
             status[i] = OK
             path_2d[i] = file_2d.relative_to(root).as_posix()
             path_3d[i] = file_3d.relative_to(root).as_posix()
+            pack_index[i] = row
         for future in pending:
             future.result()
 
+    written = status == OK
     manifest["status"] = status
     manifest["path_2d"] = path_2d
     manifest["path_3d"] = path_3d
+    for kind, pack in (("2d", pack_2d), ("3d", pack_3d)):
+        manifest[f"packed_{kind}"] = np.where(written, pack.relative_to(root).as_posix(), None)
+    manifest["pack_index"] = pd.Series(pack_index, dtype="Int64").where(written)
     stats["written"] = int((status == OK).sum())
     skipped = pd.Series(status[status != OK]).value_counts()
     stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
@@ -549,7 +592,7 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
     Returns ``(manifest, stats)``: ``manifest`` holds only ``status == 'ok'`` rows (paths
     relative to ``out_root``), ``stats`` the counts per split x class, skips per reason and
     per-shard timings. Raises :class:`DataError` if a shard's manifest is missing or corrupt, a
-    listed TIFF is missing, or any split x class combination has no cutout.
+    listed TIFF or pack is missing or damaged, or any split x class combination has no cutout.
     """
     out_root = Path(out_root)
     frames = [_read_shard_manifest(Path(shard_dir)) for shard_dir in shard_dirs]
@@ -567,6 +610,10 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
                     f"cutout {str(out_root / relative)!r} is listed in a shard manifest but "
                     "missing. Rerun the cutout shard that wrote it."
                 )
+
+    for kind in PACK_NAMES:
+        for relative, rows in ok.groupby(f"packed_{kind}"):
+            open_pack(out_root / relative, length=int(rows["pack_index"].max()) + 1)
 
     skipped = everything.loc[everything["status"] != OK, "status"].value_counts()
     counts: dict[str, dict[str, int]] = {}
@@ -651,4 +698,41 @@ def read_cutout(path: str | Path, expected_shape: tuple[int, ...]) -> np.ndarray
         raise DataError(f"cutout {str(path)!r} has dtype {array.dtype}, expected uint8. {rerun}")
     if not array.any():
         raise DataError(f"cutout {str(path)!r} is all zeros (missing image data). {rerun}")
+    return array
+
+
+def open_pack(
+    path: str | Path, item_shape: Sequence[int] | None = None, length: int | None = None
+) -> np.ndarray:
+    """Memory-map a shard's packed cutouts, an (N, *item_shape) uint8 ``.npy``, read-only.
+
+    Only the header is read. Raises :class:`DataError` naming the file if it is missing,
+    unreadable or truncated, not uint8, of another item shape than ``item_shape``, or shorter
+    than ``length`` rows.
+    """
+    path = Path(path)
+    rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
+    if not path.is_file():
+        raise DataError(f"packed cutouts {str(path)!r} are missing. {rerun}")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # numpy raises ValueError, OSError, ... for a damaged file
+        raise DataError(
+            f"packed cutouts {str(path)!r} are unreadable or truncated ({error}). {rerun}"
+        ) from error
+    if array.dtype != np.uint8 or array.ndim < 3:
+        raise DataError(
+            f"packed cutouts {str(path)!r} hold {array.dtype} of shape {array.shape}, expected "
+            f"uint8 (N, Y, X) or (N, Z, Y, X). {rerun}"
+        )
+    if item_shape is not None and tuple(array.shape[1:]) != tuple(item_shape):
+        raise DataError(
+            f"packed cutouts {str(path)!r} hold items of shape {tuple(array.shape[1:])}, expected "
+            f"{tuple(item_shape)} (cut with other cutout sizes). {rerun}"
+        )
+    if length is not None and len(array) < length:
+        raise DataError(
+            f"packed cutouts {str(path)!r} hold {len(array)} cutouts, but the manifest lists "
+            f"row {length - 1}. {rerun}"
+        )
     return array

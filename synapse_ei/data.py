@@ -1,10 +1,11 @@
 """Datasets, augmentations and seeded loaders for the image models.
 
-A cutout on disk is a uint8 TIFF: (Y, X) for 2D, (Z, Y, X) for 3D (the TIFF page convention).
-The networks want exactly that order after a leading channel axis, so an item is a float32 tensor
-(1, H, W) or (1, D, H, W) with D = z sections. Intensities get one fixed global scaling
-(``x / 255`` then ``(x - NORM_MEAN) / NORM_STD``), never a per-patch stretch: the absolute grey
-level of membranes and vesicles is part of what tells excitatory from inhibitory synapses.
+A cutout on disk is uint8, (Y, X) for 2D, (Z, Y, X) for 3D (the TIFF page convention), in a
+TIFF and in its shard's packed array. The networks want exactly that order after a leading
+channel axis, so an item is a tensor (1, H, W) or (1, D, H, W) with D = z sections.
+Intensities get one fixed global scaling (``x / 255`` then ``(x - NORM_MEAN) / NORM_STD``, in
+:func:`to_model_input`), never a per-patch stretch: the absolute grey level of membranes and
+vesicles is part of what tells excitatory from inhibitory synapses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +25,12 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
     WeightedRandomSampler,
+    default_collate,
 )
 from torchvision.transforms import v2
 
 from synapse_ei import augment
-from synapse_ei.cutout import read_cutout
+from synapse_ei.cutout import open_pack, read_cutout
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
 
@@ -120,13 +123,34 @@ def stored_shape(path: Path) -> tuple[int, ...]:
         ) from error
 
 
-class CutoutDataset(Dataset):
-    """Cutout TIFFs listed in a manifest, as ``(x, y)`` with y = 1 for inhibitory.
+class StackedSamples(list):
+    """The ``(x, y)`` samples of one batch, as ``Dataset.__getitems__`` must return them, that
+    also keeps them stacked, so :func:`collate` passes the batch on instead of copying it."""
 
-    ``transform`` (see :func:`build_transforms`) sees the scaled tensor in [0, 1] and the
-    fixed normalisation comes after it, so augmentations work in the raw intensity range.
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(zip(x, y))
+        self.x, self.y = x, y
+
+
+def collate(samples: Sequence) -> Any:
+    """``default_collate``, except that :class:`StackedSamples` are already a batch."""
+    if isinstance(samples, StackedSamples):
+        return [samples.x, samples.y]
+    return default_collate(samples)
+
+
+class CutoutDataset(Dataset):
+    """The cutouts listed in a manifest, as ``(x, y)`` with y = 1 for inhibitory.
+
+    Cutouts are read from the shards' packed arrays when the manifest lists them (columns
+    ``packed_<kind>`` and ``pack_index``, as :func:`synapse_ei.cutout.cut_shard` writes them),
+    else from the TIFFs (``path_<kind>``). ``x`` is (1, H, W) or (1, D, H, W): without a
+    ``transform`` the raw uint8 values, so batches stay small until :func:`to_model_input`
+    scales and normalises them on the device; with one, float32 in [0, 1] after the transform
+    (see :func:`build_transforms`), so augmentations work in the raw intensity range.
     ``shape`` is the on-disk array shape ((Y, X) or (Z, Y, X)); by default the first file's.
-    ``preload`` reads every TIFF once into memory (small demo sets: avoids re-reading per epoch).
+    ``preload`` reads every cutout once into memory (small sets: nothing is re-read per epoch).
+    Batches are read with one slice per pack (``__getitems__``, which the DataLoader calls).
     """
 
     def __init__(
@@ -154,26 +178,81 @@ class CutoutDataset(Dataset):
                 f"{self.paths[0]}: a {kind} cutout must have {2 if kind == '2d' else 3} axes, "
                 f"got shape {self.shape}. Check `cutout.size_{kind}` and the manifest's paths."
             )
-        self._cache: list[np.ndarray] | None = None
+        self.packs: list[Path] = []
+        packed = f"packed_{kind}"
+        if {packed, "pack_index"} <= set(manifest.columns) and manifest[packed].notna().all():
+            names, self._pack_of = np.unique(manifest[packed].astype(str), return_inverse=True)
+            self.packs = [self.root / name for name in names]
+            self._row_in_pack = manifest["pack_index"].to_numpy(dtype=np.int64)
+        self._mapped: dict[int, np.ndarray] = {}  # pack number -> memmap, opened on first use
+        self._cache: np.ndarray | None = None
         if preload:
-            self._cache = [read_cutout(path, self.shape) for path in self.paths]
+            self._cache = self.read_many(np.arange(len(self)))
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers map the packs themselves rather than receive copies of them.
+        return {**self.__dict__, "_mapped": {}}
+
+    def _pack(self, number: int) -> np.ndarray:
+        if number not in self._mapped:
+            rows = self._row_in_pack[self._pack_of == number]
+            self._mapped[number] = open_pack(self.packs[number], self.shape, int(rows.max()) + 1)
+        return self._mapped[number]
+
+    def read_many(self, indices: Sequence[int]) -> np.ndarray:
+        """The raw uint8 arrays of items ``indices``, stacked: (B, *shape).
+
+        Raises :class:`DataError` naming the file of a damaged, truncated, misshapen or
+        all-zero cutout.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if self._cache is not None:
+            return self._cache[indices]
+        if not self.packs:
+            return np.stack([read_cutout(self.paths[i], self.shape) for i in indices])
+        # One copy per item, straight from the page cache into the batch.
+        batch = np.empty((len(indices), *self.shape), dtype=np.uint8)
+        for position, index in enumerate(indices):
+            batch[position] = self._pack(self._pack_of[index])[self._row_in_pack[index]]
+        empty = (torch.from_numpy(batch).reshape(len(batch), -1).amax(dim=1) == 0).numpy()
+        if empty.any():
+            i = int(indices[np.flatnonzero(empty)[0]])
+            raise DataError(
+                f"packed cutout {i} of {str(self.packs[self._pack_of[i]])!r} (row "
+                f"{self._row_in_pack[i]}, {self.paths[i].name}) is all zeros (missing image "
+                "data). Rerun the cutout shard that wrote it (delete its shard directory first)."
+            )
+        return batch
+
     def read(self, index: int) -> np.ndarray:
         """The raw uint8 array of item ``index`` as stored on disk."""
-        if self._cache is not None:
-            return self._cache[index]
-        return read_cutout(self.paths[index], self.shape)
+        return self.read_many([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> StackedSamples:
+        x = torch.from_numpy(self.read_many(indices)).unsqueeze(1)  # (B, 1, ...)
+        y = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
+        if self.transform is not None:
+            x = torch.stack([self.transform(item.float().div_(255.0)) for item in x])
+        return StackedSamples(x, y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        array = self.read(index)
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 255.0).unsqueeze(0)
-        if self.transform is not None:
-            x = self.transform(x)
-        x = (x - NORM_MEAN) / NORM_STD
-        return x.contiguous(), torch.tensor(self.labels[index], dtype=torch.int64)
+        return self.__getitems__([index])[0]
+
+
+def to_model_input(
+    x: torch.Tensor, device: torch.device, memory_format: torch.memory_format | None = None
+) -> torch.Tensor:
+    """A batch from :class:`CutoutDataset`, on ``device``, as the networks take it: float32,
+    ``x / 255`` for raw uint8 values (float input is already in [0, 1]), then
+    ``(x - NORM_MEAN) / NORM_STD``; scaling on the device keeps the host-to-device copy uint8."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)  # a new tensor: the loader's batch is left alone
+    x = (x.float() - NORM_MEAN) / NORM_STD
+    return x if memory_format is None else x.contiguous(memory_format=memory_format)
 
 
 class RandomZFlip(torch.nn.Module):
@@ -331,6 +410,7 @@ def make_loader(
         num_workers=num_workers,
         worker_init_fn=seed_worker,
         generator=generator,
+        collate_fn=collate,
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -11,8 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
 
-from synapse_ei.cutout import cut_shard, gather, plan_shards, read_cutout
+from synapse_ei.cutout import (
+    MANIFEST_COLUMNS,
+    cut_shard,
+    gather,
+    open_pack,
+    plan_shards,
+    read_cutout,
+)
+from synapse_ei.data import CutoutDataset
 from synapse_ei.errors import DataError
 from synapse_ei.volume import ChunkReader, open_volume
 from volume_helpers import (
@@ -282,7 +291,7 @@ def test_manifest_keeps_input_columns_and_stats_count(raw_volume, tmp_path):
     plan["size"] = np.arange(len(plan))
     (shard_dir,) = cut_all(plan, path, tmp_path)
     manifest = pd.read_parquet(shard_dir / "manifest.parquet")
-    assert set(plan.columns) | {"status", "path_2d", "path_3d"} == set(manifest.columns)
+    assert set(plan.columns) | set(MANIFEST_COLUMNS) == set(manifest.columns)
     assert manifest["pre_pt_root_id"].dtype == np.int64
     assert manifest["path_2d"].iloc[0].startswith("shards/000/2d/")
     stats = json.loads((shard_dir / "stats.json").read_text())
@@ -401,6 +410,81 @@ def test_gather_refuses_missing_or_corrupt_manifest_and_missing_tiff(raw_volume,
     (dirs[1] / "manifest.parquet").unlink()
     with pytest.raises(DataError, match="001.*no manifest.parquet"):
         gather(dirs, tmp_path)
+
+
+# ------------------------------------------------------------------------------ packed cutouts
+
+
+def test_packs_hold_the_tiffs_bytes_at_each_pack_index(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    edge = synapses.head(1).assign(id=7, ctr_pt_position_x=2 * OFFSET[0])  # skipped
+    plan = plan_shards(pd.concat([synapses, edge], ignore_index=True), 2)
+    dirs = cut_all(plan, path, tmp_path)
+    for shard_dir in dirs:
+        manifest = pd.read_parquet(shard_dir / "manifest.parquet")
+        ok = manifest["status"] == "ok"
+        assert manifest.loc[~ok, ["packed_2d", "packed_3d"]].isna().all().all()
+        assert manifest.loc[~ok, "pack_index"].isna().all()
+        assert sorted(manifest.loc[ok, "pack_index"]) == list(range(int(ok.sum())))
+        for kind, shape in (("2d", SIZE_2D[::-1]), ("3d", SIZE_3D[::-1])):
+            pack = open_pack(tmp_path / manifest.loc[ok, f"packed_{kind}"].iloc[0], shape)
+            assert len(pack) == ok.sum()
+            for _, row in manifest[ok].iterrows():
+                stored = tifffile.imread(tmp_path / row[f"path_{kind}"])
+                np.testing.assert_array_equal(pack[row["pack_index"]], stored)
+    assert 7 in set(pd.concat(pd.read_parquet(d / "manifest.parquet") for d in dirs)["id"])
+
+
+def test_the_dataset_reads_packs_and_tiffs_alike(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    manifest, _ = gather(cut_all(plan_shards(synapses, 3), path, tmp_path), tmp_path)
+    tiff_only = manifest.drop(columns=["packed_2d", "packed_3d", "pack_index"])
+    shuffled = list(np.random.default_rng(0).permutation(len(manifest)))
+    for kind in ("2d", "3d"):
+        packed = CutoutDataset(manifest, tmp_path, kind)
+        tiffs = CutoutDataset(tiff_only, tmp_path, kind)
+        assert len(packed.packs) == 3 and not tiffs.packs
+        np.testing.assert_array_equal(packed.read_many(shuffled), tiffs.read_many(shuffled))
+        batch = packed.__getitems__(shuffled)
+        for index, (x, y) in zip(shuffled, batch):
+            assert torch.equal(x, tiffs[index][0]) and int(y) == int(tiffs.labels[index])
+        preloaded = CutoutDataset(manifest, tmp_path, kind, preload=True)
+        np.testing.assert_array_equal(preloaded.read_many(shuffled), tiffs.read_many(shuffled))
+
+
+def test_a_damaged_pack_is_named(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    dirs = cut_all(plan_shards(synapses, 2), path, tmp_path)
+    manifest, _ = gather(dirs, tmp_path)
+    pack = dirs[1] / "3d.npy"
+    intact = pack.read_bytes()
+
+    pack.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+    with pytest.raises(DataError, match=r"001/3d.npy.*truncated.*Rerun the cutout shard"):
+        gather(dirs, tmp_path)
+    dataset = CutoutDataset(manifest, tmp_path, "3d")
+    in_shard_1 = manifest["packed_3d"].str.contains("001").to_numpy()
+    dataset.read(int(np.flatnonzero(~in_shard_1)[0]))  # the intact shard still reads
+    with pytest.raises(DataError, match=r"001/3d.npy.*truncated"):
+        dataset.read(int(np.flatnonzero(in_shard_1)[0]))
+
+    zeroed = np.lib.format.open_memmap(pack.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint8,
+                                       shape=np.load(dirs[1] / "2d.npy", mmap_mode="r").shape[:1]
+                                       + tuple(SIZE_3D[::-1]))
+    zeroed[:] = 1
+    zeroed[2] = 0
+    zeroed.flush()
+    pack.with_suffix(".tmp.npy").replace(pack)
+    row = int(np.flatnonzero((manifest["packed_3d"].str.contains("001"))
+                             & (manifest["pack_index"] == 2))[0])
+    with pytest.raises(DataError, match=r"001/3d.npy.*row 2.*all zeros"):
+        CutoutDataset(manifest, tmp_path, "3d").read(row)
+
+    pack.unlink()
+    with pytest.raises(DataError, match=r"001/3d.npy.*missing"):
+        gather(dirs, tmp_path)
+    with pytest.raises(DataError, match=r"items of shape \(4, 6, 8\), expected \(4, 6, 9\)"):
+        open_pack(dirs[0] / "3d.npy", (4, 6, 9))
 
 
 # ------------------------------------------------------------------------------ read_cutout

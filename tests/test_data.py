@@ -19,6 +19,7 @@ from synapse_ei.data import (
     build_transforms,
     load_manifest,
     make_loader,
+    to_model_input,
 )
 from synapse_ei.errors import DataError
 
@@ -87,12 +88,20 @@ def test_items_use_fixed_global_scaling(cutouts, kind, shape):
     root, manifest = cutouts
     rows = load_manifest(manifest, "train", kind)
     dataset = CutoutDataset(rows, root, kind)
-    x, y = dataset[0]
+    stored, y = dataset[0]
     raw = tifffile.imread(root / rows[f"path_{kind}"].iloc[0])
-    assert x.shape == (1, *shape) and x.dtype == torch.float32
+    # Items stay raw uint8 up to the device; to_model_input scales them there.
+    assert stored.shape == (1, *shape) and stored.dtype == torch.uint8
+    torch.testing.assert_close(stored[0], torch.from_numpy(raw))
     assert y.dtype == torch.int64 and int(y) == 1  # row 0 is inhibitory
+    x = to_model_input(stored.unsqueeze(0), torch.device("cpu"))[0]
+    assert x.dtype == torch.float32
     expected = (torch.from_numpy(raw.astype(np.float32)) / 255 - NORM_MEAN) / NORM_STD
     torch.testing.assert_close(x[0], expected)
+    # An augmented (float, [0, 1]) batch gets the same normalisation, and is not changed in place.
+    scaled = stored.unsqueeze(0).float() / 255
+    torch.testing.assert_close(to_model_input(scaled, torch.device("cpu"))[0, 0], expected)
+    torch.testing.assert_close(scaled, stored.unsqueeze(0).float() / 255)
     # No per-patch stretch: values 40..200 stay inside, not mapped onto the full range.
     assert x.min() > (0 / 255 - NORM_MEAN) / NORM_STD + 0.5
     assert x.max() < (255 / 255 - NORM_MEAN) / NORM_STD - 0.5
@@ -128,7 +137,7 @@ def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape, augmentation
         assert x.shape == (1, *shape) and x.dtype == torch.float32
         assert torch.isfinite(x).all()
         assert int(y) == int(plain[index][1])
-        assert not torch.equal(x, plain[index][0])
+        assert not torch.equal(x, plain[index][0].float() / 255)
 
 
 def test_2d_rotation_is_not_limited_to_right_angles():

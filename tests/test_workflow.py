@@ -226,7 +226,7 @@ def test_a_second_run_from_scratch_reproduces_the_first(finished_run: Path, tmp_
     identical += [
         str(path.relative_to(finished_run))
         for path in (finished_run / "cutouts" / "shards").rglob("*")
-        if path.suffix in {".tif", ".parquet"}
+        if path.suffix in {".tif", ".npy", ".parquet"}
     ]
     assert len(identical) > 100
     differ = [name for name in identical
