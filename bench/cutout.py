@@ -11,8 +11,8 @@ built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x
   ``--naive-sample`` of the synapses (it decodes ~27 chunks per synapse; a rate needs no more);
 - ``(b) decode bound``: every chunk the shard's boxes touch, read and decoded exactly once, and
   nothing else;
-- ``(w) write``: writing the same TIFFs from memory as cut_shard writes them (atomically), the
-  output's share of any cutout job.
+- ``(w) write``: writing the same outputs from memory as cut_shard writes them (a TIFF per
+  cutout and the shard's two packs), the output's share of any cutout job.
 
 Each is run ``--rounds`` times, interleaved, and keeps its best wall and CPU time: on a shared
 machine the load of others comes and goes, and CPU seconds (this process, all threads) are the
@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synapse_ei.cutout import _write_tiff, cut_shard, cutout_boxes, plan_shards
+from synapse_ei.cutout import (
+    PACK_NAMES,
+    _write_npy_header,
+    _write_tiff,
+    cut_shard,
+    cutout_boxes,
+    plan_shards,
+)
 from synapse_ei.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
 
 RESOLUTION = (8, 8, 40)
@@ -113,13 +120,22 @@ def needed_chunks(url: str, synapses: pd.DataFrame) -> tuple[ChunkReader, list]:
 
 
 def write_only(out: Path, n: int) -> None:
-    """Write ``n`` 2D and 3D TIFFs of the cutout sizes exactly as cut_shard writes them."""
+    """Write ``n`` 2D and 3D TIFFs of the cutout sizes and their packs as cut_shard does."""
     rng = np.random.default_rng(0)
     patch = rng.integers(1, 255, size=SIZE_2D[::-1], dtype=np.uint8)
     cube = rng.integers(1, 255, size=SIZE_3D[::-1], dtype=np.uint8)
-    for i in range(n):
-        _write_tiff(out / "2d" / f"{i}.tif", patch, None)
-        _write_tiff(out / "3d" / f"{i}.tif", cube, None)
+    for kind in PACK_NAMES:
+        (out / kind).mkdir(parents=True)
+        (out / PACK_NAMES[kind]).touch()  # as atomic_path's temporary file is
+    with (open(out / PACK_NAMES["2d"], "r+b") as pack_2d,
+          open(out / PACK_NAMES["3d"], "r+b") as pack_3d):
+        _write_npy_header(pack_2d, (n, *patch.shape))
+        _write_npy_header(pack_3d, (n, *cube.shape))
+        for i in range(n):
+            _write_tiff(out / "2d" / f"{i}.tif", patch, None)
+            _write_tiff(out / "3d" / f"{i}.tif", cube, None)
+            pack_2d.write(patch.data)
+            pack_3d.write(cube.data)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,13 +2,14 @@
 
 Usage: ``python bench/train_gpu.py [--models r3d_18 mc3_18 resnet50] [--steps 50] [--workers 8]``
 
-Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, one TIFF each, as
-the cutout stage writes them: see bench/loader.py), then for each model trains ``--steps``
-optimiser steps from the real data pipeline (:class:`~synapse_ei.data.CutoutDataset` with the
-training augmentations, :func:`~synapse_ei.data.make_loader`) with bf16 autocast and
-channels_last memory, after ``--warmup`` steps. Reports training samples/s and the share of
-wall time spent waiting on the loader (goal: under 5%). ``--device cpu`` with a few steps checks
-that the script runs where there is no GPU; its numbers mean nothing.
+Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, as the cutout
+stage writes them, TIFFs and packs: see bench/loader.py), then for each model trains ``--steps``
+optimiser steps from the training pipeline (:class:`~synapse_ei.data.CutoutDataset` reading the
+packs, :func:`~synapse_ei.data.make_loader`, :func:`synapse_ei.train.to_device`, the training
+augmentations in the loader or on the device as ``--augment-on`` says) with bf16 autocast and
+channels_last memory, after ``--warmup`` steps. Reports training samples/s, the share of wall
+time spent waiting on the loader (goal: under 5%) and the peak GPU memory. ``--device cpu`` with
+a few steps checks that the script runs where there is no GPU; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from synapse_ei.data import CutoutDataset, build_transforms, make_loader
 from synapse_ei.models import build_model, input_kind
+from synapse_ei.train import to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
 from loader import write_cutouts  # noqa: E402
@@ -33,7 +35,9 @@ from loader import write_cutouts  # noqa: E402
 def measure(model_name: str, manifest, root: Path, args) -> dict:
     kind = input_kind(model_name)
     device = torch.device(args.device)
-    dataset = CutoutDataset(manifest, root, kind, transform=build_transforms(kind, train=True))
+    transform = build_transforms(kind, train=True)
+    on_device = args.augment_on == "device"
+    dataset = CutoutDataset(manifest, root, kind, transform=None if on_device else transform)
     steps = args.warmup + args.steps
     loader = make_loader(dataset, args.batch_size, seed=0, shuffle=True,
                          num_workers=args.workers, num_samples=steps * args.batch_size,
@@ -41,6 +45,8 @@ def measure(model_name: str, manifest, root: Path, args) -> dict:
                          sampler="balanced")
     memory_format = torch.channels_last if kind == "2d" else torch.channels_last_3d
     model = build_model(model_name).to(device, memory_format=memory_format)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -56,9 +62,9 @@ def measure(model_name: str, manifest, root: Path, args) -> dict:
             waiting, started = 0.0, time.perf_counter()
         asked = time.perf_counter()
         x, y = next(batches)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
         waiting += time.perf_counter() - asked
+        x = to_device(x, device, kind, transform if on_device else None)
+        y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_fn(model(x), y)
         optimiser.zero_grad(set_to_none=True)
@@ -66,8 +72,10 @@ def measure(model_name: str, manifest, root: Path, args) -> dict:
         optimiser.step()
     sync()
     seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"kind": kind, "samples_per_second": round(args.steps * args.batch_size / seconds, 1),
-            "data_wait_share": round(waiting / seconds, 4), "seconds": round(seconds, 2)}
+            "data_wait_share": round(waiting / seconds, 4), "seconds": round(seconds, 2),
+            "peak_memory_gib": None if peak is None else round(peak, 2)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--cutouts", type=int, default=1024)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--augment-on", choices=["loader", "device"], default="device")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -92,10 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     print(f"{device}, batch {args.batch_size}, {args.workers} loader workers, bf16, "
-          "channels_last, training augmentations on:")
+          f"channels_last, training augmentations on the {args.augment_on}:")
     for name, row in results.items():
-        print(f"  {name:<10} {row['kind']}  {row['samples_per_second']:8.1f} samples/s  "
-              f"waiting for data {100 * row['data_wait_share']:5.1f}%")
+        print(f"  {name:<12} {row['kind']}  {row['samples_per_second']:8.1f} samples/s  "
+              f"waiting for data {100 * row['data_wait_share']:5.1f}%  "
+              f"peak memory {row['peak_memory_gib']} GiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results

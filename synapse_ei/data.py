@@ -46,6 +46,9 @@ AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SEC
 DEFAULT_AUGMENTATIONS = ("flip", "rotate", "intensity", "noise")
 #: Training samplers: ``random`` draws without replacement; ``balanced`` shows both classes equally.
 SAMPLERS = ("random", "balanced")
+#: Where training augmentations run: in the loader's workers, on the training device, or
+#: ``auto`` (the device when it is a GPU, whose spare time is cheaper than the node's few cores).
+AUGMENT_ON = ("auto", "loader", "device")
 
 
 def _check_kind(kind: str) -> str:
@@ -243,14 +246,20 @@ class CutoutDataset(Dataset):
 
 
 def to_model_input(
-    x: torch.Tensor, device: torch.device, memory_format: torch.memory_format | None = None
+    x: torch.Tensor,
+    device: torch.device,
+    memory_format: torch.memory_format | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A batch from :class:`CutoutDataset`, on ``device``, as the networks take it: float32,
-    ``x / 255`` for raw uint8 values (float input is already in [0, 1]), then
-    ``(x - NORM_MEAN) / NORM_STD``; scaling on the device keeps the host-to-device copy uint8."""
+    ``x / 255`` for raw uint8 values (float input is already in [0, 1]), ``transform`` (if
+    given) on each sample there, then ``(x - NORM_MEAN) / NORM_STD``. Scaling on the device keeps
+    the host-to-device copy uint8; augmenting there frees the loader's CPU cores."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)  # a new tensor: the loader's batch is left alone
+    if transform is not None:
+        x = torch.stack([transform(item) for item in x])
     x = (x.float() - NORM_MEAN) / NORM_STD
     return x if memory_format is None else x.contiguous(memory_format=memory_format)
 

@@ -62,6 +62,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "ema_decay": None,
     "compile": False,
     "early_stopping_patience": None,
+    "augment_on": "auto",
 }
 OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
@@ -103,7 +104,7 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
         raise DataError(f"models: setting 'warmup_epochs' is {merged['warmup_epochs']}; it must "
                         f"be >= 0 and below epochs ({merged['epochs']}).")
     for key, allowed in (("optimizer", OPTIMIZERS), ("loss", losses.LOSSES),
-                         ("sampler", data.SAMPLERS)):
+                         ("sampler", data.SAMPLERS), ("augment_on", data.AUGMENT_ON)):
         merged[key] = str(merged[key])
         if merged[key] not in allowed:
             raise DataError(f"models: setting '{key}' is {merged[key]!r}; use one of "
@@ -224,10 +225,15 @@ def _memory_format(kind: str) -> torch.memory_format:
     return torch.channels_last if kind == "2d" else torch.channels_last_3d
 
 
-def to_device(x: torch.Tensor, device: torch.device, kind: str) -> torch.Tensor:
-    """A loader batch on ``device``, scaled and normalised (:func:`data.to_model_input`), in
-    channels-last layout on CUDA, where cuDNN is fastest with it."""
-    return data.to_model_input(x, device, _memory_format(kind) if device.type == "cuda" else None)
+def to_device(
+    x: torch.Tensor, device: torch.device, kind: str,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A loader batch on ``device``, augmented by ``transform`` there if given, scaled and
+    normalised (:func:`data.to_model_input`), in channels-last layout on CUDA, where cuDNN is
+    fastest with it."""
+    memory_format = _memory_format(kind) if device.type == "cuda" else None
+    return data.to_model_input(x, device, memory_format, transform)
 
 
 @torch.no_grad()
@@ -319,7 +325,11 @@ def train_image_model(
     preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
     transform = data.build_transforms(kind, True, settings["augment_strength"],
                                       settings["augmentations"])
-    train_set = data.CutoutDataset(train_rows, root, kind, transform, shape=shape, preload=preload)
+    on_device = settings["augment_on"] == "device" or (
+        settings["augment_on"] == "auto" and torch_device.type == "cuda")
+    device_transform = transform if on_device else None
+    train_set = data.CutoutDataset(train_rows, root, kind, None if on_device else transform,
+                                   shape=shape, preload=preload)
     val_set = data.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
     weights = class_weights(train_set.labels)
 
@@ -374,8 +384,9 @@ def train_image_model(
         start_epoch = checkpoint["epoch"] + 1
         log.info("%s: resuming from %s after epoch %d of %d", architecture, checkpoint_path,
                  checkpoint["epoch"], epochs)
-    log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s", architecture,
-             len(train_set), per_epoch, len(val_set), kind, shape, torch_device)
+    log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s, augmented in "
+             "the %s", architecture, len(train_set), per_epoch, len(val_set), kind, shape,
+             torch_device, "device" if on_device else "loader")
 
     patience = settings["early_stopping_patience"]
     for epoch in range(start_epoch, epochs + 1):
@@ -392,7 +403,7 @@ def train_image_model(
         batches = tqdm(train_loader, desc=f"{architecture} epoch {epoch}/{epochs}", unit="batch",
                        leave=False, disable=not sys.stderr.isatty())
         for batch, (x, y) in enumerate(batches):
-            x, y = to_device(x, torch_device, kind), y.to(torch_device)
+            x, y = to_device(x, torch_device, kind, device_transform), y.to(torch_device)
             x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings["mixup"],
                                           settings["cutmix"])
             with autocast_for(torch_device):

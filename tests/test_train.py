@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+from synapse_ei import data
 from synapse_ei import train as train_module
 from synapse_ei.errors import DataError
 from synapse_ei.inference import load_trained, predict_cutouts
@@ -250,3 +251,34 @@ def test_nan_loss_stops_naming_epoch_and_batch(cutouts, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"epoch 1, batch 0"):
         run(cutouts, tmp_path)
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_augmenting_on_the_device_trains_from_raw_uint8_batches(cutouts, tmp_path, monkeypatch):
+    """augment_on: device keeps the loader's batches raw uint8 and augments each sample after
+    the copy to the device (the CPU here stands in for the GPU)."""
+    seen = []
+    original = data.to_model_input
+
+    def spy(x, device, memory_format=None, transform=None):
+        seen.append((x.dtype, transform is not None))
+        return original(x, device, memory_format, transform)
+
+    monkeypatch.setattr(data, "to_model_input", spy)
+    history = run(cutouts, tmp_path, settings={**SETTINGS_2D, "augment_on": "device"})
+    assert np.isfinite(history["train_loss"]).all()
+    # Training batches arrive as uint8 with the transform to apply; validation ones without.
+    assert (torch.uint8, True) in seen and (torch.uint8, False) in seen
+    assert all(dtype == torch.uint8 for dtype, _ in seen)
+
+
+def test_device_augmentation_draws_each_sample_its_own_transform():
+    same = torch.full((4, 1, 32, 32), 128, dtype=torch.uint8)
+    same[:, :, 10:20, 5:9] = 250  # an asymmetric bar: every flip or rotation moves it
+    transform = data.build_transforms("2d", train=True, strength=0.0)
+    torch.manual_seed(0)
+    x = data.to_model_input(same, torch.device("cpu"), transform=transform)
+    assert x.shape == same.shape and x.dtype == torch.float32
+    assert len({tuple(item.flatten().tolist()) for item in x}) > 1
+    plain = data.to_model_input(same, torch.device("cpu"))
+    torch.testing.assert_close(plain[0, 0, 0, 0], torch.tensor((128 / 255 - data.NORM_MEAN)
+                                                               / data.NORM_STD))

@@ -93,6 +93,16 @@ def test_invalid_config_names_the_key(tmp_path):
 
 
 
+def test_pretrained_weights_for_a_model_that_has_none_are_refused_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINI.read_text().replace(
+        "    architecture: cnn2d\n", "    architecture: cnn2d\n    pretrained: imagenet\n"))
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "'pretrained'" in said and "instance['models']['cnn2d']" in said
+
+
 @pytest.mark.parametrize(
     ("audit", "models", "expected"),
     [
