@@ -6,7 +6,9 @@ On a local jpeg precomputed volume shaped like MICrONS mip 0 (8x8x40 nm, 128x128
 built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x128x32) of
 ``--synapses`` random synapses as one shard, side by side in one run:
 
-- ``workflow``: :func:`synapse_ei.cutout.cut_shard` (each chunk decoded once, TIFFs written);
+- ``workflow``: :func:`synapse_ei.cutout.cut_shard` (each chunk decoded once, TIFFs and packs
+  written), with the default reader (``chunks``: cloud-volume's decoder) and with
+  ``reader="tensorstore"`` (``workflow_tensorstore``, decoding threads: the CPUs it may use);
 - ``(a) naive``: the same, but one cloud-volume read per synapse with no cache, on a random
   ``--naive-sample`` of the synapses (it decodes ~27 chunks per synapse; a rate needs no more);
 - ``(b) decode bound``: every chunk the shard's boxes touch, read and decoded exactly once, and
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     methods = {
         "workflow": (len(plan), lambda out: stats.update(cut_shard(
             plan, 0, out_dir=out / "shards" / "000", threads=args.threads, **cut))),
+        "workflow_tensorstore": (len(plan), lambda out: cut_shard(
+            plan, 0, out_dir=out / "shards" / "000", reader="tensorstore", **cut)),
         "naive": (len(naive_plan), lambda out: cut_shard(
             naive_plan, 0, out_dir=out / "shards" / "000", reader="per_synapse", **cut)),
         "decode_bound": (len(plan), lambda out: [reader.read(key) for key in needed]),
@@ -200,6 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
             "slowdown_vs_decode_bound": round(rates["decode_bound"] / rates["workflow"], 2),
             "slowdown_vs_decode_bound_plus_write": round(
                 rates["decode_bound_plus_write"] / rates["workflow"], 2),
+            "tensorstore_speedup_over_chunks": round(
+                rates["workflow_tensorstore"] / rates["workflow"], 2),
+            "tensorstore_slowdown_vs_decode_bound": round(
+                rates["decode_bound"] / rates["workflow_tensorstore"], 2),
         }
     print(f"{result['synapses']} synapses, {len(needed)} chunks needed, "
           f"{result['chunks_decoded']} decoded by the workflow (naive: a sample of "
@@ -213,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"    workflow vs naive {row['speedup_over_naive']:.2f}x faster; vs decode bound "
               f"{row['slowdown_vs_decode_bound']:.2f}x slower; vs decode bound + write "
               f"{row['slowdown_vs_decode_bound_plus_write']:.2f}x slower")
+        print(f"    tensorstore reader vs chunks reader "
+              f"{row['tensorstore_speedup_over_chunks']:.2f}x faster; vs decode bound "
+              f"{row['tensorstore_slowdown_vs_decode_bound']:.2f}x slower")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

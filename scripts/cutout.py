@@ -19,4 +19,5 @@ cut_shard(
     size_2d=tuple(snakemake.params.size_2d),
     size_3d=tuple(snakemake.params.size_3d),
     out_dir=snakemake.output.shard,
+    reader=snakemake.params.reader,
 )

@@ -18,6 +18,7 @@ gives each cutout's row.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -38,6 +39,8 @@ from synapse_ei.tables import CTR, LABELS, SPLITS, require_columns
 from synapse_ei.volume import (
     ChunkReader,
     VolumeInfo,
+    missing_chunks,
+    open_tensorstore,
     open_volume,
     table_to_volume_voxels,
     volume_info,
@@ -56,10 +59,13 @@ DEFAULT_LRU_BYTES = 256 * 2**20
 #: cores pay off. A local volume is decoded in the calling thread: decoding holds the GIL, and
 #: threads only add switching (as cloud-volume itself does for file://).
 DEFAULT_READ_THREADS = 8
-#: How to read the union box of each synapse: every needed chunk once ("chunks"), or one
-#: cloud-volume read per synapse with no cache ("per_synapse": the reference the chunk reader is
+#: How to read the boxes of each synapse: every needed chunk once through cloud-volume's decoder
+#: ("chunks"); through tensorstore, which decodes in its own threads ("tensorstore"); or one
+#: cloud-volume read per synapse with no cache ("per_synapse": the reference the others are
 #: tested and benchmarked against).
-READERS = ("chunks", "per_synapse")
+READERS = ("chunks", "tensorstore", "per_synapse")
+#: Synapses whose tensorstore reads are in flight at once.
+TENSORSTORE_AHEAD = 16
 #: TIFF writer threads per shard: writing is mostly system calls, which release the GIL.
 _WRITERS = 1
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
@@ -325,6 +331,79 @@ def _chunk_crop(dtype: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]
     return crop
 
 
+def _require_chunk_files(
+    reader: ChunkReader, starts: np.ndarray, stops: np.ndarray, ids: Sequence[Any]
+) -> None:
+    """Refuse boxes that need a chunk tensorstore would read as zeros: missing, or stored as
+    cloud-volume's gzip-compressed ``.gz`` file. Names the first synapse that needs one."""
+    needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
+    missing = missing_chunks(reader, sorted({key for keys in needs for key in keys}))
+    if not missing:
+        return
+    k = next(k for k, keys in enumerate(needs) if missing.keys() & set(keys))
+    key = next(key for key in needs[k] if key in missing)
+    where = (f"synapse id {ids[k]}, bbox {_bbox_text(starts[k], stops[k])}: chunk "
+             f"{reader.chunk_name(key)!r}")
+    if missing[key] == "gzip":
+        raise DataError(
+            f"EM volume {reader.info.path!r} mip {reader.info.mip}: {where} is stored "
+            "gzip-compressed (.gz), as cloud-volume writes raw chunks by default; tensorstore "
+            f"would read it, and {len(missing)} chunk(s) like it, as zeros. Use cutout.reader: "
+            "chunks, or write the volume with compress=False."
+        )
+    raise DataError(
+        f"EM volume {reader.info.path!r} mip {reader.info.mip}: {where} is missing inside the "
+        f"volume bounds ({len(missing)} missing chunk(s) in this shard). The upload is "
+        "incomplete: re-create the volume, or drop the synapses in that region."
+    )
+
+
+def iter_tensorstore_boxes(
+    view: Any,
+    boxes: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+    ids: Sequence[Any],
+    ahead: int = TENSORSTORE_AHEAD,
+) -> Iterator[tuple[int, Crop]]:
+    """Yield ``(k, crop)`` for each ``k``, where ``crop(start, stop)`` is the XYZ box
+    ``[start, stop)``, one of ``boxes[k]``, read through the tensorstore ``view`` (indexed
+    ``[z, y, x]``) as a (Z, Y, X) array; the reads of ``ahead`` synapses are in flight at once,
+    so tensorstore's threads decode while the caller writes."""
+
+    def submit(k: int) -> dict[tuple, Any]:
+        reads = {}
+        for start, stop in boxes[k]:
+            (x0, y0, z0), (x1, y1, z1) = map(int, start), map(int, stop)
+            reads[(x0, y0, z0, x1, y1, z1)] = view[z0:z1, y0:y1, x0:x1].read()
+        return reads
+
+    def crop_of(k: int, reads: dict[tuple, Any]) -> Crop:
+        def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+            try:
+                array = reads[(*map(int, start), *map(int, stop))].result()
+            except Exception as error:  # tensorstore raises ValueError and its own errors
+                raise DataError(
+                    f"EM volume: tensorstore cannot read synapse id {ids[k]}, bbox "
+                    f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
+                    "use cutout.reader: chunks."
+                ) from error
+            return np.ascontiguousarray(array)
+
+        return crop
+
+    pending: deque = deque()
+    upcoming = iter(range(len(boxes)))
+    for k in upcoming:
+        pending.append((k, submit(k)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        k, reads = pending.popleft()
+        following = next(upcoming, None)
+        if following is not None:
+            pending.append((following, submit(following)))
+        yield k, crop_of(k, reads)
+
+
 def _require_content(
     array: np.ndarray, kind: str, synapse_id: Any, info: VolumeInfo, start, stop
 ) -> None:
@@ -408,7 +487,11 @@ def cut_shard(
     "chunks" the shard's boxes are read in Morton order through :func:`iter_boxes` (each chunk
     decoded once, ``threads`` reads in flight, by default 1 for a local volume and
     :data:`DEFAULT_READ_THREADS` for a remote one, at most ``lru_bytes`` of decoded chunks);
-    "per_synapse" reads each box with its own cloud-volume call. Both write the same bytes.
+    "tensorstore" reads the patch and cube of :data:`TENSORSTORE_AHEAD` synapses at a time
+    through tensorstore (``threads`` decoding threads, by default the CPUs this job may use;
+    a chunk cache of ``lru_bytes``), after checking that every chunk the shard needs has a file
+    it can read; "per_synapse" reads each box with its own cloud-volume call. All three write
+    the same bytes.
 
     Writes ``out_dir/2d/{id}.tif`` ((Y, X) uint8), ``out_dir/3d/{id}.tif`` ((Z, Y, X) uint8),
     the same arrays packed in ``out_dir/2d.npy`` ((N, Y, X)) and ``out_dir/3d.npy``
@@ -477,7 +560,15 @@ def cut_shard(
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
-    if reader == "chunks":
+    if reader == "tensorstore":
+        _require_chunk_files(ChunkReader(vol, info), union_start[todo], union_stop[todo],
+                             ids[todo])
+        view = open_tensorstore(info, lru_bytes,
+                                threads if threads is not None else len(os.sched_getaffinity(0)))
+        boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]
+                    for i in todo]
+        reads = ((todo[k], crop) for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo]))
+    elif reader == "chunks":
         chunk_reader = ChunkReader(vol, info)
         if threads is None:
             threads = 1 if info.path.startswith("file://") else DEFAULT_READ_THREADS

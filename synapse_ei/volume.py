@@ -163,15 +163,22 @@ class ChunkReader:
             for x in range(first[0], last[0] + 1)
         ]
 
+    def chunk_name(self, index: Sequence[int]) -> str:
+        """The storage key of chunk ``index`` (unsharded volumes), relative to the volume."""
+        start, stop = self.chunk_box(index)
+        return f"{self._key}/{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
+
+    @property
+    def sharded(self) -> bool:
+        return self._sharded
+
     def read(self, index: Sequence[int]) -> np.ndarray:
         """Decode chunk ``index`` as an (X, Y, Z) array of the volume's dtype (first channel)."""
         start, stop = self.chunk_box(index)
         if self._sharded:
             array = np.asarray(self.vol.download(Bbox(start, stop), mip=self.info.mip))[..., 0]
         else:
-            name = (
-                f"{self._key}/{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
-            )
+            name = self.chunk_name(index)
             files = getattr(self._local, "files", None)
             if files is None:  # one client per thread: cloud-files sessions are not shared
                 files = self._local.files = CloudFiles(
@@ -212,3 +219,60 @@ def table_to_volume_voxels(
         raise DataError(f"positions: row {row} is not finite ({positions[row]}). Drop that row.")
     # Multiply before dividing: nm values are exact in float64, so floor() is exact too.
     return np.floor(as_float * table_res / volume_res).astype(np.int64)
+
+
+def missing_chunks(reader: ChunkReader, indices: Sequence[Sequence[int]]) -> dict[tuple, str]:
+    """The chunks among ``indices`` that have no file a reader other than cloud-volume can
+    read, as ``{index: why}`` ("missing", or "gzip" for cloud-volume's default gzip-compressed
+    raw chunks, stored locally as ``<key>.gz``, which tensorstore takes for missing).
+
+    Unsharded volumes only: a sharded volume keeps its chunks inside shard files.
+    """
+    if reader.sharded:
+        raise DataError(
+            f"EM volume {reader.info.path!r}: sharded; its chunks cannot be checked one by one. "
+            "Use cutout.reader: chunks (cloud-volume)."
+        )
+    names = {tuple(map(int, index)): reader.chunk_name(index) for index in indices}
+    found: dict[tuple, str] = {}
+    if reader.info.path.startswith("file://"):
+        root = reader.info.path[len("file://"):]
+        for index, name in names.items():
+            path = os.path.join(root, name)
+            if not os.path.isfile(path):
+                found[index] = "gzip" if os.path.isfile(path + ".gz") else "missing"
+        return found
+    exists = CloudFiles(reader.vol.meta.cloudpath, secrets=reader.vol.config.secrets).exists(
+        list(names.values()))
+    return {index: "missing" for index, name in names.items() if not exists.get(name)}
+
+
+def open_tensorstore(info: VolumeInfo, cache_bytes: int, threads: int) -> Any:
+    """The volume at ``info.mip`` through tensorstore, as a read-only view indexed
+    ``[z, y, x]`` in volume voxels (the TIFF page order), with a decoded-chunk cache of
+    ``cache_bytes`` and ``threads`` decoding threads.
+
+    Tensorstore reads a missing chunk as zeros without an error: check the chunks a read needs
+    with :func:`missing_chunks` first.
+    """
+    import tensorstore as ts  # only this reader needs it
+
+    url = info.path.removeprefix("precomputed://")
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": url if url.endswith("/") else url + "/",
+        "scale_index": int(info.mip),
+        "recheck_cached_data": False,  # a volume does not change during a cutout job
+        "context": {
+            "cache_pool": {"total_bytes_limit": int(cache_bytes)},
+            "data_copy_concurrency": {"limit": int(threads)},
+        },
+    }
+    try:
+        store = ts.open(spec, read=True).result()
+    except Exception as error:  # tensorstore raises ValueError and its own status errors
+        raise DataError(
+            f"EM volume {info.path!r} at mip {info.mip}: tensorstore cannot open it ({error}). "
+            "Use cutout.reader: chunks (cloud-volume)."
+        ) from error
+    return store[:, :, :, 0].T

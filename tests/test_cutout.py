@@ -23,7 +23,7 @@ from synapse_ei.cutout import (
 )
 from synapse_ei.data import CutoutDataset
 from synapse_ei.errors import DataError
-from synapse_ei.volume import ChunkReader, open_volume
+from synapse_ei.volume import ChunkReader, open_tensorstore, open_volume, volume_info
 from volume_helpers import (
     OFFSET,
     SIZE,
@@ -199,7 +199,8 @@ def test_jpeg_cutouts_keep_the_decoded_values_unstretched(jpeg_volume, tmp_path)
 def _shard_files(shard_dir: Path) -> dict[str, bytes]:
     return {
         path.relative_to(shard_dir).as_posix(): path.read_bytes()
-        for path in sorted(shard_dir.rglob("*.tif"))
+        for path in sorted(shard_dir.rglob("*"))
+        if path.suffix in {".tif", ".npy"}
     }
 
 
@@ -232,7 +233,7 @@ def test_chunk_reader_writes_the_bytes_of_per_synapse_reads(
         cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir, reader=reader,
                   threads=3)
     expected = _shard_files(by_synapse)
-    assert len(expected) == 2 * len(synapses)
+    assert len(expected) == 2 * len(synapses) + 2  # a TIFF per cutout, two packs
     assert _shard_files(by_chunk) == expected
     pd.testing.assert_frame_equal(
         pd.read_parquet(by_chunk / "manifest.parquet"),
@@ -410,6 +411,47 @@ def test_gather_refuses_missing_or_corrupt_manifest_and_missing_tiff(raw_volume,
     (dirs[1] / "manifest.parquet").unlink()
     with pytest.raises(DataError, match="001.*no manifest.parquet"):
         gather(dirs, tmp_path)
+
+
+# ------------------------------------------------------------------------------ tensorstore
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_the_tensorstore_reader_writes_the_bytes_of_the_chunk_reader(tmp_path, encoding):
+    path, _, _ = make_volume(tmp_path, encoding, encoding=encoding, compress=False,
+                             data=volume_data(smooth=encoding == "jpeg"), with_mip1=False)
+    plan = plan_shards(make_synapses(random_centres(16, seed=6)), 1)
+    written = {}
+    for reader in ("chunks", "tensorstore"):
+        out = tmp_path / reader / "shards" / "000"
+        stats = cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, out,
+                          reader=reader, threads=2)
+        assert stats["written"] == 16 and stats["reader"] == reader
+        written[reader] = _shard_files(out)
+    assert written["tensorstore"] == written["chunks"]
+
+
+def test_the_tensorstore_reader_refuses_chunks_it_would_read_as_zeros(tmp_path):
+    # cloud-volume's default for raw chunks: gzip, stored as <key>.gz files.
+    path, data, _ = make_volume(tmp_path, "gzip", with_mip1=False)
+    synapses = make_synapses(random_centres(6, seed=7))
+    vol = open_volume(path, 0)
+    view = open_tensorstore(volume_info(vol), 2**20, 1)
+    start = np.array(OFFSET)
+    # The hazard itself: tensorstore reads those chunks as zeros, without an error.
+    zeros = view[start[2]:start[2] + 4, start[1]:start[1] + 8, start[0]:start[0] + 8].read().result()
+    assert not zeros.any() and data[:8, :8, :4].any()
+    with pytest.raises(DataError, match=r"synapse id \d+.*gzip-compressed \(.gz\).*as zeros"):
+        cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                  tmp_path / "out", reader="tensorstore")
+
+    plain, _, _ = make_volume(tmp_path, "holes", compress=False, with_mip1=False)
+    first = sorted((tmp_path / "holes" / "8_8_40").iterdir())[0]
+    first.unlink()  # one chunk gone
+    plan = plan_shards(make_synapses(random_centres(40, seed=8)), 1)
+    with pytest.raises(DataError, match=rf"synapse id \d+.*{first.name}.*is missing inside"):
+        cut_shard(plan, 0, plain, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, tmp_path / "out2",
+                  reader="tensorstore")
 
 
 # ------------------------------------------------------------------------------ packed cutouts

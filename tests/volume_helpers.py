@@ -34,11 +34,13 @@ def make_volume(
     resolution=RESOLUTION,
     chunk=CHUNK,
     with_mip1: bool = True,
+    compress: bool | str | None = None,
 ) -> tuple[str, np.ndarray, np.ndarray | None]:
     """Write ``data`` (XYZ uint8) as a precomputed volume under ``root/name``.
 
     Returns the ``file://`` path, the mip 0 data and the mip 1 data (every second voxel in x and
-    y, written as the volume's 2x2x1 downsampled scale) or None.
+    y, written as the volume's 2x2x1 downsampled scale) or None. ``compress`` is passed to
+    CloudVolume (None: its default, gzip for raw chunks, stored locally as ``<key>.gz``).
     """
     data = volume_data() if data is None else data
     path = f"file://{Path(root) / name}"
@@ -47,7 +49,7 @@ def make_volume(
         resolution=list(resolution), voxel_offset=list(offset), volume_size=list(data.shape),
         chunk_size=list(chunk),
     )
-    vol = CloudVolume(path, info=info, mip=0, progress=False)
+    vol = CloudVolume(path, info=info, mip=0, progress=False, compress=compress)
     if with_mip1:
         vol.add_scale([2, 2, 1], chunk_size=list(chunk), encoding=encoding)
     vol.commit_info()
@@ -55,7 +57,7 @@ def make_volume(
     mip1 = None
     if with_mip1:
         mip1 = np.ascontiguousarray(data[::2, ::2, :])
-        vol1 = CloudVolume(path, mip=1, progress=False)
+        vol1 = CloudVolume(path, mip=1, progress=False, compress=compress)
         assert tuple(vol1.volume_size) == mip1.shape
         vol1[vol1.bounds.to_slices()] = mip1[..., None]
     return path, data, mip1

@@ -9,6 +9,8 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 
 MODELS = list(config["models"])
 SHARDS = [f"{index:03d}" for index in range(config["cutout"]["shards"])]
+# A cutout job decodes in its own threads only with the tensorstore reader.
+CUTOUT_THREADS = 2 if config["cutout"]["reader"] == "tensorstore" else 1
 
 
 def architecture(model):

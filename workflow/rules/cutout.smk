@@ -32,6 +32,7 @@ rule cutout:
         shard=r"\d+",
     conda:
         "../../envs/synapse-ei.yaml"
+    threads: CUTOUT_THREADS
     resources:
         mem_mb=4000,
         runtime=120,
@@ -39,6 +40,7 @@ rule cutout:
         mip=config["cutout"]["mip"],
         size_2d=config["cutout"]["size_2d"],
         size_3d=config["cutout"]["size_3d"],
+        reader=config["cutout"]["reader"],
     script:
         "../../scripts/cutout.py"
 
