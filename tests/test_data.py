@@ -236,3 +236,19 @@ def test_balanced_sampler_draws_classes_near_half_and_half():
     assert torch.equal(torch.cat([i for i, _ in again]), torch.cat([i for i, _ in batches]))
     with pytest.raises(DataError, match="weighted"):
         make_loader(dataset, 50, 0, shuffle=True, sampler="weighted")
+
+
+@pytest.mark.parametrize(("kind", "augmentations"), [("2d", ALL_2D), ("3d", AUGMENTATIONS)])
+def test_every_augmentation_runs_on_the_device_batch(cutouts, kind, augmentations):
+    """augment_on: device applies the transforms to the uint8 batch after the copy to the device
+    (the CPU here, a GPU in training): every op keeps the shape and stays finite."""
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", kind)
+    loader = make_loader(CutoutDataset(rows, root, kind), batch_size=4, seed=0, shuffle=True)
+    batch, _ = next(iter(loader))
+    assert batch.dtype == torch.uint8
+    transform = build_transforms(kind, train=True, strength=2.0, augmentations=augmentations)
+    torch.manual_seed(0)
+    x = to_model_input(batch, torch.device("cpu"), transform=transform)
+    assert x.shape == batch.shape and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert not torch.equal(x, to_model_input(batch, torch.device("cpu")))
