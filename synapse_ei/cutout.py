@@ -66,8 +66,8 @@ DEFAULT_READ_THREADS = 8
 READERS = ("chunks", "tensorstore", "per_synapse")
 #: Synapses whose tensorstore reads are in flight at once.
 TENSORSTORE_AHEAD = 16
-#: TIFF writer threads per shard: writing is mostly system calls, which release the GIL.
-_WRITERS = 1
+#: Cutouts handed to the writer thread and not yet written: bounds the memory in flight.
+_WRITES_IN_FLIGHT = 4
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
 
@@ -362,12 +362,14 @@ def iter_tensorstore_boxes(
     view: Any,
     boxes: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
     ids: Sequence[Any],
+    volume: str,
     ahead: int = TENSORSTORE_AHEAD,
 ) -> Iterator[tuple[int, Crop]]:
     """Yield ``(k, crop)`` for each ``k``, where ``crop(start, stop)`` is the XYZ box
     ``[start, stop)``, one of ``boxes[k]``, read through the tensorstore ``view`` (indexed
     ``[z, y, x]``) as a (Z, Y, X) array; the reads of ``ahead`` synapses are in flight at once,
-    so tensorstore's threads decode while the caller writes."""
+    so tensorstore's threads decode while the caller writes. ``volume`` names the volume in
+    errors."""
 
     def submit(k: int) -> dict[tuple, Any]:
         reads = {}
@@ -382,7 +384,7 @@ def iter_tensorstore_boxes(
                 array = reads[(*map(int, start), *map(int, stop))].result()
             except Exception as error:  # tensorstore raises ValueError and its own errors
                 raise DataError(
-                    f"EM volume: tensorstore cannot read synapse id {ids[k]}, bbox "
+                    f"EM volume {volume!r}: tensorstore cannot read synapse id {ids[k]}, bbox "
                     f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
                     "use cutout.reader: chunks."
                 ) from error
@@ -567,7 +569,8 @@ def cut_shard(
                                 threads if threads is not None else len(os.sched_getaffinity(0)))
         boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]
                     for i in todo]
-        reads = ((todo[k], crop) for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo]))
+        reads = ((todo[k], crop)
+                 for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo], info.path))
     elif reader == "chunks":
         chunk_reader = ChunkReader(vol, info)
         if threads is None:
@@ -590,22 +593,21 @@ def cut_shard(
         disable=not sys.stderr.isatty(),
     )
     pack_2d, pack_3d = (out_dir / PACK_NAMES[kind] for kind in ("2d", "3d"))
-    # Writing overlaps reading: a few TIFF writer threads, a bounded queue of cutouts in flight.
-    # The packs get one row per cutout in read order and appear only once complete.
+    # Writing overlaps reading: one writer thread (so the pack rows keep the read order), a
+    # bounded queue of cutouts in flight. The packs appear only once complete.
     with (
         atomic_path(pack_2d) as tmp_2d,
         atomic_path(pack_3d) as tmp_3d,
         # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
         open(tmp_2d, "r+b") as packed_2d,
         open(tmp_3d, "r+b") as packed_3d,
-        ThreadPoolExecutor(max_workers=_WRITERS) as writers,
+        ThreadPoolExecutor(max_workers=1) as writer,
     ):
         _write_npy_header(packed_2d, (len(todo), patch_size[1], patch_size[0]))
         _write_npy_header(packed_3d, (len(todo), *cube_size[::-1]))
         pending: deque = deque()
 
         def write(file_2d: Path, file_3d: Path, patch: np.ndarray, cube: np.ndarray) -> None:
-            # One writer thread, so the pack rows land in submission order.
             _write_tiff(file_2d, patch, compression)
             _write_tiff(file_3d, cube, compression)
             packed_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the row layout
@@ -618,8 +620,8 @@ def cut_shard(
             _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
             file_2d = out_dir / "2d" / f"{ids[i]}.tif"
             file_3d = out_dir / "3d" / f"{ids[i]}.tif"
-            pending.append(writers.submit(write, file_2d, file_3d, patch, cube))
-            while len(pending) > 4 * _WRITERS:
+            pending.append(writer.submit(write, file_2d, file_3d, patch, cube))
+            while len(pending) > _WRITES_IN_FLIGHT:
                 pending.popleft().result()
             status[i] = OK
             path_2d[i] = file_2d.relative_to(root).as_posix()

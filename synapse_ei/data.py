@@ -153,7 +153,8 @@ class CutoutDataset(Dataset):
     (see :func:`build_transforms`), so augmentations work in the raw intensity range.
     ``shape`` is the on-disk array shape ((Y, X) or (Z, Y, X)); by default the first file's.
     ``preload`` reads every cutout once into memory (small sets: nothing is re-read per epoch).
-    Batches are read with one slice per pack (``__getitems__``, which the DataLoader calls).
+    A batch is read in one call (``__getitems__``, which the DataLoader calls): one copy per
+    cutout from the memory-mapped pack into the batch.
     """
 
     def __init__(
@@ -238,11 +239,16 @@ class CutoutDataset(Dataset):
         x = torch.from_numpy(self.read_many(indices)).unsqueeze(1)  # (B, 1, ...)
         y = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
         if self.transform is not None:
-            x = torch.stack([self.transform(item.float().div_(255.0)) for item in x])
+            x = torch.stack([self.transform(to_unit_range(item)) for item in x])
         return StackedSamples(x, y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.__getitems__([index])[0]
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Raw uint8 values as a new float32 tensor in [0, 1] (``x / 255``), what augmentations see."""
+    return x.float().div_(255.0)
 
 
 def to_model_input(
@@ -257,7 +263,7 @@ def to_model_input(
     the host-to-device copy uint8; augmenting there frees the loader's CPU cores."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)  # a new tensor: the loader's batch is left alone
+        x = to_unit_range(x)
     if transform is not None:
         x = torch.stack([transform(item) for item in x])
     x = (x.float() - NORM_MEAN) / NORM_STD

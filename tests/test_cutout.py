@@ -454,6 +454,17 @@ def test_the_tensorstore_reader_refuses_chunks_it_would_read_as_zeros(tmp_path):
                   reader="tensorstore")
 
 
+def test_a_chunk_tensorstore_cannot_decode_names_the_volume_and_synapse(tmp_path):
+    path, _, _ = make_volume(tmp_path, "broken", encoding="jpeg", compress=False,
+                             data=volume_data(smooth=True), with_mip1=False)
+    for chunk in (tmp_path / "broken" / "8_8_40").iterdir():
+        chunk.write_bytes(b"not a jpeg")  # present, so the file check passes; undecodable
+    plan = plan_shards(make_synapses(random_centres(4, seed=9)), 1)
+    with pytest.raises(DataError, match=r"broken'.*tensorstore cannot read synapse id \d+, bbox"):
+        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, tmp_path / "out",
+                  reader="tensorstore")
+
+
 # ------------------------------------------------------------------------------ packed cutouts
 
 
