@@ -3,18 +3,16 @@
 Usage: ``python bench/loader.py [--cutouts 512] [--batch-size 64] [--workers 0 2]``
 
 Writes ``--cutouts`` random uint8 cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32) as
-the cutout stage writes them (one TIFF each, and the shard's packed ``.npy`` of all of them),
-then measures, side by side in one run and for each kind:
+the cutout stage writes them (a shard's TIFF stack per kind), then measures, side by side in
+one run and for each kind:
 
-- ``tiff read``: :meth:`synapse_ei.data.CutoutDataset.read` from the TIFFs, the checked read
-  alone, one cutout at a time;
-- ``tiff loader``: batches from :func:`synapse_ei.data.make_loader` over a
-  :class:`~synapse_ei.data.CutoutDataset` of the TIFFs (manifest without pack columns), no
-  augmentation;
-- ``packed loader``: the same over the packs, as training reads them (uint8 batches, read one
-  slice per pack), no augmentation;
-- ``packed loader+aug``: the same with the training augmentations (:func:`build_transforms`);
-- ``floor``: slicing the memory-mapped pack into a uint8 batch and nothing else, workers 0.
+- ``read one``: :meth:`synapse_ei.data.CutoutDataset.read`, the checked read alone, one cutout
+  at a time;
+- ``loader``: batches from :func:`synapse_ei.data.make_loader` over a
+  :class:`~synapse_ei.data.CutoutDataset`, as training reads them (uint8 batches, one slice of
+  the memory-mapped stack per cutout), no augmentation;
+- ``loader+aug``: the same with the training augmentations (:func:`build_transforms`);
+- ``floor``: slicing the memory-mapped stack into a uint8 batch and nothing else, workers 0.
 
 Each loader row is measured for every ``--workers`` count. Batches are uint8 (float32 after
 augmentation): :func:`synapse_ei.data.to_model_input` scales them on the device, which is the
@@ -33,34 +31,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 import torch
 
-from synapse_ei.cutout import PACK_NAMES
+from synapse_ei.cutout import STACK_NAMES, open_stack, write_stack
 from synapse_ei.data import CutoutDataset, build_transforms, make_loader
 
 SHAPES = {"2d": (256, 256), "3d": (32, 128, 128)}  # as stored: (Y, X) and (Z, Y, X)
 
 
 def write_cutouts(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` random 2D and 3D cutouts under ``root`` as TIFFs and packs, and their manifest."""
+    """``n`` random 2D and 3D cutouts under ``root`` as the shard's two stacks, and their
+    manifest."""
     rng = np.random.default_rng(seed)
-    packs = {kind: np.empty((n, *shape), dtype=np.uint8) for kind, shape in SHAPES.items()}
-    for kind in SHAPES:
-        (root / kind).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        for kind, shape in SHAPES.items():
-            packs[kind][i] = rng.integers(1, 255, size=shape, dtype=np.uint8)
-            tifffile.imwrite(root / kind / f"{i}.tif", packs[kind][i], photometric="minisblack")
-        rows.append({"id": i, "pre_pt_root_id": i, "split": "train",
-                     "label": ("excitatory", "inhibitory")[i % 2],
-                     "path_2d": f"2d/{i}.tif", "path_3d": f"3d/{i}.tif",
-                     "packed_2d": PACK_NAMES["2d"], "packed_3d": PACK_NAMES["3d"],
-                     "pack_index": i})
-    for kind, array in packs.items():
-        np.save(root / PACK_NAMES[kind], array)
-    return pd.DataFrame(rows)
+    for kind, shape in SHAPES.items():
+        write_stack(root / STACK_NAMES[kind], kind,
+                    rng.integers(1, 255, size=(n, *shape), dtype=np.uint8))
+    return pd.DataFrame({
+        "id": np.arange(n), "pre_pt_root_id": np.arange(n), "split": "train",
+        "label": np.array(["excitatory", "inhibitory"])[np.arange(n) % 2],
+        "path_2d": STACK_NAMES["2d"], "path_3d": STACK_NAMES["3d"], "stack_index": np.arange(n),
+    })
 
 
 def rate(fn, n_samples: int) -> float:
@@ -81,9 +71,9 @@ def loader_rate(dataset: CutoutDataset, batch_size: int, workers: int, n_samples
     return rate(run, delivered)
 
 
-def floor_rate(pack: Path, batch_size: int) -> float:
-    """Random uint8 batches sliced out of the memory-mapped pack, and nothing else."""
-    array = np.load(pack, mmap_mode="r")
+def floor_rate(stack: Path, kind: str, batch_size: int) -> float:
+    """Random uint8 batches sliced out of the memory-mapped stack, and nothing else."""
+    array = open_stack(stack, kind)
     order = np.random.default_rng(0).permutation(len(array))
     batches = [np.sort(order[i:i + batch_size])
                for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -112,23 +102,19 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, float]] = {}
     try:
         manifest = write_cutouts(root, args.cutouts)
-        tiffs = manifest.drop(columns=["packed_2d", "packed_3d", "pack_index"])
         n = len(manifest)
         for kind in SHAPES:
-            tiff_set = CutoutDataset(tiffs, root, kind)
-            packed = CutoutDataset(manifest, root, kind)
+            plain = CutoutDataset(manifest, root, kind)
             augmented = CutoutDataset(manifest, root, kind,
                                       transform=build_transforms(kind, train=True))
-            assert packed.packs and not tiff_set.packs
-            row = {"tiff read": best(lambda: rate(lambda: [tiff_set.read(i) for i in range(n)], n))}
+            row = {"read one": best(lambda: rate(lambda: [plain.read(i) for i in range(n)], n))}
             for workers in args.workers:
-                row[f"tiff loader w={workers}"] = best(
-                    lambda: loader_rate(tiff_set, args.batch_size, workers, n))
-                row[f"packed loader w={workers}"] = best(
-                    lambda: loader_rate(packed, args.batch_size, workers, n))
-                row[f"packed loader+aug w={workers}"] = best(lambda: loader_rate(
+                row[f"loader w={workers}"] = best(
+                    lambda: loader_rate(plain, args.batch_size, workers, n))
+                row[f"loader+aug w={workers}"] = best(lambda: loader_rate(
                     augmented, args.batch_size, workers, min(n, args.aug_samples)))
-            row["floor"] = best(lambda: floor_rate(root / PACK_NAMES[kind], args.batch_size))
+            row["floor"] = best(lambda: floor_rate(root / STACK_NAMES[kind], kind,
+                                                   args.batch_size))
             results[kind] = {key: round(value, 1) for key, value in row.items()}
     finally:
         shutil.rmtree(root, ignore_errors=True)

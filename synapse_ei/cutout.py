@@ -1,18 +1,18 @@
 """Cutting 2D patches and 3D cubes around synapses, one spatially coherent shard at a time.
 
 :func:`plan_shards` groups neighbouring synapses so a shard's reads share chunks;
-:func:`cut_shard` writes one shard's TIFFs, manifest and stats, reading every chunk the shard
-needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each evicted
-after its last use); :func:`gather` joins the shards and refuses a dataset with an empty split
-or class; :func:`read_cutout` and :func:`open_pack` are the checked readers the training
-data loader uses.
+:func:`cut_shard` writes one shard's TIFF stacks, manifest and stats, reading every chunk the
+shard needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each
+evicted after its last use); :func:`gather` joins the shards and refuses a dataset with an
+empty split or class; :func:`open_stack` is the checked reader the training data loader uses.
 
-TIFFs hold the raw uint8 EM values exactly as stored (no normalisation): 2D patches as (Y, X),
-3D cubes as (Z, Y, X), the TIFF page convention; the transpose from CloudVolume's XYZ happens
-here and only here. Beside them each shard writes the same arrays packed into one
-memory-mappable ``.npy`` per kind (``2d.npy``: (N, Y, X), ``3d.npy``: (N, Z, Y, X)), so training
-reads a batch with one slice instead of one TIFF per synapse; the manifest's ``pack_index``
-gives each cutout's row.
+A shard stores each kind of cutout in one TIFF stack: ``2d.tif`` holds (N, Y, X), ``3d.tif``
+(N, Z, Y, X), raw uint8 EM values exactly as stored (no normalisation), row ``stack_index`` of
+the manifest per synapse. (Y, X) and (Z, Y, X) are the TIFF page convention; the transpose from
+CloudVolume's XYZ happens here and only here. The stacks are uncompressed and contiguous, so
+training memory-maps them and reads a batch with one slice per cutout, and any TIFF reader opens
+them (Fiji: a stack of N x Z pages). One file per kind and shard, not one per synapse: each
+byte is written once, and a cluster file system is spared millions of small files.
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 
 OK = "ok"
 OUTSIDE_VOLUME = "outside_volume"
-MANIFEST_COLUMNS = ["status", "path_2d", "path_3d", "packed_2d", "packed_3d", "pack_index"]
-#: The cutout kinds, and the name of each kind's packed array in a shard directory.
-PACK_NAMES = {"2d": "2d.npy", "3d": "3d.npy"}
+MANIFEST_COLUMNS = ["status", "path_2d", "path_3d", "stack_index"]
+#: The cutout kinds, and the name of each kind's TIFF stack in a shard directory.
+STACK_NAMES = {"2d": "2d.tif", "3d": "3d.tif"}
+#: The axes of a stack of each kind (tifffile's shaped metadata): Q counts the synapses.
+STACK_AXES = {"2d": "QYX", "3d": "QZYX"}
 #: Decoded chunks kept per shard: neighbouring synapses share chunks, so each is decoded once.
 DEFAULT_LRU_BYTES = 256 * 2**20
 #: Chunk reads in flight for a remote volume: they wait on the network, so more threads than
@@ -60,10 +62,12 @@ DEFAULT_LRU_BYTES = 256 * 2**20
 #: threads only add switching (as cloud-volume itself does for file://).
 DEFAULT_READ_THREADS = 8
 #: How to read the boxes of each synapse: every needed chunk once through cloud-volume's decoder
-#: ("chunks"); through tensorstore, which decodes in its own threads ("tensorstore"); or one
-#: cloud-volume read per synapse with no cache ("per_synapse": the reference the others are
-#: tested and benchmarked against).
-READERS = ("chunks", "tensorstore", "per_synapse")
+#: ("chunks"); through tensorstore, which decodes in its own threads ("tensorstore"); the
+#: faster of the two that can read the volume ("auto": tensorstore unless the volume is
+#: sharded or a needed chunk is missing or gzip-compressed); or one cloud-volume read per
+#: synapse with no cache ("per_synapse": the reference the others are tested and benchmarked
+#: against).
+READERS = ("auto", "chunks", "tensorstore", "per_synapse")
 #: Synapses whose tensorstore reads are in flight at once.
 TENSORSTORE_AHEAD = 16
 #: Cutouts handed to the writer thread and not yet written: bounds the memory in flight.
@@ -331,13 +335,34 @@ def _chunk_crop(dtype: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]
     return crop
 
 
+def _tensorstore_misreads(
+    reader: ChunkReader, starts: np.ndarray, stops: np.ndarray
+) -> tuple[list[list[tuple]], dict[tuple, str]]:
+    """The chunks each box needs, and those of them tensorstore would read as zeros without an
+    error: ``{chunk: "missing" | "gzip"}`` (cloud-volume's default ``.gz`` raw chunks)."""
+    needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
+    return needs, missing_chunks(reader, sorted({key for keys in needs for key in keys}))
+
+
+def _pick_reader(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> str:
+    """The reader ``auto`` means for these boxes: tensorstore, which decodes in its own threads
+    (measured faster, bench/cutout.py), wherever it reads every needed chunk as stored."""
+    if reader.sharded:
+        return "chunks"
+    _, misreads = _tensorstore_misreads(reader, starts, stops)
+    if misreads:
+        log.info("cutout reader: chunks, since tensorstore would read %d chunk(s) as zeros "
+                 "(missing or gzip-compressed)", len(misreads))
+        return "chunks"
+    return "tensorstore"
+
+
 def _require_chunk_files(
     reader: ChunkReader, starts: np.ndarray, stops: np.ndarray, ids: Sequence[Any]
 ) -> None:
     """Refuse boxes that need a chunk tensorstore would read as zeros: missing, or stored as
     cloud-volume's gzip-compressed ``.gz`` file. Names the first synapse that needs one."""
-    needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
-    missing = missing_chunks(reader, sorted({key for keys in needs for key in keys}))
+    needs, missing = _tensorstore_misreads(reader, starts, stops)
     if not missing:
         return
     k = next(k for k, keys in enumerate(needs) if missing.keys() & set(keys))
@@ -419,20 +444,30 @@ def _require_content(
         )
 
 
-def _write_tiff(path: Path, array: np.ndarray, compression: str | None) -> None:
-    """Write one cutout TIFF in place. No per-file rename: a shard's files count only once its
-    manifest.parquet (written last, atomically) lists them, and a shard without one is cut again
-    whole, so a temporary name per file would only cost time."""
-    # minisblack: a cube with 3 or 4 sections must not be taken for an RGB(A) image.
-    tifffile.imwrite(path, array, photometric="minisblack", compression=compression)
+def _stack_options(kind: str) -> dict[str, Any]:
+    # minisblack: a stack must never be taken for RGB(A); no compression: memory-mappable.
+    return {"photometric": "minisblack", "metadata": {"axes": STACK_AXES[kind]}}
 
 
-def _write_npy_header(file: Any, shape: tuple[int, ...]) -> None:
-    """Start an uint8 ``.npy`` of ``shape`` whose rows are then appended in order with
+def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> None:
+    """Write the header of an uncompressed uint8 TIFF stack of ``shape`` to the open ``file``
+    and leave it at the start of the pixel data, so the cutouts are then appended in order with
     ``file.write``: sequential writes, cheaper than faulting in the pages of a memory map."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-              "fortran_order": False, "shape": tuple(int(n) for n in shape)}
-    np.lib.format.write_array_header_1_0(file, header)
+    shape = tuple(int(n) for n in shape)
+    offset, _ = tifffile.imwrite(file, shape=shape, dtype=np.uint8, returnoffset=True,
+                                 **_stack_options(kind))
+    file.seek(offset)
+
+
+def write_stack(path: str | Path, kind: str, array: np.ndarray) -> None:
+    """Write ``array`` ((N, Y, X) for ``kind`` "2d", (N, Z, Y, X) for "3d", uint8) atomically
+    as a cutout stack, the same bytes :func:`cut_shard` writes."""
+    ndim = {"2d": 3, "3d": 4}[kind]
+    if array.dtype != np.uint8 or array.ndim != ndim or len(array) == 0:
+        raise DataError(f"a {kind} cutout stack is a non-empty uint8 array of {ndim} axes; got "
+                        f"{array.dtype} of shape {array.shape} for {str(path)!r}.")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, **_stack_options(kind))
 
 
 def _outside_message(
@@ -461,7 +496,7 @@ def _empty_manifest(rows: pd.DataFrame) -> pd.DataFrame:
     manifest = rows.copy()
     for column in MANIFEST_COLUMNS:
         manifest[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
-    manifest["pack_index"] = pd.Series(pd.NA, index=rows.index, dtype="Int64")
+    manifest["stack_index"] = pd.Series(pd.NA, index=rows.index, dtype="Int64")
     return manifest
 
 
@@ -476,8 +511,7 @@ def cut_shard(
     out_dir: str | Path,
     *,
     lru_bytes: int = DEFAULT_LRU_BYTES,
-    compression: str | None = None,
-    reader: str = "chunks",
+    reader: str = "auto",
     threads: int | None = None,
 ) -> dict:
     """Cut the 2D patch and 3D cube of every synapse in ``plan`` whose ``shard`` is ``shard``.
@@ -492,14 +526,15 @@ def cut_shard(
     "tensorstore" reads the patch and cube of :data:`TENSORSTORE_AHEAD` synapses at a time
     through tensorstore (``threads`` decoding threads, by default the CPUs this job may use;
     a chunk cache of ``lru_bytes``), after checking that every chunk the shard needs has a file
-    it can read; "per_synapse" reads each box with its own cloud-volume call. All three write
-    the same bytes.
+    it can read; "auto" (the default) is "tensorstore" where that check passes on an unsharded
+    volume, else "chunks" (``stats["reader"]`` says which); "per_synapse" reads each box with
+    its own cloud-volume call. All write the same bytes. Reading overlaps cutting and writing,
+    which one writer thread does.
 
-    Writes ``out_dir/2d/{id}.tif`` ((Y, X) uint8), ``out_dir/3d/{id}.tif`` ((Z, Y, X) uint8),
-    the same arrays packed in ``out_dir/2d.npy`` ((N, Y, X)) and ``out_dir/3d.npy``
-    ((N, Z, Y, X)), ``out_dir/manifest.parquet`` (every planned row + ``status``, ``path_2d``,
-    ``path_3d``, ``packed_2d``, ``packed_3d``, paths relative to ``out_dir.parent.parent``, and
-    ``pack_index``, the row in the packs) and ``out_dir/stats.json``; returns the stats.
+    Writes the TIFF stacks ``out_dir/2d.tif`` ((N, Y, X) uint8) and ``out_dir/3d.tif``
+    ((N, Z, Y, X) uint8), ``out_dir/manifest.parquet`` (every planned row + ``status``,
+    ``path_2d``, ``path_3d``: the stacks relative to ``out_dir.parent.parent``, and
+    ``stack_index``, the row in the stacks) and ``out_dir/stats.json``; returns the stats.
     Synapses whose box leaves the volume are skipped as ``outside_volume``; if all are, a
     :class:`DataError` names the likely unit mix-up. Missing chunks and constant cutouts raise
     :class:`DataError` naming the synapse and the box.
@@ -552,19 +587,19 @@ def cut_shard(
     if not inside.any():
         raise DataError(_outside_message(rows, centres, position_resolution, info))
 
-    (out_dir / "2d").mkdir(exist_ok=True)
-    (out_dir / "3d").mkdir(exist_ok=True)
     status = np.full(len(rows), OUTSIDE_VOLUME, dtype=object)
-    path_2d = np.full(len(rows), None, dtype=object)
-    path_3d = np.full(len(rows), None, dtype=object)
-    pack_index = np.full(len(rows), -1, dtype=np.int64)
+    stack_index = np.full(len(rows), -1, dtype=np.int64)
     ids = rows["id"].to_numpy()
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
-    if reader == "tensorstore":
+    if reader == "auto":
+        reader = _pick_reader(ChunkReader(vol, info), union_start[todo], union_stop[todo])
+        stats["reader"] = f"auto: {reader}"
+    elif reader == "tensorstore":
         _require_chunk_files(ChunkReader(vol, info), union_start[todo], union_stop[todo],
                              ids[todo])
+    if reader == "tensorstore":
         view = open_tensorstore(info, lru_bytes,
                                 threads if threads is not None else len(os.sched_getaffinity(0)))
         boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]
@@ -592,51 +627,46 @@ def cut_shard(
         reads, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
         disable=not sys.stderr.isatty(),
     )
-    pack_2d, pack_3d = (out_dir / PACK_NAMES[kind] for kind in ("2d", "3d"))
-    # Writing overlaps reading: one writer thread (so the pack rows keep the read order), a
-    # bounded queue of cutouts in flight. The packs appear only once complete.
+    stack_2d, stack_3d = (out_dir / STACK_NAMES[kind] for kind in ("2d", "3d"))
+    # Reading overlaps cutting and writing: this thread reads (decodes chunks), one writer
+    # thread crops each synapse out of its chunks, checks it and appends it to the stacks (one
+    # thread, so the stack rows keep the read order). A crop holds its own chunks, so the
+    # reader may drop them from its cache meanwhile; the queue in flight is bounded. The stacks
+    # appear only once complete.
     with (
-        atomic_path(pack_2d) as tmp_2d,
-        atomic_path(pack_3d) as tmp_3d,
+        atomic_path(stack_2d) as tmp_2d,
+        atomic_path(stack_3d) as tmp_3d,
         # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
-        open(tmp_2d, "r+b") as packed_2d,
-        open(tmp_3d, "r+b") as packed_3d,
+        open(tmp_2d, "r+b") as file_2d,
+        open(tmp_3d, "r+b") as file_3d,
         ThreadPoolExecutor(max_workers=1) as writer,
     ):
-        _write_npy_header(packed_2d, (len(todo), patch_size[1], patch_size[0]))
-        _write_npy_header(packed_3d, (len(todo), *cube_size[::-1]))
+        _start_stack(file_2d, "2d", (len(todo), patch_size[1], patch_size[0]))
+        _start_stack(file_3d, "3d", (len(todo), *cube_size[::-1]))
         pending: deque = deque()
 
-        def write(file_2d: Path, file_3d: Path, patch: np.ndarray, cube: np.ndarray) -> None:
-            _write_tiff(file_2d, patch, compression)
-            _write_tiff(file_3d, cube, compression)
-            packed_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the row layout
-            packed_3d.write(cube.data)
-
-        for row, (i, crop) in enumerate(progress):
+        def cut_and_write(i: int, crop: Crop) -> None:
             patch = crop(patch_start[i], patch_stop[i])[0]
             cube = crop(cube_start[i], cube_stop[i])
             _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
             _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
-            file_2d = out_dir / "2d" / f"{ids[i]}.tif"
-            file_3d = out_dir / "3d" / f"{ids[i]}.tif"
-            pending.append(writer.submit(write, file_2d, file_3d, patch, cube))
+            file_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout
+            file_3d.write(cube.data)
+
+        for row, (i, crop) in enumerate(progress):
+            pending.append(writer.submit(cut_and_write, i, crop))
             while len(pending) > _WRITES_IN_FLIGHT:
                 pending.popleft().result()
             status[i] = OK
-            path_2d[i] = file_2d.relative_to(root).as_posix()
-            path_3d[i] = file_3d.relative_to(root).as_posix()
-            pack_index[i] = row
+            stack_index[i] = row
         for future in pending:
             future.result()
 
     written = status == OK
     manifest["status"] = status
-    manifest["path_2d"] = path_2d
-    manifest["path_3d"] = path_3d
-    for kind, pack in (("2d", pack_2d), ("3d", pack_3d)):
-        manifest[f"packed_{kind}"] = np.where(written, pack.relative_to(root).as_posix(), None)
-    manifest["pack_index"] = pd.Series(pack_index, dtype="Int64").where(written)
+    for kind, stack in (("2d", stack_2d), ("3d", stack_3d)):
+        manifest[f"path_{kind}"] = np.where(written, stack.relative_to(root).as_posix(), None)
+    manifest["stack_index"] = pd.Series(stack_index, dtype="Int64").where(written)
     stats["written"] = int((status == OK).sum())
     skipped = pd.Series(status[status != OK]).value_counts()
     stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
@@ -685,7 +715,8 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
     Returns ``(manifest, stats)``: ``manifest`` holds only ``status == 'ok'`` rows (paths
     relative to ``out_root``), ``stats`` the counts per split x class, skips per reason and
     per-shard timings. Raises :class:`DataError` if a shard's manifest is missing or corrupt, a
-    listed TIFF or pack is missing or damaged, or any split x class combination has no cutout.
+    listed stack is missing, damaged or too short, or any split x class combination has no
+    cutout.
     """
     out_root = Path(out_root)
     frames = [_read_shard_manifest(Path(shard_dir)) for shard_dir in shard_dirs]
@@ -696,17 +727,9 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
     everything = pd.concat(non_empty or frames[:1], ignore_index=True)
     ok = everything[everything["status"] == OK].reset_index(drop=True)
 
-    for column in ("path_2d", "path_3d"):
-        for relative in ok[column]:
-            if not (out_root / relative).is_file():
-                raise DataError(
-                    f"cutout {str(out_root / relative)!r} is listed in a shard manifest but "
-                    "missing. Rerun the cutout shard that wrote it."
-                )
-
-    for kind in PACK_NAMES:
-        for relative, rows in ok.groupby(f"packed_{kind}"):
-            open_pack(out_root / relative, length=int(rows["pack_index"].max()) + 1)
+    for kind in STACK_NAMES:
+        for relative, rows in ok.groupby(f"path_{kind}"):
+            open_stack(out_root / relative, kind, length=int(rows["stack_index"].max()) + 1)
 
     skipped = everything.loc[everything["status"] != OK, "status"].value_counts()
     counts: dict[str, dict[str, int]] = {}
@@ -752,80 +775,60 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
 
 
 # --------------------------------------------------------------------------------------------
-# Reading one cutout (for the data loader)
+# Reading the stacks (for the data loader)
 # --------------------------------------------------------------------------------------------
 
 
-def read_cutout(path: str | Path, expected_shape: tuple[int, ...]) -> np.ndarray:
-    """Read one cutout TIFF as uint8 in TIFF page order ((Y, X) or (Z, Y, X)).
+def open_stack(
+    path: str | Path, kind: str, item_shape: Sequence[int] | None = None,
+    length: int | None = None,
+) -> np.ndarray:
+    """Memory-map a shard's TIFF stack of ``kind`` ("2d": (N, Y, X), "3d": (N, Z, Y, X)),
+    read-only.
 
-    Raises :class:`DataError` naming the file if it is missing, unreadable or truncated, of
-    another shape than ``expected_shape`` or another dtype than uint8, or all zeros.
+    Only the TIFF header is read. Raises :class:`DataError` naming the file if it is missing,
+    unreadable, compressed or truncated, not uint8, of another item shape than ``item_shape``,
+    or shorter than ``length`` cutouts.
     """
     path = Path(path)
     rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
+    expected = {"2d": 3, "3d": 4}[kind]
     if not path.is_file():
-        raise DataError(f"cutout {str(path)!r} is missing. {rerun}")
+        raise DataError(f"cutout stack {str(path)!r} is missing. {rerun}")
     try:
         with tifffile.TiffFile(path) as tiff:
-            n_pages = len(tiff.pages)
-            array = tiff.asarray()
+            series = tiff.series[0]
+            shape, dtype, offset = tuple(series.shape), series.dtype, series.dataoffset
+            pages = len(tiff.pages)
     except Exception as error:  # tifffile raises TiffFileError, ValueError, OSError, ...
+        raise DataError(f"cutout stack {str(path)!r} is unreadable ({error}). {rerun}") from error
+    if dtype != np.uint8 or len(shape) != expected:
         raise DataError(
-            f"cutout {str(path)!r} is unreadable or truncated ({error}). {rerun}"
-        ) from error
-    if tuple(array.shape) != tuple(expected_shape):
-        raise DataError(
-            f"cutout {str(path)!r} has shape {tuple(array.shape)}, expected "
-            f"{tuple(expected_shape)} (truncated, or cut with other cutout sizes). {rerun}"
+            f"cutout stack {str(path)!r} holds {dtype} of shape {shape}, expected uint8 with "
+            f"{expected} axes ({STACK_AXES[kind]}). {rerun}"
         )
-    # A cut-off file can still yield a full-shaped array from its contiguous data block, so the
-    # page count (one page per section) is the check that sees a lost tail.
-    expected_pages = expected_shape[0] if len(expected_shape) == 3 else 1
-    if n_pages != expected_pages:
+    if item_shape is not None and shape[1:] != tuple(item_shape):
         raise DataError(
-            f"cutout {str(path)!r} has {n_pages} readable page(s), expected {expected_pages} "
-            f"(truncated or damaged). {rerun}"
-        )
-    if array.dtype != np.uint8:
-        raise DataError(f"cutout {str(path)!r} has dtype {array.dtype}, expected uint8. {rerun}")
-    if not array.any():
-        raise DataError(f"cutout {str(path)!r} is all zeros (missing image data). {rerun}")
-    return array
-
-
-def open_pack(
-    path: str | Path, item_shape: Sequence[int] | None = None, length: int | None = None
-) -> np.ndarray:
-    """Memory-map a shard's packed cutouts, an (N, *item_shape) uint8 ``.npy``, read-only.
-
-    Only the header is read. Raises :class:`DataError` naming the file if it is missing,
-    unreadable or truncated, not uint8, of another item shape than ``item_shape``, or shorter
-    than ``length`` rows.
-    """
-    path = Path(path)
-    rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
-    if not path.is_file():
-        raise DataError(f"packed cutouts {str(path)!r} are missing. {rerun}")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as error:  # numpy raises ValueError, OSError, ... for a damaged file
-        raise DataError(
-            f"packed cutouts {str(path)!r} are unreadable or truncated ({error}). {rerun}"
-        ) from error
-    if array.dtype != np.uint8 or array.ndim < 3:
-        raise DataError(
-            f"packed cutouts {str(path)!r} hold {array.dtype} of shape {array.shape}, expected "
-            f"uint8 (N, Y, X) or (N, Z, Y, X). {rerun}"
-        )
-    if item_shape is not None and tuple(array.shape[1:]) != tuple(item_shape):
-        raise DataError(
-            f"packed cutouts {str(path)!r} hold items of shape {tuple(array.shape[1:])}, expected "
+            f"cutout stack {str(path)!r} holds cutouts of shape {shape[1:]}, expected "
             f"{tuple(item_shape)} (cut with other cutout sizes). {rerun}"
         )
-    if length is not None and len(array) < length:
+    if offset is None:
         raise DataError(
-            f"packed cutouts {str(path)!r} hold {len(array)} cutouts, but the manifest lists "
+            f"cutout stack {str(path)!r} is compressed or not contiguous, so it cannot be "
+            f"memory-mapped. {rerun}"
+        )
+    # A cut-off stack can keep all its pixels and lose the page directories written after them,
+    # which other TIFF readers need: the page count sees that.
+    expected_pages = shape[0] * (shape[1] if kind == "3d" else 1)
+    if pages != expected_pages or path.stat().st_size < offset + int(np.prod(shape)):
+        raise DataError(
+            f"cutout stack {str(path)!r} is truncated or damaged: {pages} of its "
+            f"{expected_pages} pages are readable, {path.stat().st_size} bytes of the "
+            f"{offset + int(np.prod(shape))} its pixels need at least. {rerun}"
+        )
+    if length is not None and shape[0] < length:
+        raise DataError(
+            f"cutout stack {str(path)!r} holds {shape[0]} cutouts, but the manifest lists "
             f"row {length - 1}. {rerun}"
         )
-    return array
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)

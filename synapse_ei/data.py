@@ -1,7 +1,7 @@
 """Datasets, augmentations and seeded loaders for the image models.
 
-A cutout on disk is uint8, (Y, X) for 2D, (Z, Y, X) for 3D (the TIFF page convention), in a
-TIFF and in its shard's packed array. The networks want exactly that order after a leading
+A cutout on disk is uint8, (Y, X) for 2D, (Z, Y, X) for 3D (the TIFF page convention), one row
+of its shard's TIFF stack. The networks want exactly that order after a leading
 channel axis, so an item is a tensor (1, H, W) or (1, D, H, W) with D = z sections.
 Intensities get one fixed global scaling (``x / 255`` then ``(x - NORM_MEAN) / NORM_STD``, in
 :func:`to_model_input`), never a per-patch stretch: the absolute grey level of membranes and
@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tifffile
 import torch
 from torch.utils.data import (
     DataLoader,
@@ -30,7 +29,7 @@ from torch.utils.data import (
 from torchvision.transforms import v2
 
 from synapse_ei import augment
-from synapse_ei.cutout import open_pack, read_cutout
+from synapse_ei.cutout import open_stack
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
 
@@ -62,7 +61,8 @@ def load_manifest(
 ) -> pd.DataFrame:
     """Read the cutout manifest and select the rows of ``split`` (one name or several).
 
-    With ``kind`` ('2d'/'3d') the ``path_<kind>`` column must be present and filled. An empty
+    With ``kind`` ('2d'/'3d') the ``path_<kind>`` and ``stack_index`` columns must be present and
+    filled. An empty
     selection raises :class:`DataError`: a model must never train or predict on zero volumes.
     """
     path = Path(path)
@@ -76,7 +76,7 @@ def load_manifest(
         ) from error
     columns = list(MANIFEST_REQUIRED)
     if kind is not None:
-        columns.append(f"path_{_check_kind(kind)}")
+        columns += [f"path_{_check_kind(kind)}", "stack_index"]
     require_columns(manifest, columns, str(path))
     manifest = to_int64(manifest, ["id", "pre_pt_root_id"], str(path))
     if "status" in manifest.columns:
@@ -104,26 +104,20 @@ def load_manifest(
             f"{list(LABEL_INDEX)}. Fix the label mapping in the config's `labels` section."
         )
     if kind is not None:
-        missing = manifest[f"path_{kind}"].isna() | (manifest[f"path_{kind}"] == "")
+        missing = (manifest[f"path_{kind}"].isna() | (manifest[f"path_{kind}"] == "")
+                   | manifest["stack_index"].isna())
         if missing.any():
             row = manifest.index[missing.to_numpy()][0]
             raise DataError(
-                f"{path}: row {row} (id {manifest.loc[row, 'id']}) has no path_{kind}; rerun the "
-                "cutout stage so every manifest row has its TIFF."
+                f"{path}: row {row} (id {manifest.loc[row, 'id']}) has no path_{kind} or "
+                "stack_index; rerun the cutout stage so every manifest row has its cutout."
             )
     return manifest.reset_index(drop=True)
 
 
-def stored_shape(path: Path) -> tuple[int, ...]:
-    """Shape of the array in a cutout TIFF, read from its header."""
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            return tuple(tiff.series[0].shape)
-    except Exception as error:  # missing, truncated, not a TIFF: tifffile raises several types
-        raise DataError(
-            f"cutout {str(path)!r} is missing or unreadable ({error}). Rerun the cutout shard "
-            "that wrote it."
-        ) from error
+def stored_shape(path: Path, kind: str) -> tuple[int, ...]:
+    """Shape of one cutout ((Y, X) or (Z, Y, X)) in a shard's TIFF stack, read from its header."""
+    return tuple(open_stack(path, _check_kind(kind)).shape[1:])
 
 
 class StackedSamples(list):
@@ -145,16 +139,15 @@ def collate(samples: Sequence) -> Any:
 class CutoutDataset(Dataset):
     """The cutouts listed in a manifest, as ``(x, y)`` with y = 1 for inhibitory.
 
-    Cutouts are read from the shards' packed arrays when the manifest lists them (columns
-    ``packed_<kind>`` and ``pack_index``, as :func:`synapse_ei.cutout.cut_shard` writes them),
-    else from the TIFFs (``path_<kind>``). ``x`` is (1, H, W) or (1, D, H, W): without a
-    ``transform`` the raw uint8 values, so batches stay small until :func:`to_model_input`
-    scales and normalises them on the device; with one, float32 in [0, 1] after the transform
-    (see :func:`build_transforms`), so augmentations work in the raw intensity range.
-    ``shape`` is the on-disk array shape ((Y, X) or (Z, Y, X)); by default the first file's.
-    ``preload`` reads every cutout once into memory (small sets: nothing is re-read per epoch).
-    A batch is read in one call (``__getitems__``, which the DataLoader calls): one copy per
-    cutout from the memory-mapped pack into the batch.
+    Each cutout is row ``stack_index`` of the shard's TIFF stack ``path_<kind>``, as
+    :func:`synapse_ei.cutout.cut_shard` writes them; the stacks are memory-mapped. ``x`` is
+    (1, H, W) or (1, D, H, W): without a ``transform`` the raw uint8 values, so batches stay
+    small until :func:`to_model_input` scales and normalises them on the device; with one,
+    float32 in [0, 1] after the transform (see :func:`build_transforms`), so augmentations work
+    in the raw intensity range. ``shape`` is the on-disk shape of one cutout ((Y, X) or
+    (Z, Y, X)); by default the first stack's. ``preload`` reads every cutout once into memory
+    (small sets: nothing is re-read per epoch). A batch is read in one call (``__getitems__``,
+    which the DataLoader calls): one copy per cutout from the page cache into the batch.
     """
 
     def __init__(
@@ -169,65 +162,63 @@ class CutoutDataset(Dataset):
         self.kind = _check_kind(kind)
         if len(manifest) == 0:
             raise DataError(f"CutoutDataset: the manifest selection for {kind} cutouts is empty.")
-        require_columns(manifest, ["label", f"path_{kind}"], "cutout manifest")
+        require_columns(manifest, ["label", f"path_{kind}", "stack_index"], "cutout manifest")
         self.root = Path(root)
-        self.paths = [self.root / str(p) for p in manifest[f"path_{kind}"]]
+        names, self._stack_of = np.unique(manifest[f"path_{kind}"].astype(str),
+                                          return_inverse=True)
+        self.stacks = [self.root / name for name in names]
+        self._row_in_stack = manifest["stack_index"].to_numpy(dtype=np.int64)
+        self.ids = (manifest["id"].to_numpy() if "id" in manifest.columns
+                    else np.arange(len(manifest)))
         self.labels = np.array([LABEL_INDEX[label] for label in manifest["label"]], dtype=np.int64)
         self.transform = transform
         if shape is None:
-            shape = stored_shape(self.paths[0])
+            shape = stored_shape(self.stacks[0], kind)
         self.shape = tuple(int(n) for n in shape)
         if len(self.shape) != (2 if kind == "2d" else 3):
             raise DataError(
-                f"{self.paths[0]}: a {kind} cutout must have {2 if kind == '2d' else 3} axes, "
+                f"{self.stacks[0]}: a {kind} cutout must have {2 if kind == '2d' else 3} axes, "
                 f"got shape {self.shape}. Check `cutout.size_{kind}` and the manifest's paths."
             )
-        self.packs: list[Path] = []
-        packed = f"packed_{kind}"
-        if {packed, "pack_index"} <= set(manifest.columns) and manifest[packed].notna().all():
-            names, self._pack_of = np.unique(manifest[packed].astype(str), return_inverse=True)
-            self.packs = [self.root / name for name in names]
-            self._row_in_pack = manifest["pack_index"].to_numpy(dtype=np.int64)
-        self._mapped: dict[int, np.ndarray] = {}  # pack number -> memmap, opened on first use
+        self._mapped: dict[int, np.ndarray] = {}  # stack number -> memmap, opened on first use
         self._cache: np.ndarray | None = None
         if preload:
             self._cache = self.read_many(np.arange(len(self)))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
     def __getstate__(self) -> dict:
-        # DataLoader workers map the packs themselves rather than receive copies of them.
+        # DataLoader workers map the stacks themselves rather than receive copies of them.
         return {**self.__dict__, "_mapped": {}}
 
-    def _pack(self, number: int) -> np.ndarray:
+    def _stack(self, number: int) -> np.ndarray:
         if number not in self._mapped:
-            rows = self._row_in_pack[self._pack_of == number]
-            self._mapped[number] = open_pack(self.packs[number], self.shape, int(rows.max()) + 1)
+            rows = self._row_in_stack[self._stack_of == number]
+            self._mapped[number] = open_stack(self.stacks[number], self.kind, self.shape,
+                                              int(rows.max()) + 1)
         return self._mapped[number]
 
     def read_many(self, indices: Sequence[int]) -> np.ndarray:
         """The raw uint8 arrays of items ``indices``, stacked: (B, *shape).
 
-        Raises :class:`DataError` naming the file of a damaged, truncated, misshapen or
-        all-zero cutout.
+        Raises :class:`DataError` naming the file of a damaged, truncated or misshapen stack,
+        and the file, row and synapse of an all-zero cutout.
         """
         indices = np.asarray(indices, dtype=np.int64)
         if self._cache is not None:
             return self._cache[indices]
-        if not self.packs:
-            return np.stack([read_cutout(self.paths[i], self.shape) for i in indices])
         # One copy per item, straight from the page cache into the batch.
         batch = np.empty((len(indices), *self.shape), dtype=np.uint8)
         for position, index in enumerate(indices):
-            batch[position] = self._pack(self._pack_of[index])[self._row_in_pack[index]]
+            batch[position] = self._stack(self._stack_of[index])[self._row_in_stack[index]]
         empty = (torch.from_numpy(batch).reshape(len(batch), -1).amax(dim=1) == 0).numpy()
         if empty.any():
             i = int(indices[np.flatnonzero(empty)[0]])
             raise DataError(
-                f"packed cutout {i} of {str(self.packs[self._pack_of[i]])!r} (row "
-                f"{self._row_in_pack[i]}, {self.paths[i].name}) is all zeros (missing image "
-                "data). Rerun the cutout shard that wrote it (delete its shard directory first)."
+                f"cutout of synapse {self.ids[i]} in {str(self.stacks[self._stack_of[i]])!r} "
+                f"(row {self._row_in_stack[i]}) is all zeros (missing image data). Rerun the "
+                "cutout shard that wrote it (delete its shard directory first)."
             )
         return batch
 

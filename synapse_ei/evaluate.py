@@ -34,8 +34,7 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
-from synapse_ei.cutout import read_cutout  # noqa: E402
-from synapse_ei.data import load_manifest, stored_shape  # noqa: E402
+from synapse_ei.data import CutoutDataset, load_manifest  # noqa: E402
 from synapse_ei.errors import DataError  # noqa: E402
 from synapse_ei.io import atomic_path, write_json, write_parquet  # noqa: E402
 from synapse_ei.tables import INHIBITORY, LABEL_INDEX, LABELS  # noqa: E402
@@ -672,16 +671,15 @@ def write_gallery(
     """
     predictions = pd.read_parquet(predictions_path)
     manifest = load_manifest(manifest_path, "test", kind)
-    paths = manifest.set_index("id")[f"path_{kind}"]
     chosen = gallery_examples(predictions, threshold, per_group)
-    missing = [int(i) for group in chosen.values() for i in group["id"] if i not in paths.index]
+    position = pd.Series(np.arange(len(manifest)), index=manifest["id"])
+    missing = [int(i) for group in chosen.values() for i in group["id"] if i not in position.index]
     if missing:
         raise DataError(
             f"{manifest_path}: test synapse {missing[0]} of {predictions_path} has no {kind} "
             "cutout; the predictions come from another run. Rerun the evaluate stage."
         )
-    root = Path(cutout_root)
-    shape = stored_shape(root / str(paths.iloc[0]))
+    cutouts = CutoutDataset(manifest, cutout_root, kind)
     figure, axes_grid = plt.subplots(
         len(chosen), per_group, figsize=(1.9 * per_group + 0.8, 2.1 * len(chosen)), squeeze=False
     )
@@ -700,7 +698,7 @@ def write_gallery(
                     axes.text(0.5, 0.5, "none", ha="center", va="center", color="grey")
                 continue
             row = group.iloc[column]
-            tile = _gallery_tile(read_cutout(root / str(paths[row["id"]]), shape))
+            tile = _gallery_tile(cutouts.read(int(position[row["id"]])))
             axes.imshow(tile, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             axes.set_title(f"p(inh) {row['prob_inhibitory']:.2f}", fontsize="small")
     view = "2D patches" if kind == "2d" else "3D cubes: central XY section over central XZ"

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         ("summary/models.md", "model comparison"),
         ("eval/<model>/", "per-model metrics.json and figures"),
         ("splits/audit.json", "split audit"),
-        ("cutouts/", "cutouts: a TIFF each, packs per shard, manifest"),
+        ("cutouts/", "cutouts: TIFF stacks per shard, manifest"),
     ]:
         print(f"  {results / name}  ({what})")
     summary = results / "summary" / "models.md"

@@ -321,7 +321,7 @@ def train_image_model(
     train_rows = data.load_manifest(manifest_path, "train", kind)
     val_rows = data.load_manifest(manifest_path, "val", kind)
     root = Path(cutout_root)
-    shape = data.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]))
+    shape = data.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
     preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
     transform = data.build_transforms(kind, True, settings["augment_strength"],
                                       settings["augmentations"])

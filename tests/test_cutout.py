@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from synapse_ei.cutout import (
     MANIFEST_COLUMNS,
     cut_shard,
     gather,
-    open_pack,
+    open_stack,
     plan_shards,
-    read_cutout,
+    write_stack,
 )
 from synapse_ei.data import CutoutDataset
 from synapse_ei.errors import DataError
@@ -67,6 +66,11 @@ def cut_all(plan, em_path, root: Path, mip=0, size_2d=SIZE_2D, size_3d=SIZE_3D, 
     for shard, shard_dir in enumerate(dirs):
         cut_shard(plan, shard, em_path, mip, TABLE_RESOLUTION, size_2d, size_3d, shard_dir)
     return dirs
+
+
+def stored(root: Path, row, kind: str) -> np.ndarray:
+    """The cutout of a manifest row, read from its stack by tifffile, as any TIFF reader would."""
+    return tifffile.imread(root / getattr(row, f"path_{kind}"))[getattr(row, "stack_index")]
 
 
 # ------------------------------------------------------------------------------ plan_shards
@@ -149,8 +153,8 @@ def test_cutouts_equal_the_stored_voxels_at_the_synapse(raw_volume, tmp_path):
         x = row.ctr_pt_position_x // 2 - OFFSET[0]
         y = row.ctr_pt_position_y // 2 - OFFSET[1]
         z = row.ctr_pt_position_z - OFFSET[2]
-        patch = tifffile.imread(tmp_path / row.path_2d)
-        cube = tifffile.imread(tmp_path / row.path_3d)
+        patch = stored(tmp_path, row, "2d")
+        cube = stored(tmp_path, row, "3d")
         assert patch.shape == (sy, sx) and patch.dtype == np.uint8
         assert cube.shape == (cz, cy, cx) and cube.dtype == np.uint8
         x0, y0 = x - sx // 2, y - sy // 2
@@ -173,7 +177,7 @@ def test_mip1_cutouts_use_the_mip1_resolution(raw_volume, tmp_path):
         x = row.ctr_pt_position_x * 4 // 16 - OFFSET[0] // 2
         y = row.ctr_pt_position_y * 4 // 16 - OFFSET[1] // 2
         z = row.ctr_pt_position_z - OFFSET[2]
-        patch = tifffile.imread(tmp_path / row.path_2d)
+        patch = stored(tmp_path, row, "2d")
         x0, y0 = x - sx // 2, y - sy // 2
         np.testing.assert_array_equal(patch, mip1[x0 : x0 + sx, y0 : y0 + sy, z].T)
     assert (manifest["status"] == "ok").sum() > 0
@@ -189,9 +193,9 @@ def test_jpeg_cutouts_keep_the_decoded_values_unstretched(jpeg_volume, tmp_path)
     for row in manifest.itertuples():
         x, y, z = row.ctr_pt_position_x // 2, row.ctr_pt_position_y // 2, row.ctr_pt_position_z
         x0, y0, z0 = x - cx // 2, y - cy // 2, z - cz // 2
-        stored = np.asarray(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])[..., 0]
-        cube = read_cutout(tmp_path / row.path_3d, (cz, cy, cx))
-        np.testing.assert_array_equal(cube, stored.transpose(2, 1, 0))
+        in_volume = np.asarray(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])[..., 0]
+        cube = stored(tmp_path, row, "3d")
+        np.testing.assert_array_equal(cube, in_volume.transpose(2, 1, 0))
         # Raw intensities, not stretched to 0..255.
         assert cube.min() > 0 or cube.max() < 255
 
@@ -200,7 +204,7 @@ def _shard_files(shard_dir: Path) -> dict[str, bytes]:
     return {
         path.relative_to(shard_dir).as_posix(): path.read_bytes()
         for path in sorted(shard_dir.rglob("*"))
-        if path.suffix in {".tif", ".npy"}
+        if path.suffix == ".tif"
     }
 
 
@@ -233,7 +237,7 @@ def test_chunk_reader_writes_the_bytes_of_per_synapse_reads(
         cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir, reader=reader,
                   threads=3)
     expected = _shard_files(by_synapse)
-    assert len(expected) == 2 * len(synapses) + 2  # a TIFF per cutout, two packs
+    assert set(expected) == {"2d.tif", "3d.tif"}  # one stack per kind
     assert _shard_files(by_chunk) == expected
     pd.testing.assert_frame_equal(
         pd.read_parquet(by_chunk / "manifest.parquet"),
@@ -294,7 +298,8 @@ def test_manifest_keeps_input_columns_and_stats_count(raw_volume, tmp_path):
     manifest = pd.read_parquet(shard_dir / "manifest.parquet")
     assert set(plan.columns) | set(MANIFEST_COLUMNS) == set(manifest.columns)
     assert manifest["pre_pt_root_id"].dtype == np.int64
-    assert manifest["path_2d"].iloc[0].startswith("shards/000/2d/")
+    assert (manifest["path_2d"] == "shards/000/2d.tif").all()
+    assert (manifest["path_3d"] == "shards/000/3d.tif").all()
     stats = json.loads((shard_dir / "stats.json").read_text())
     assert stats["planned"] == stats["written"] == len(plan)
     assert stats["skipped"] == {}
@@ -316,7 +321,8 @@ def test_synapses_near_the_edge_are_skipped_and_counted(raw_volume, tmp_path):
     skipped = manifest[manifest["id"].isin([1, 2, 3])]
     assert (skipped["status"] == "outside_volume").all()
     assert skipped["path_2d"].isna().all() and skipped["path_3d"].isna().all()
-    assert not (shard_dir / "2d" / "1.tif").exists()
+    assert skipped["stack_index"].isna().all()
+    assert len(open_stack(shard_dir / "2d.tif", "2d")) == len(synapses)
     stats = json.loads((shard_dir / "stats.json").read_text())
     assert stats["skipped"] == {"outside_volume": 3}
     assert stats["written"] == len(synapses)
@@ -362,7 +368,8 @@ def test_empty_shard_writes_an_empty_manifest(raw_volume, tmp_path):
     stats = cut_shard(plan, empty, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir)
     manifest = pd.read_parquet(shard_dir / "manifest.parquet")
     assert len(manifest) == 0
-    assert {"id", "label", "split", "status", "path_2d", "path_3d"} <= set(manifest.columns)
+    assert {"id", "label", "split", "status", *MANIFEST_COLUMNS} <= set(manifest.columns)
+    assert not list(shard_dir.glob("*.tif"))
     assert stats["planned"] == 0 and stats["written"] == 0
 
 
@@ -398,7 +405,7 @@ def test_gather_names_the_empty_split_and_class(raw_volume, tmp_path):
     assert "'train'" not in message and "'excitatory'" not in message
 
 
-def test_gather_refuses_missing_or_corrupt_manifest_and_missing_tiff(raw_volume, tmp_path):
+def test_gather_refuses_missing_or_corrupt_manifest_and_missing_stack(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
     dirs = cut_all(plan_shards(synapses, 2), path, tmp_path)
     manifest = pd.read_parquet(dirs[0] / "manifest.parquet")
@@ -429,6 +436,23 @@ def test_the_tensorstore_reader_writes_the_bytes_of_the_chunk_reader(tmp_path, e
         assert stats["written"] == 16 and stats["reader"] == reader
         written[reader] = _shard_files(out)
     assert written["tensorstore"] == written["chunks"]
+
+
+def test_the_auto_reader_takes_tensorstore_only_where_it_reads_every_chunk(tmp_path):
+    synapses = make_synapses(random_centres(12, seed=10))
+    plain, _, _ = make_volume(tmp_path, "plain", compress=False, with_mip1=False)
+    gzip, _, _ = make_volume(tmp_path, "gzip", with_mip1=False)  # cloud-volume's .gz chunks
+    written = {}
+    for name, path, chosen in (("plain", plain, "tensorstore"), ("gzip", gzip, "chunks")):
+        for reader in ("auto", "chunks"):
+            out = tmp_path / name / reader / "shards" / "000"
+            stats = cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D,
+                              SIZE_3D, out, reader=reader)
+            written[name, reader] = _shard_files(out)
+        assert stats["reader"] == "chunks"
+        assert json.loads((tmp_path / name / "auto/shards/000/stats.json").read_text())[
+            "reader"] == f"auto: {chosen}"
+        assert written[name, "auto"] == written[name, "chunks"]
 
 
 def test_the_tensorstore_reader_refuses_chunks_it_would_read_as_zeros(tmp_path):
@@ -465,10 +489,10 @@ def test_a_chunk_tensorstore_cannot_decode_names_the_volume_and_synapse(tmp_path
                   reader="tensorstore")
 
 
-# ------------------------------------------------------------------------------ packed cutouts
+# ------------------------------------------------------------------------------ stacks
 
 
-def test_packs_hold_the_tiffs_bytes_at_each_pack_index(raw_volume, tmp_path):
+def test_each_stack_row_is_the_cutout_of_its_synapse(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
     edge = synapses.head(1).assign(id=7, ctr_pt_position_x=2 * OFFSET[0])  # skipped
     plan = plan_shards(pd.concat([synapses, edge], ignore_index=True), 2)
@@ -476,96 +500,85 @@ def test_packs_hold_the_tiffs_bytes_at_each_pack_index(raw_volume, tmp_path):
     for shard_dir in dirs:
         manifest = pd.read_parquet(shard_dir / "manifest.parquet")
         ok = manifest["status"] == "ok"
-        assert manifest.loc[~ok, ["packed_2d", "packed_3d"]].isna().all().all()
-        assert manifest.loc[~ok, "pack_index"].isna().all()
-        assert sorted(manifest.loc[ok, "pack_index"]) == list(range(int(ok.sum())))
+        assert manifest.loc[~ok, ["path_2d", "path_3d", "stack_index"]].isna().all().all()
+        assert sorted(manifest.loc[ok, "stack_index"]) == list(range(int(ok.sum())))
         for kind, shape in (("2d", SIZE_2D[::-1]), ("3d", SIZE_3D[::-1])):
-            pack = open_pack(tmp_path / manifest.loc[ok, f"packed_{kind}"].iloc[0], shape)
-            assert len(pack) == ok.sum()
-            for _, row in manifest[ok].iterrows():
-                stored = tifffile.imread(tmp_path / row[f"path_{kind}"])
-                np.testing.assert_array_equal(pack[row["pack_index"]], stored)
+            stack = open_stack(shard_dir / f"{kind}.tif", kind, shape, int(ok.sum()))
+            assert isinstance(stack, np.memmap) and stack.shape == (ok.sum(), *shape)
+            # The same bytes as the stack written whole, and tifffile reads it as such.
+            write_stack(tmp_path / "whole.tif", kind, np.asarray(stack))
+            assert (tmp_path / "whole.tif").read_bytes() == (shard_dir / f"{kind}.tif").read_bytes()
+            with tifffile.TiffFile(shard_dir / f"{kind}.tif") as tiff:
+                assert tiff.series[0].axes == {"2d": "QYX", "3d": "QZYX"}[kind]
+                assert len(tiff.pages) == ok.sum() * (1 if kind == "2d" else SIZE_3D[2])
     assert 7 in set(pd.concat(pd.read_parquet(d / "manifest.parquet") for d in dirs)["id"])
 
 
-def test_the_dataset_reads_packs_and_tiffs_alike(raw_volume, tmp_path):
+def test_the_dataset_reads_each_synapse_from_its_stack(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
     manifest, _ = gather(cut_all(plan_shards(synapses, 3), path, tmp_path), tmp_path)
-    tiff_only = manifest.drop(columns=["packed_2d", "packed_3d", "pack_index"])
     shuffled = list(np.random.default_rng(0).permutation(len(manifest)))
     for kind in ("2d", "3d"):
-        packed = CutoutDataset(manifest, tmp_path, kind)
-        tiffs = CutoutDataset(tiff_only, tmp_path, kind)
-        assert len(packed.packs) == 3 and not tiffs.packs
-        np.testing.assert_array_equal(packed.read_many(shuffled), tiffs.read_many(shuffled))
-        batch = packed.__getitems__(shuffled)
+        dataset = CutoutDataset(manifest, tmp_path, kind)
+        assert len(dataset.stacks) == 3
+        expected = np.stack([stored(tmp_path, row, kind) for row in manifest.itertuples()])
+        np.testing.assert_array_equal(dataset.read_many(shuffled), expected[shuffled])
+        batch = dataset.__getitems__(shuffled)
         for index, (x, y) in zip(shuffled, batch):
-            assert torch.equal(x, tiffs[index][0]) and int(y) == int(tiffs.labels[index])
+            assert torch.equal(x[0], torch.from_numpy(expected[index]))
+            assert x.dtype == torch.uint8 and int(y) == int(dataset.labels[index])
         preloaded = CutoutDataset(manifest, tmp_path, kind, preload=True)
-        np.testing.assert_array_equal(preloaded.read_many(shuffled), tiffs.read_many(shuffled))
+        np.testing.assert_array_equal(preloaded.read_many(shuffled), expected[shuffled])
 
 
-def test_a_damaged_pack_is_named(raw_volume, tmp_path):
+def test_a_damaged_stack_is_named(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
     dirs = cut_all(plan_shards(synapses, 2), path, tmp_path)
     manifest, _ = gather(dirs, tmp_path)
-    pack = dirs[1] / "3d.npy"
-    intact = pack.read_bytes()
+    stack = dirs[1] / "3d.tif"
+    intact = stack.read_bytes()
 
-    pack.write_bytes(intact[: len(intact) // 2])  # a copy cut short
-    with pytest.raises(DataError, match=r"001/3d.npy.*truncated.*Rerun the cutout shard"):
+    stack.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+    with pytest.raises(DataError, match=r"001/3d.tif.*truncated.*Rerun the cutout shard"):
         gather(dirs, tmp_path)
     dataset = CutoutDataset(manifest, tmp_path, "3d")
-    in_shard_1 = manifest["packed_3d"].str.contains("001").to_numpy()
+    in_shard_1 = manifest["path_3d"].str.contains("001").to_numpy()
     dataset.read(int(np.flatnonzero(~in_shard_1)[0]))  # the intact shard still reads
-    with pytest.raises(DataError, match=r"001/3d.npy.*truncated"):
+    with pytest.raises(DataError, match=r"001/3d.tif.*truncated"):
         dataset.read(int(np.flatnonzero(in_shard_1)[0]))
 
-    zeroed = np.lib.format.open_memmap(pack.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint8,
-                                       shape=np.load(dirs[1] / "2d.npy", mmap_mode="r").shape[:1]
-                                       + tuple(SIZE_3D[::-1]))
-    zeroed[:] = 1
+    zeroed = np.asarray(tifffile.imread(dirs[0] / "3d.tif"))
     zeroed[2] = 0
-    zeroed.flush()
-    pack.with_suffix(".tmp.npy").replace(pack)
-    row = int(np.flatnonzero((manifest["packed_3d"].str.contains("001"))
-                             & (manifest["pack_index"] == 2))[0])
-    with pytest.raises(DataError, match=r"001/3d.npy.*row 2.*all zeros"):
+    write_stack(dirs[0] / "3d.tif", "3d", zeroed)
+    row = int(np.flatnonzero(~in_shard_1 & (manifest["stack_index"] == 2).to_numpy())[0])
+    with pytest.raises(DataError, match=rf"synapse {manifest['id'][row]} in .*000/3d.tif.*row 2"
+                                        r".*all zeros"):
         CutoutDataset(manifest, tmp_path, "3d").read(row)
 
-    pack.unlink()
-    with pytest.raises(DataError, match=r"001/3d.npy.*missing"):
+    stack.write_bytes(b"II*\x00 not really a TIFF")
+    with pytest.raises(DataError, match=r"001/3d.tif.*unreadable"):
         gather(dirs, tmp_path)
-    with pytest.raises(DataError, match=r"items of shape \(4, 6, 8\), expected \(4, 6, 9\)"):
-        open_pack(dirs[0] / "3d.npy", (4, 6, 9))
+    stack.unlink()
+    with pytest.raises(DataError, match=r"001/3d.tif.*missing"):
+        gather(dirs, tmp_path)
+    with pytest.raises(DataError, match=r"cutouts of shape \(4, 6, 8\), expected \(4, 6, 9\)"):
+        open_stack(dirs[0] / "3d.tif", "3d", (4, 6, 9))
+    n = len(open_stack(dirs[0] / "2d.tif", "2d"))
+    with pytest.raises(DataError, match=rf"holds {n} cutouts, but the manifest lists row {n}"):
+        open_stack(dirs[0] / "2d.tif", "2d", length=n + 1)
+    with pytest.raises(DataError, match=r"2d.tif.*expected uint8 with 4 axes \(QZYX\)"):
+        open_stack(dirs[0] / "2d.tif", "3d")
 
 
-# ------------------------------------------------------------------------------ read_cutout
-
-
-def test_read_cutout_refuses_bad_files(tmp_path):
-    cube = np.random.default_rng(0).integers(1, 250, size=(4, 6, 8), dtype=np.uint8)
-    good = tmp_path / "good.tif"
-    tifffile.imwrite(good, cube, photometric="minisblack")
-    np.testing.assert_array_equal(read_cutout(good, (4, 6, 8)), cube)
-
-    truncated = tmp_path / "truncated.tif"
-    truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
-    with pytest.raises(DataError, match="truncated.tif"):
-        read_cutout(truncated, (4, 6, 8))
-    garbage = tmp_path / "garbage.tif"
-    garbage.write_bytes(b"not a tiff at all")
-    with pytest.raises(DataError, match="garbage.tif.*unreadable"):
-        read_cutout(garbage, (4, 6, 8))
-    with pytest.raises(DataError, match="missing.tif.*missing"):
-        read_cutout(tmp_path / "missing.tif", (4, 6, 8))
-    with pytest.raises(DataError, match=r"good.tif.*shape \(4, 6, 8\), expected \(8, 6, 4\)"):
-        read_cutout(good, (8, 6, 4))
-    wide = tmp_path / "wide.tif"
-    tifffile.imwrite(wide, cube.astype(np.uint16), photometric="minisblack")
-    with pytest.raises(DataError, match="wide.tif.*uint16"):
-        read_cutout(wide, (4, 6, 8))
-    zeros = tmp_path / "zeros.tif"
-    tifffile.imwrite(zeros, np.zeros((6, 8), dtype=np.uint8))
-    with pytest.raises(DataError, match="zeros.tif.*all zeros"):
-        read_cutout(zeros, (6, 8))
+def test_a_stack_that_cannot_be_memory_mapped_is_refused(tmp_path):
+    cube = np.random.default_rng(0).integers(1, 250, size=(3, 4, 6, 8), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "zlib.tif", cube, photometric="minisblack", compression="zlib",
+                     metadata={"axes": "QZYX"})
+    with pytest.raises(DataError, match="zlib.tif.*compressed or not contiguous"):
+        open_stack(tmp_path / "zlib.tif", "3d")
+    tifffile.imwrite(tmp_path / "wide.tif", cube.astype(np.uint16), photometric="minisblack",
+                     metadata={"axes": "QZYX"})
+    with pytest.raises(DataError, match="wide.tif.*holds uint16"):
+        open_stack(tmp_path / "wide.tif", "3d")
+    with pytest.raises(DataError, match="non-empty uint8 array of 4 axes"):
+        write_stack(tmp_path / "bad.tif", "3d", cube[0])

@@ -21,6 +21,7 @@ from synapse_ei.data import (
     make_loader,
     to_model_input,
 )
+from synapse_ei.cutout import write_stack
 from synapse_ei.errors import DataError
 
 SIZE_2D = (32, 32)  # (Y, X) as stored
@@ -28,20 +29,19 @@ SIZE_3D = (8, 16, 16)  # (Z, Y, X) as stored
 
 
 def write_cutouts(root: Path, n: int = 12) -> Path:
-    """n cutouts (2D and 3D TIFFs) with values 40..200 and a manifest; every 4th is inhibitory."""
+    """n cutouts (a 2D and a 3D stack) with values 40..200 and a manifest; every 4th is
+    inhibitory."""
     rng = np.random.default_rng(0)
+    for kind, shape in (("2d", SIZE_2D), ("3d", SIZE_3D)):
+        write_stack(root / f"shards/000/{kind}.tif", kind,
+                    rng.integers(40, 201, (n, *shape), dtype=np.uint8))
     rows = []
     for i in range(n):
         label = "inhibitory" if i % 4 == 0 else "excitatory"
         split = "train" if i < n // 2 else ("val" if i < 3 * n // 4 else "test")
-        paths = {}
-        for kind, shape in (("2d", SIZE_2D), ("3d", SIZE_3D)):
-            relative = f"shards/000/{kind}/{i}.tif"
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(root / relative, rng.integers(40, 201, shape, dtype=np.uint8))
-            paths[f"path_{kind}"] = relative
         rows.append({"id": 1000 + i, "pre_pt_root_id": 864691135000000000 + i, "split": split,
-                     "label": label, **paths})
+                     "label": label, "path_2d": "shards/000/2d.tif",
+                     "path_3d": "shards/000/3d.tif", "stack_index": i})
     manifest = root / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest, index=False)
     return manifest
@@ -89,7 +89,7 @@ def test_items_use_fixed_global_scaling(cutouts, kind, shape):
     rows = load_manifest(manifest, "train", kind)
     dataset = CutoutDataset(rows, root, kind)
     stored, y = dataset[0]
-    raw = tifffile.imread(root / rows[f"path_{kind}"].iloc[0])
+    raw = tifffile.imread(root / rows[f"path_{kind}"].iloc[0])[rows["stack_index"].iloc[0]]
     # Items stay raw uint8 up to the device; to_model_input scales them there.
     assert stored.shape == (1, *shape) and stored.dtype == torch.uint8
     torch.testing.assert_close(stored[0], torch.from_numpy(raw))
@@ -107,12 +107,12 @@ def test_items_use_fixed_global_scaling(cutouts, kind, shape):
     assert x.max() < (255 / 255 - NORM_MEAN) / NORM_STD - 0.5
 
 
-def test_missing_tiff_is_named(cutouts):
+def test_missing_stack_is_named(cutouts):
     root, manifest = cutouts
     rows = load_manifest(manifest, "train", "2d")
     (root / rows["path_2d"].iloc[2]).unlink()
     dataset = CutoutDataset(rows, root, "2d", shape=SIZE_2D)
-    with pytest.raises(DataError, match=rows["path_2d"].iloc[2]):
+    with pytest.raises(DataError, match=rf"{rows['path_2d'].iloc[2]}.*missing"):
         dataset[2]
 
 

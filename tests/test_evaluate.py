@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
@@ -17,6 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from synapse_ei.cutout import write_stack
 from synapse_ei.errors import DataError
 from synapse_ei.evaluate import (
     _neuron_weighted_scores,
@@ -308,15 +308,10 @@ def test_gallery_shows_the_most_confident_right_and_wrong_calls():
 def test_gallery_figure_reads_the_test_cutouts(tmp_path, kind, shape):
     predictions = make_predictions(n_neurons=6, per_neuron=3)
     rng = np.random.default_rng(0)
-    paths = []
-    for synapse in predictions["id"]:
-        path = f"shards/000/{kind}/{synapse}.tif"
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(tmp_path / path, rng.integers(1, 255, shape, dtype=np.uint8),
-                         photometric="minisblack")
-        paths.append(path)
+    write_stack(tmp_path / f"shards/000/{kind}.tif", kind,
+                rng.integers(1, 255, (len(predictions), *shape), dtype=np.uint8))
     manifest = predictions[["id", "pre_pt_root_id", "split", "label"]].assign(
-        **{f"path_{kind}": paths}
+        **{f"path_{kind}": f"shards/000/{kind}.tif"}, stack_index=np.arange(len(predictions))
     )
     manifest.to_parquet(tmp_path / "manifest.parquet")
     predictions.to_parquet(tmp_path / "predictions.parquet")
@@ -336,9 +331,9 @@ def test_gallery_figure_reads_the_test_cutouts(tmp_path, kind, shape):
 
 def test_gallery_names_a_synapse_without_cutout(tmp_path):
     predictions = make_predictions(n_neurons=4, per_neuron=2)
-    tifffile.imwrite(tmp_path / "a.tif", np.full((8, 8), 7, dtype=np.uint8))
+    write_stack(tmp_path / "a.tif", "2d", np.full((1, 8, 8), 7, dtype=np.uint8))
     manifest = predictions.iloc[:1][["id", "pre_pt_root_id", "label"]].assign(
-        split="test", path_2d="a.tif")
+        split="test", path_2d="a.tif", stack_index=0)
     manifest.to_parquet(tmp_path / "manifest.parquet")
     predictions.to_parquet(tmp_path / "predictions.parquet")
     with pytest.raises(DataError, match="no 2d cutout"):

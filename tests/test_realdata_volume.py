@@ -95,8 +95,8 @@ def test_real_positions_cut_out_at_the_right_place(sparse_microns, tmp_path):
     for row in manifest.itertuples(index=False):
         # 4x4x40 table voxels -> 8x8x40 EM voxels: x and y halved (floor), z kept.
         cx, cy, cz = row.ctr_pt_position_x // 2, row.ctr_pt_position_y // 2, row.ctr_pt_position_z
-        patch = tifffile.imread(out.parent.parent / row.path_2d)
-        cube = tifffile.imread(out.parent.parent / row.path_3d)
+        patch = tifffile.imread(out.parent.parent / row.path_2d)[row.stack_index]
+        cube = tifffile.imread(out.parent.parent / row.path_3d)[row.stack_index]
         assert patch.shape == (SIZE_2D[1], SIZE_2D[0]) and patch.dtype == np.uint8
         assert cube.shape == (SIZE_3D[2], SIZE_3D[1], SIZE_3D[0]) and cube.dtype == np.uint8
         x0, y0 = cx - SIZE_2D[0] // 2, cy - SIZE_2D[1] // 2

@@ -103,12 +103,12 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
         for key, value in expected.items():
             if key != "threads":
                 assert resources[key] == value, (profile, key, resources)
-    # Only training asks for a GPU; a shard is a small one-CPU job.
+    # Only training asks for a GPU; a shard is a small two-CPU job (one reads, one writes).
     for rule, found in jobs.items():
         if rule != "train":
             assert all("gpu" not in job["resources"] for job in found), rule
     for cutout in jobs["cutout"]:
-        assert cutout["resources"]["cpus_per_task"] == "1"
+        assert cutout["threads"] == 2 and cutout["resources"]["cpus_per_task"] == "2"
         assert int(cutout["resources"]["mem_mb"]) <= 8000
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 import torch
 
 from synapse_ei import data
 from synapse_ei import train as train_module
+from synapse_ei.cutout import write_stack
 from synapse_ei.errors import DataError
 from synapse_ei.inference import load_trained, predict_cutouts
 from synapse_ei.train import (
@@ -37,20 +37,23 @@ def write_learnable_cutouts(root: Path, n: int = 40) -> Path:
     yy, xx = np.mgrid[:32, :32]
     blob = np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 40.0)
     rows = []
+    arrays: dict[tuple[int, str], list[np.ndarray]] = {}
     for i in range(n):
         inhibitory = i % 4 == 0
         image = rng.normal(110, 15, (32, 32)) + (80 * blob if inhibitory else 0)
         patch = np.clip(image, 1, 255).astype(np.uint8)
         cube = np.stack([patch[8:24, 8:24]] * 8)  # (Z, Y, X)
+        shard = i % 2
         paths = {}
         for kind, array in (("2d", patch), ("3d", cube)):
-            relative = f"shards/{i % 2:03d}/{kind}/{i}.tif"
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(root / relative, array)
-            paths[f"path_{kind}"] = relative
+            arrays.setdefault((shard, kind), []).append(array)
+            paths[f"path_{kind}"] = f"shards/{shard:03d}/{kind}.tif"
         split = "train" if i < 24 else ("val" if i < 32 else "test")
         rows.append({"id": 5000 + i, "pre_pt_root_id": 864691135123456789 + i, "split": split,
-                     "label": "inhibitory" if inhibitory else "excitatory", **paths})
+                     "label": "inhibitory" if inhibitory else "excitatory", **paths,
+                     "stack_index": i // 2})
+    for (shard, kind), stack in arrays.items():
+        write_stack(root / f"shards/{shard:03d}/{kind}.tif", kind, np.stack(stack))
     manifest = root / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest, index=False)
     return manifest

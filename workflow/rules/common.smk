@@ -9,8 +9,9 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 
 MODELS = list(config["models"])
 SHARDS = [f"{index:03d}" for index in range(config["cutout"]["shards"])]
-# A cutout job decodes in its own threads only with the tensorstore reader.
-CUTOUT_THREADS = 2 if config["cutout"]["reader"] == "tensorstore" else 1
+# A cutout job reads (decodes) in one thread while another cuts and writes; tensorstore decodes
+# in as many threads as the job is given.
+CUTOUT_THREADS = 2
 
 
 def architecture(model):
