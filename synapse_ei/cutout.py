@@ -70,7 +70,8 @@ DEFAULT_READ_THREADS = 8
 READERS = ("auto", "chunks", "tensorstore", "per_synapse")
 #: Synapses whose tensorstore reads are in flight at once.
 TENSORSTORE_AHEAD = 16
-#: Cutouts handed to the writer thread and not yet written: bounds the memory in flight.
+#: Synapses handed to the writer thread and not yet written: bounds the memory in flight (each
+#: holds the decoded chunks its crops need, ~27 for a MICrONS-sized union box).
 _WRITES_IN_FLIGHT = 4
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
@@ -242,7 +243,8 @@ def iter_boxes(
     """Yield ``(k, crop)`` for every XYZ box ``[starts[k], stops[k])``, in the given order.
 
     ``crop(start, stop)`` copies any part of box ``k`` out of the decoded chunks as a
-    C-contiguous (Z, Y, X) array (the TIFF page order); it is valid until the next item.
+    C-contiguous (Z, Y, X) array (the TIFF page order). It holds the chunks it needs, so it
+    stays valid after later items (another thread may call it), at the cost of their memory.
 
     Each chunk the boxes touch is decoded once and kept only until the last box that needs it,
     so give the boxes in a spatially coherent order (a Morton-ordered shard). Chunks are decoded
