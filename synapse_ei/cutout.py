@@ -70,9 +70,11 @@ DEFAULT_READ_THREADS = 8
 READERS = ("auto", "chunks", "tensorstore", "per_synapse")
 #: Synapses whose tensorstore reads are in flight at once.
 TENSORSTORE_AHEAD = 16
-#: Synapses handed to the writer thread and not yet written: bounds the memory in flight (each
-#: holds the decoded chunks its crops need, ~27 for a MICrONS-sized union box).
-_WRITES_IN_FLIGHT = 4
+#: Synapses handed to the writer thread and not yet written. Enough for the reader to decode
+#: the next chunks while the writer cuts (4 left the reader waiting: 1.3x slower, measured
+#: with bench/cutout.py); few enough to bound the memory in flight, since each holds the decoded
+#: chunks its crops need (at most ~27 chunks of 256 kB for a MICrONS-sized union box).
+_WRITES_IN_FLIGHT = 32
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
 
