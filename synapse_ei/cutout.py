@@ -466,7 +466,7 @@ def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> None:
 def write_stack(path: str | Path, kind: str, array: np.ndarray) -> None:
     """Write ``array`` ((N, Y, X) for ``kind`` "2d", (N, Z, Y, X) for "3d", uint8) atomically
     as a cutout stack, the same bytes :func:`cut_shard` writes."""
-    ndim = {"2d": 3, "3d": 4}[kind]
+    ndim = len(STACK_AXES[kind])
     if array.dtype != np.uint8 or array.ndim != ndim or len(array) == 0:
         raise DataError(f"a {kind} cutout stack is a non-empty uint8 array of {ndim} axes; got "
                         f"{array.dtype} of shape {array.shape} for {str(path)!r}.")
@@ -790,13 +790,13 @@ def open_stack(
     """Memory-map a shard's TIFF stack of ``kind`` ("2d": (N, Y, X), "3d": (N, Z, Y, X)),
     read-only.
 
-    Only the TIFF header is read. Raises :class:`DataError` naming the file if it is missing,
-    unreadable, compressed or truncated, not uint8, of another item shape than ``item_shape``,
-    or shorter than ``length`` cutouts.
+    Reads the TIFF's page directories, not its pixels. Raises :class:`DataError` naming the
+    file if it is missing, unreadable, compressed or truncated, not uint8, of another item
+    shape than ``item_shape``, or shorter than ``length`` cutouts.
     """
     path = Path(path)
     rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
-    expected = {"2d": 3, "3d": 4}[kind]
+    expected = len(STACK_AXES[kind])
     if not path.is_file():
         raise DataError(f"cutout stack {str(path)!r} is missing. {rerun}")
     try:
@@ -823,12 +823,13 @@ def open_stack(
         )
     # A cut-off stack can keep all its pixels and lose the page directories written after them,
     # which other TIFF readers need: the page count sees that.
-    expected_pages = shape[0] * (shape[1] if kind == "3d" else 1)
-    if pages != expected_pages or path.stat().st_size < offset + int(np.prod(shape)):
+    expected_pages, pixels_end = int(np.prod(shape[:-2])), offset + int(np.prod(shape))
+    size = path.stat().st_size
+    if pages != expected_pages or size < pixels_end:
         raise DataError(
             f"cutout stack {str(path)!r} is truncated or damaged: {pages} of its "
-            f"{expected_pages} pages are readable, {path.stat().st_size} bytes of the "
-            f"{offset + int(np.prod(shape))} its pixels need at least. {rerun}"
+            f"{expected_pages} pages are readable, {size} bytes of the {pixels_end} its pixels "
+            f"need at least. {rerun}"
         )
     if length is not None and shape[0] < length:
         raise DataError(

@@ -62,8 +62,8 @@ def load_manifest(
     """Read the cutout manifest and select the rows of ``split`` (one name or several).
 
     With ``kind`` ('2d'/'3d') the ``path_<kind>`` and ``stack_index`` columns must be present and
-    filled. An empty
-    selection raises :class:`DataError`: a model must never train or predict on zero volumes.
+    filled. An empty selection raises :class:`DataError`: a model must never train or predict on
+    zero volumes.
     """
     path = Path(path)
     if not path.exists():
@@ -162,14 +162,14 @@ class CutoutDataset(Dataset):
         self.kind = _check_kind(kind)
         if len(manifest) == 0:
             raise DataError(f"CutoutDataset: the manifest selection for {kind} cutouts is empty.")
-        require_columns(manifest, ["label", f"path_{kind}", "stack_index"], "cutout manifest")
+        require_columns(manifest, ["id", "label", f"path_{kind}", "stack_index"],
+                        "cutout manifest")
         self.root = Path(root)
         names, self._stack_of = np.unique(manifest[f"path_{kind}"].astype(str),
                                           return_inverse=True)
         self.stacks = [self.root / name for name in names]
         self._row_in_stack = manifest["stack_index"].to_numpy(dtype=np.int64)
-        self.ids = (manifest["id"].to_numpy() if "id" in manifest.columns
-                    else np.arange(len(manifest)))
+        self.ids = manifest["id"].to_numpy()
         self.labels = np.array([LABEL_INDEX[label] for label in manifest["label"]], dtype=np.int64)
         self.transform = transform
         if shape is None:
