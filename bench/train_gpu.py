@@ -2,15 +2,14 @@
 
 Usage: ``python bench/train_gpu.py [--models r3d_18 mc3_18 resnet50] [--steps 50] [--workers 8]``
 
-Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, as the cutout
-stage writes them, a TIFF stack per kind: see bench/loader.py), then for each model trains
-``--steps`` optimiser steps from the training pipeline (:class:`~synapse_ei.data.CutoutDataset`
-reading the memory-mapped stacks, :func:`~synapse_ei.data.make_loader`, :func:`synapse_ei.train.to_device`, the training
-augmentations in the loader or on the device as ``--augment-on`` says) with bf16 autocast and
-channels_last memory, after ``--warmup`` steps. Reports training samples/s, the share of wall
-time spent waiting on the loader (goal: under 5%) and the peak GPU memory. ``--device cpu`` with
-a few steps checks that the script runs where there is no GPU (in float32); its numbers mean
-nothing.
+Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, as the cutout stage
+writes them, a TIFF stack per kind: see bench/loader.py), then for each model trains ``--steps``
+optimiser steps from the training pipeline (:class:`~synapse_ei.data.CutoutDataset` reading the
+memory-mapped stacks, :func:`~synapse_ei.data.make_loader`, :func:`synapse_ei.train.to_device`, the
+training augmentations in the loader or on the device as ``--augment-on`` says) with bf16 autocast
+and channels_last memory, after ``--warmup`` steps. Reports training samples/s, the share of wall
+time spent waiting on the loader (goal: under 5%) and the peak GPU memory. ``--device cpu`` with a
+few steps checks that the script runs where there is no GPU (in float32); its numbers mean nothing.
 """
 
 from __future__ import annotations

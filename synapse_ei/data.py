@@ -29,7 +29,7 @@ from torch.utils.data import (
 from torchvision.transforms import v2
 
 from synapse_ei import augment
-from synapse_ei.cutout import open_stack
+from synapse_ei.cutout import STACK_AXES, open_stack
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
 
@@ -175,9 +175,10 @@ class CutoutDataset(Dataset):
         if shape is None:
             shape = stored_shape(self.stacks[0], kind)
         self.shape = tuple(int(n) for n in shape)
-        if len(self.shape) != (2 if kind == "2d" else 3):
+        axes = STACK_AXES[kind][1:]  # a stack's axes less the one that counts the cutouts
+        if len(self.shape) != len(axes):
             raise DataError(
-                f"{self.stacks[0]}: a {kind} cutout must have {2 if kind == '2d' else 3} axes, "
+                f"{self.stacks[0]}: a {kind} cutout must have {len(axes)} axes ({axes}), "
                 f"got shape {self.shape}. Check `cutout.size_{kind}` and the manifest's paths."
             )
         self._mapped: dict[int, np.ndarray] = {}  # stack number -> memmap, opened on first use

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+from synapse_ei.cutout import write_stack
 from synapse_ei.data import (
     AUGMENTATIONS,
     NORM_MEAN,
@@ -21,7 +22,6 @@ from synapse_ei.data import (
     make_loader,
     to_model_input,
 )
-from synapse_ei.cutout import write_stack
 from synapse_ei.errors import DataError
 
 SIZE_2D = (32, 32)  # (Y, X) as stored
@@ -114,6 +114,14 @@ def test_missing_stack_is_named(cutouts):
     dataset = CutoutDataset(rows, root, "2d", shape=SIZE_2D)
     with pytest.raises(DataError, match=rf"{rows['path_2d'].iloc[2]}.*missing"):
         dataset[2]
+
+
+def test_a_cutout_shape_of_the_wrong_rank_is_refused(cutouts):
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", "3d")
+    with pytest.raises(DataError, match=r"3d.tif: a 3d cutout must have 3 axes \(ZYX\), got "
+                                        r"shape \(16, 16\).*cutout.size_3d"):
+        CutoutDataset(rows, root, "3d", shape=SIZE_3D[1:])
 
 
 ALL_2D = [name for name in AUGMENTATIONS if name not in SECTION_AUGMENTATIONS]
