@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 def job_counts(output: str) -> dict[str, int]:
     """The "Job stats" table Snakemake prints (dry run or real), as {rule: jobs}, with "total"."""
@@ -14,3 +22,68 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def dry_run_jobs(output: str) -> tuple[dict[str, list[dict]], set[str]]:
+    """Each rule's jobs in a dry run's printout (threads and resources), and the group names."""
+    jobs: dict[str, list[dict]] = {}
+    groups = set(re.findall(r"Group job (\S+) \(", output))
+    current: dict | None = None
+    for line in output.splitlines():
+        header = re.match(r"\s*(?:local)?rule (\w+):$", line)
+        if header:
+            current = {"threads": 1, "resources": {}}
+            jobs.setdefault(header.group(1), []).append(current)
+        elif current is not None and line.strip().startswith("threads:"):
+            current["threads"] = int(line.split(":", 1)[1])
+        elif current is not None and line.strip().startswith("resources:"):
+            pairs = line.split(":", 1)[1].split(", ")
+            current["resources"] = dict(pair.strip().split("=", 1) for pair in pairs)
+    return jobs, groups
+
+
+# Loads the workflow through Snakemake's API, in a child process (the API changes directory and
+# sets up logging), and prints each rule's params and script.
+_RULES_PROGRAM = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, Quietness, ResourceSettings
+
+snakefile, configfile, workdir = sys.argv[1:]
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[Path(configfile)]),
+        snakefile=Path(snakefile),
+        workdir=Path(workdir),
+    )._workflow
+    rules = {
+        rule.name: {"params": sorted(rule.params.keys()), "script": rule.script,
+                    "basedir": str(rule.basedir)}
+        for rule in workflow.rules
+    }
+print("RULES=" + json.dumps(rules))
+"""
+
+
+def workflow_rules(configfile: Path, workdir: Path) -> dict[str, dict]:
+    """Every rule of the workflow under ``configfile``: its param names and its script's path."""
+    result = subprocess.run(
+        [sys.executable, "-c", _RULES_PROGRAM, str(REPO / "Snakefile"), str(configfile),
+         str(workdir)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RULES="))
+    rules = json.loads(line.removeprefix("RULES="))
+    for rule in rules.values():
+        if rule["script"] is not None:
+            rule["script"] = (Path(rule.pop("basedir")) / rule["script"]).resolve()
+    return rules
+
+
+def network_rules(rules: dict[str, dict]) -> set[str]:
+    """The rules that run a network: the workflow marks them with a `device` param (where the
+    model runs), which their scripts pass on to the package."""
+    return {name for name, rule in rules.items() if "device" in rule["params"]}

@@ -263,10 +263,11 @@ def test_enabled_audit_plans_the_leaky_jobs_and_reuses_the_cutouts(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     assert {rule: counts.get(rule) for rule in (
         "leaky_split", "leaky_manifest", "train_leaky", "train_connectivity_leaky",
-        "evaluate_leaky", "leakage_audit", "cutout", "train",
+        "evaluate_leaky", "evaluate_connectivity_leaky", "leakage_audit", "cutout", "train",
     )} == {
         "leaky_split": "1", "leaky_manifest": "1", "train_leaky": "1",
-        "train_connectivity_leaky": "1", "evaluate_leaky": "2", "leakage_audit": "1",
+        "train_connectivity_leaky": "1", "evaluate_leaky": "1",
+        "evaluate_connectivity_leaky": "1", "leakage_audit": "1",
         "cutout": "3", "train": "2",  # the mini config's shards and models, nothing more
     }
     for output in ("results/audit/leakage.json", "results/audit/leaky/models/cnn2d/model.pt",

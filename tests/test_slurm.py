@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from snakemake_helpers import job_counts
+from snakemake_helpers import dry_run_jobs, job_counts, network_rules, workflow_rules
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "config" / "mini.yaml"
@@ -48,24 +48,6 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.
     return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
 
 
-def dry_run_jobs(output: str) -> tuple[dict[str, list[dict]], set[str]]:
-    """Each rule's jobs in a dry run's printout (threads and resources), and the group names."""
-    jobs: dict[str, list[dict]] = {}
-    groups = set(re.findall(r"Group job (\S+) \(", output))
-    current: dict | None = None
-    for line in output.splitlines():
-        header = re.match(r"\s*(?:local)?rule (\w+):$", line)
-        if header:
-            current = {"threads": 1, "resources": {}}
-            jobs.setdefault(header.group(1), []).append(current)
-        elif current is not None and line.strip().startswith("threads:"):
-            current["threads"] = int(line.split(":", 1)[1])
-        elif current is not None and line.strip().startswith("resources:"):
-            pairs = line.split(":", 1)[1].split(", ")
-            current["resources"] = dict(pair.strip().split("=", 1) for pair in pairs)
-    return jobs, groups
-
-
 # --- the profiles, merged with the workflow: no Slurm needed --------------------------------
 
 EXPECTED_TRAIN = {
@@ -90,7 +72,7 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
     assert counts == {
         **{rule: 1 for rule in PREPARE},
         "cutout": 3, "gather_cutouts": 1, "train": 2, "train_connectivity": 1,
-        "evaluate": 3, "gallery": 2, "summary": 1, "all": 1,
+        "evaluate": 2, "evaluate_connectivity": 1, "gallery": 2, "summary": 1, "all": 1,
     }  # fmt: skip
     assert groups == {"prepare"}
 
@@ -103,9 +85,11 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
         for key, value in expected.items():
             if key != "threads":
                 assert resources[key] == value, (profile, key, resources)
-    # Only training asks for a GPU; a shard is a small two-CPU job (one reads, one writes).
+    # Only the jobs that run a network ask for a GPU (tests/test_profiles.py checks that each
+    # does); a shard is a small two-CPU job (one reads, one writes).
+    network = network_rules(workflow_rules(MINI, tmp_path))
     for rule, found in jobs.items():
-        if rule != "train":
+        if rule not in network:
             assert all("gpu" not in job["resources"] for job in found), rule
     for cutout in jobs["cutout"]:
         assert cutout["threads"] == 2 and cutout["resources"]["cpus_per_task"] == "2"

@@ -68,7 +68,8 @@ def test_dry_run_lists_every_stage(tmp_path):
         "gather_cutouts": 1,
         "train": 2,
         "train_connectivity": 1,
-        "evaluate": 3,
+        "evaluate": 2,
+        "evaluate_connectivity": 1,
         "gallery": 2,
         "summary": 1,
         "all": 1,
@@ -450,4 +451,4 @@ def test_microns_config_dry_run_needs_no_network(tmp_path):
     )
     assert "synthesize" not in result.stdout
     counts = job_counts(result.stdout)
-    assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 8
+    assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 7

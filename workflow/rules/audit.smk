@@ -84,9 +84,32 @@ use rule train_connectivity as train_connectivity_leaky with:
         model=alternatives([AUDIT_BASELINE] if AUDIT_BASELINE else []),
 
 
+use rule evaluate_connectivity as evaluate_connectivity_leaky with:
+    input:
+        model=f"{LEAKY}/models/{{model}}/model.joblib",
+        history=f"{LEAKY}/models/{{model}}/history.csv",
+        split=rules.leaky_split.output.synapses,
+        synapses=rules.query.output.synapses,
+        cell_types=rules.query.output.cell_types,
+    output:
+        metrics=f"{LEAKY}/eval/{{model}}/metrics.json",
+        predictions=f"{LEAKY}/eval/{{model}}/predictions.parquet",
+        confusion=f"{LEAKY}/eval/{{model}}/confusion_matrix.png",
+        roc=f"{LEAKY}/eval/{{model}}/roc.png",
+        pr=f"{LEAKY}/eval/{{model}}/pr.png",
+        reliability=f"{LEAKY}/eval/{{model}}/reliability.png",
+        curves=f"{LEAKY}/eval/{{model}}/training_curves.png",
+    log:
+        f"{LOGS}/audit/evaluate/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/audit/evaluate/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives([AUDIT_BASELINE] if AUDIT_BASELINE else []),
+
+
 use rule evaluate as evaluate_leaky with:
     input:
-        model=leaky_model,
+        model=f"{LEAKY}/models/{{model}}/model.pt",
         history=f"{LEAKY}/models/{{model}}/history.csv",
         manifest=rules.leaky_manifest.output.manifest,
         split=rules.leaky_split.output.synapses,
@@ -105,7 +128,7 @@ use rule evaluate as evaluate_leaky with:
     benchmark:
         f"{BENCHMARKS}/audit/evaluate/{{model}}.tsv"
     wildcard_constraints:
-        model=alternatives([m for m in (AUDIT_IMAGE_MODEL, AUDIT_BASELINE) if m]),
+        model=alternatives([AUDIT_IMAGE_MODEL] if AUDIT_IMAGE_MODEL else []),
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         cutout_root=os.path.dirname(rules.gather_cutouts.output.manifest),

@@ -51,11 +51,6 @@ def pretrained_weights(wildcards):
     return [] if source is None or source in PUBLISHED_NAMES else [source]
 
 
-def trained_model(wildcards):
-    suffix = "joblib" if architecture(wildcards.model) == "connectivity" else "pt"
-    return f"{RESULTS}/models/{wildcards.model}/model.{suffix}"
-
-
 def all_targets():
     return [
         f"{RESULTS}/summary/models.csv",
@@ -117,8 +112,3 @@ def audit_metrics(wildcards):
         "neuron_baseline": f"{RESULTS}/eval/{AUDIT_BASELINE}/metrics.json",
         "leaky_baseline": f"{LEAKY}/eval/{AUDIT_BASELINE}/metrics.json",
     }
-
-
-def leaky_model(wildcards):
-    suffix = "joblib" if architecture(wildcards.model) == "connectivity" else "pt"
-    return f"{LEAKY}/models/{wildcards.model}/model.{suffix}"

@@ -1,8 +1,9 @@
-rule evaluate:
+# The connectivity baseline's evaluation reads the tables only: it waits for no cutout and needs
+# no GPU. The image models' (`evaluate`, below) is the same rule with the cutouts and a device.
+rule evaluate_connectivity:
     input:
-        model=trained_model,
+        model=f"{RESULTS}/models/{{model}}/model.joblib",
         history=f"{RESULTS}/models/{{model}}/history.csv",
-        manifest=rules.gather_cutouts.output.manifest,
         split=rules.split.output.synapses,
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
@@ -44,9 +45,30 @@ rule evaluate:
     benchmark:
         f"{BENCHMARKS}/evaluate/{{model}}.tsv"
     wildcard_constraints:
-        model=alternatives(MODELS),
+        model=alternatives(BASELINE_MODELS),
     conda:
         "../../envs/synapse-ei.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        architecture=lambda wildcards: architecture(wildcards.model),
+    script:
+        "../../scripts/evaluate.py"
+
+
+# A rule that runs a network takes a `device` param: the profiles give exactly those rules a
+# GPU (tests/test_profiles.py finds them by it).
+use rule evaluate_connectivity as evaluate with:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        history=f"{RESULTS}/models/{{model}}/history.csv",
+        manifest=rules.gather_cutouts.output.manifest,
+        split=rules.split.output.synapses,
+        synapses=rules.query.output.synapses,
+        cell_types=rules.query.output.cell_types,
+    wildcard_constraints:
+        model=alternatives(IMAGE_MODELS),
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
@@ -56,8 +78,6 @@ rule evaluate:
         cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
         device=config["train"]["device"],
         tta=config["evaluate"]["tta"],
-    script:
-        "../../scripts/evaluate.py"
 
 
 rule gallery:
