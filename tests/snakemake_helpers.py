@@ -60,6 +60,7 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
     )._workflow
     rules = {
         rule.name: {"params": sorted(rule.params.keys()), "script": rule.script,
+                    "conda": None if rule.conda_env is None else str(rule.conda_env),
                     "basedir": str(rule.basedir)}
         for rule in workflow.rules
     }
@@ -68,7 +69,8 @@ print("RULES=" + json.dumps(rules))
 
 
 def workflow_rules(configfile: Path, workdir: Path) -> dict[str, dict]:
-    """Every rule of the workflow under ``configfile``: its param names and its script's path."""
+    """Every rule of the workflow under ``configfile``: its param names, and the paths of its script
+    and its conda env file (None where it has none)."""
     result = subprocess.run(
         [sys.executable, "-c", _RULES_PROGRAM, str(REPO / "Snakefile"), str(configfile),
          str(workdir)],
@@ -78,8 +80,10 @@ def workflow_rules(configfile: Path, workdir: Path) -> dict[str, dict]:
     line = next(line for line in result.stdout.splitlines() if line.startswith("RULES="))
     rules = json.loads(line.removeprefix("RULES="))
     for rule in rules.values():
-        if rule["script"] is not None:
-            rule["script"] = (Path(rule.pop("basedir")) / rule["script"]).resolve()
+        basedir = Path(rule.pop("basedir"))
+        for key in ("script", "conda"):
+            if rule[key] is not None:
+                rule[key] = (basedir / rule[key]).resolve()
     return rules
 
 
