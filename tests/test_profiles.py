@@ -99,3 +99,70 @@ def test_every_network_job_gets_a_gpu_threads_and_memory(
                 assert resources["mem_mb"] == str(declared["mem_mb"]), (profile, rule, resources)
                 assert int(resources["mem_mb"]) >= 16000, (profile, rule, resources)
                 assert resources["runtime"] == str(declared["runtime"]), (profile, rule)
+
+
+# --- `snakemake --profile slurm`: the profiles installed under their names -------------------
+
+
+def test_profiles_install_where_snakemake_looks_for_a_profile_name(tmp_path: Path):
+    config_home = tmp_path / "config"
+    environment = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
+    command = [
+        sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--cores", "64",
+        "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+        "--configfile", str(REPO / "config" / "microns.yaml"),
+    ]  # fmt: skip
+    # From the repository, as a user types it: before `make profiles` the name is unknown...
+    before = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO)
+    assert before.returncode != 0 and "no profile.yaml" in before.stderr, before.stderr[-2000:]
+
+    install = [sys.executable, "-m", "synapse_ei.profiles"]
+    installed = subprocess.run(install, capture_output=True, text=True, env=environment, cwd=REPO)
+    assert installed.returncode == 0, installed.stderr
+    for name in ("local", "slurm", "hyak"):
+        link = config_home / "snakemake" / name
+        assert link.is_symlink() and link.resolve() == REPO / "profiles" / name
+    # ...after it, the name is profiles/slurm itself: its partition, and a GPU for the audit.
+    after = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO)
+    assert after.returncode == 0, after.stderr[-3000:]
+    jobs, groups = dry_run_jobs(after.stdout)
+    assert groups == {"prepare"}
+    for job in jobs["train_leaky"] + jobs["train"]:
+        assert job["resources"]["gpu"] == "1" and job["resources"]["slurm_partition"] == "debug"
+
+    # Installing again changes nothing; the Makefile's target is this command.
+    again = subprocess.run(install, capture_output=True, text=True, env=environment, cwd=REPO)
+    assert again.returncode == 0 and again.stdout.count("already installed") == 3, again.stdout
+    make = subprocess.run(["make", "-n", "profiles"], capture_output=True, text=True, cwd=REPO)
+    assert "-m synapse_ei.profiles" in make.stdout, make.stdout + make.stderr
+
+
+def test_the_install_is_where_snakemake_computes_it(tmp_path: Path, monkeypatch):
+    from snakemake.cli import get_profile_dir
+
+    from synapse_ei.profiles import install, user_profile_dir
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert user_profile_dir() == tmp_path / "snakemake"
+    install()
+    found = get_profile_dir("hyak")
+    assert found is not None and found[1].resolve() == REPO / "profiles" / "hyak" / "config.yaml"
+
+
+def test_an_existing_profile_of_that_name_is_left_alone(tmp_path: Path):
+    from synapse_ei.errors import DataError
+    from synapse_ei.profiles import install
+
+    theirs = tmp_path / "slurm"
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("executor: slurm\n")
+    with pytest.raises(DataError) as raised:
+        install(tmp_path)
+    message = str(raised.value)
+    assert f"{theirs} exists and is not a link" in message
+    assert f"mv {theirs} {theirs}.old" in message and "make profiles" in message
+    assert f"--profile {REPO / 'profiles' / 'slurm'}" in message
+    # The other profiles went in; theirs is untouched.
+    assert (tmp_path / "hyak").resolve() == REPO / "profiles" / "hyak"
+    assert (theirs / "config.yaml").read_text() == "executor: slurm\n"
