@@ -52,6 +52,16 @@ RUN_RECORD = []
 
 
 onstart:
+    # A missing token or a wrong EM path must show in seconds, not after hours in the queue:
+    # the preflight's checks, before the first Slurm job (no hook runs on a dry run; the
+    # synthetic source needs no account and makes its own EM).
+    if (
+        workflow.executor_plugin.cli_prefix == "slurm"
+        and config["dataset"]["source"] != "synthetic"
+    ):
+        from synapse_ei.preflight import before_cluster_run
+
+        before_cluster_run(config, workflow.executor_settings)
     from synapse_ei.provenance import start_run_record
 
     RUN_RECORD.append(start_run_record(RESULTS, config, workflow.basedir))

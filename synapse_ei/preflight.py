@@ -8,7 +8,9 @@ long to show. Run, on the login node, from the repository::
 
 Each check is a function that returns what it found or raises :class:`DataError` with the fix.
 The dataset checks follow ``dataset.source`` (none for ``synthetic``: the run makes its own
-data); the cluster checks follow the profile's ``executor`` (none unless ``slurm``).
+data); the cluster checks follow the profile's ``executor`` (none unless ``slurm``). The
+Snakefile's ``onstart`` runs them too (:func:`before_cluster_run`) when a Slurm run starts on
+real data, so a forgotten preflight still fails before any job queues.
 """
 
 from __future__ import annotations
@@ -253,6 +255,28 @@ def run_checks(planned: list[tuple[str, Callable[[], str]]]) -> list[Outcome]:
         except DataError as error:
             message, ok = str(error), False
         outcomes.append(Outcome(name, ok, message, time.perf_counter() - start))
+    return outcomes
+
+
+def before_cluster_run(config: Mapping[str, Any], executor_settings: Any = None) -> list[Outcome]:
+    """The checks of a Slurm run, from the Snakefile's ``onstart`` (before the first job is
+    submitted): raises :class:`DataError` listing every failure. ``executor_settings`` are the
+    Slurm plugin's (``--slurm-status-command`` and its first-check interval)."""
+    slurm: dict[str, Any] = {"executor": "slurm"}
+    for key, attribute in (("slurm-status-command", "status_command"),
+                           ("slurm-init-seconds-before-status-checks",
+                            "init_seconds_before_status_checks")):  # fmt: skip
+        value = getattr(executor_settings, attribute, None)
+        if value is not None:
+            slurm[key] = value
+    outcomes = run_checks(checks(config, slurm))
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if failed:
+        raise DataError(
+            "preflight: no job was submitted, because\n"
+            + "\n".join(f"- {outcome.name}: {outcome.message}" for outcome in failed)
+            + "\n`python -m synapse_ei.preflight --configfile ... --profile ...` reruns the checks."
+        )
     return outcomes
 
 
