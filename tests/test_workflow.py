@@ -77,6 +77,15 @@ def test_dry_run_lists_every_stage(tmp_path):
     }
 
 
+def test_the_baseline_is_evaluated_from_the_tables_without_waiting_for_cutouts(tmp_path):
+    """The connectivity baseline's evaluation is a rule of its own, with no GPU and no cutouts."""
+    plan = snakemake(tmp_path, "-n", "--cores", "2", "--", "results/eval/connectivity/metrics.json")
+    assert job_counts(plan.stdout) == {
+        "synthesize": 1, "query": 1, "label": 1, "split": 1, "train_connectivity": 1,
+        "evaluate_connectivity": 1, "total": 6,
+    }  # fmt: skip
+
+
 def test_lint_is_clean():
     result = subprocess.run(
         [*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, check=False
