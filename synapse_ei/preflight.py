@@ -16,6 +16,7 @@ real data, so a forgotten preflight still fails before any job queues.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def check_cave(settings: Mapping[str, Any], client: Any = None) -> str:
     for key in ("synapse_table", "cell_type_table"):
         table = settings[key]
         if table not in tables:
-            close = sorted(name for name in tables if name.split("_")[0] == table.split("_")[0])
+            close = difflib.get_close_matches(table, sorted(tables), n=8, cutoff=0.6)
             raise DataError(
                 f"dataset.cave.{key}: {table!r} is not a table of datastack {datastack!r} at "
                 f"version {version} ({len(tables)} tables there"
@@ -239,6 +240,11 @@ def checks(
     em_path = em_path_of(dataset)
     if em_path is not None:
         planned.append(("EM volume", lambda: check_em(em_path, config["cutout"]["mip"])))
+    elif dataset["source"] == "cave":
+        planned.append(("EM volume", lambda: (
+            "not checked: the query reads the path from the datastack's image source; set "
+            "dataset.cave.em_path to check it here"
+        )))  # fmt: skip
     if profile is not None and profile.get("executor") == "slurm":
         planned.append(("Slurm submission", check_slurm_submit))
         planned.append(("Slurm job status", lambda: check_slurm_status(profile, status_command)))

@@ -55,7 +55,7 @@ def test_a_table_missing_at_the_version_names_the_key_and_the_close_names():
             preflight.check_cave(settings, client=make_client())
     message = str(raised.value)
     assert message.startswith("dataset.cave.cell_type_table: 'aibs_metamodel_celltypes_v999'")
-    assert CELLS in message and ".materialize.get_tables()" in message
+    assert f"similar: {CELLS}" in message and ".materialize.get_tables()" in message
 
 
 def test_a_missing_token_says_how_to_set_one(monkeypatch, tmp_path):
@@ -86,6 +86,25 @@ def test_a_version_the_datastack_lacks_says_to_set_another(monkeypatch):
     with responses.RequestsMock() as rsps:  # the version it has passes on to the tables
         _tables_answer(rsps, [SYNAPSES, CELLS])
         assert f"version {VERSION}" in preflight.check_cave(SETTINGS)
+
+
+def test_a_datastack_the_server_lacks_is_named(monkeypatch):
+    """The real CAVEclient behind cave.connect, its info service answering as caveclient's mock
+    sets it up, but 404 for the datastack."""
+    from caveclient import endpoints
+    from caveclient.tools.testing import info_url, version_url
+
+    monkeypatch.setenv(cave.TOKEN_ENV_VAR, "a-token")
+    with responses.RequestsMock() as rsps:
+        rsps.get(version_url(GLOBAL_SERVER, endpoints.infoservice_common, "i_server_address"),
+                 json="4.0.0")  # fmt: skip
+        rsps.get(info_url("minnie65_pubic", GLOBAL_SERVER), status=404,
+                 json={"message": "datastack minnie65_pubic not found"})  # fmt: skip
+        with pytest.raises(DataError) as raised:
+            preflight.check_cave({**SETTINGS, "datastack": "minnie65_pubic"})
+    message = str(raised.value)
+    assert "datastack 'minnie65_pubic'" in message and "404" in message
+    assert "Check the datastack" in message and "a-token" not in message
 
 
 # --- the EM volume ----------------------------------------------------------------------------
@@ -211,6 +230,10 @@ def test_the_shipped_configs_and_profiles_plan_the_checks_they_need():
     assert [name for name, _ in preflight.checks(microns, local)] == ["CAVE", "EM volume"]
     demo = preflight.load_config(REPO / "config" / "config.yaml")
     assert preflight.checks(demo, None) == []
+    # A datastack whose EM the query finds at run time: said, not silently skipped.
+    other = {**microns, "dataset": {"source": "cave", "cave": {**SETTINGS}}}
+    (name, check), = [c for c in preflight.checks(other, None) if c[0] == "EM volume"]
+    assert check().startswith("not checked") and "dataset.cave.em_path" in check()
 
 
 def test_an_unknown_profile_says_how_to_name_one(tmp_path, monkeypatch):
