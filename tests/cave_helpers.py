@@ -284,7 +284,8 @@ class FakeMaterializationServer:
         if desired is not None and self.convert_on_server:
             native = np.asarray(self.resolutions.get(table, (4.0, 4.0, 40.0)))
             scale = native / np.asarray(desired, dtype=float)
-            for column in frame.columns:
+            # query_manager.py execute_query converts only when a ratio differs from 1.
+            for column in frame.columns if np.any(scale != 1) else []:
                 if _POSITION.match(column):
                     frame[column] = frame[column] * scale["xyz".index(column[-1])]
         return frame

@@ -654,7 +654,8 @@ def query_synapses(
     seed: int = 0,
     columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Synapses whose ``pre_pt_root_id`` is in ``root_ids``, ``batch_size`` ids per query.
+    """Synapses whose ``pre_pt_root_id`` is in ``root_ids``, ``batch_size`` ids per query, each
+    answer reduced to the house synapse columns as it arrives.
 
     Only ``columns`` are asked for (default :func:`synapse_query_columns`; ``[]`` asks for all).
     A cut answer is re-queried with half as many root ids, and later batches keep the smaller
@@ -679,6 +680,8 @@ def query_synapses(
         )
         if not truncated:
             call.stats.synapses_queried += len(frame)
+            if not frame.empty:
+                frame = _tidy_synapse_answer(frame, table)
             if max_synapses_per_neuron is not None and not frame.empty:
                 frame = cap_synapses_per_neuron(frame, max_synapses_per_neuron, seed)
             parts.append(frame)
@@ -778,18 +781,27 @@ def proofread_axon_root_ids(frame: pd.DataFrame, table: str) -> tuple[np.ndarray
     return ids, info
 
 
+def _tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """One answer's columns as the house tables hold them: the workflow's columns only, ids and
+    positions int64. Done per answer, so the query never holds a column it drops."""
+    where = f"CAVE synapse table {table!r}"
+    tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
+    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
+    frame = frame[keep]
+    # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
+    fractional = [c for c in keep if c.endswith(("_x", "_y", "_z"))
+                  and pd.api.types.is_float_dtype(frame[c])]
+    if fractional:
+        frame = frame.assign(**{c: frame[c].round() for c in fractional})
+    integer = [c for c in keep if c != "size"]
+    return tables.to_int64(frame, integer, where)
+
+
 def _tidy_synapses(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Every answer together: each synapse once, sorted by id."""
     where = f"CAVE synapse table {table!r}"
     if frame.empty:
         return pd.DataFrame(columns=tables.SYNAPSE_REQUIRED)
-    tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
-    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
-    frame = frame[keep].copy()
-    positions = [c for c in keep if c.endswith(("_x", "_y", "_z"))]
-    # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
-    frame[positions] = frame[positions].astype("float64").round()
-    integer = [c for c in keep if c != "size"]
-    frame = tables.to_int64(frame, integer, where)
     repeated = frame["id"].duplicated()
     if repeated.any():
         raise DataError(
