@@ -1,4 +1,4 @@
-"""An offline MaterializationEngine for CAVEclient: real caveclient code talks to it via `responses`.
+"""An offline MaterializationEngine for CAVEclient: real caveclient code talks to it by `responses`.
 
 It answers what caveclient 8.2.1's ``materialize.query_table`` sends, as the server's source
 (CAVEconnectome/MaterializationEngine, ``materializationengine/blueprints/client/``) answers it:

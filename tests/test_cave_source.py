@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from cave_helpers import (
     DATASTACK,
     GLOBAL_SERVER,
     NUCLEUS_TABLE,
-    QUERY_LIMIT_SIZE,
     ROOT_BASE,
     VERSION,
     FakeMaterializationServer,

@@ -23,10 +23,10 @@ import os
 import re
 import time
 import warnings
-from email.utils import parsedate_to_datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from importlib import metadata as importlib_metadata
 from typing import Any, TypeVar
 
@@ -114,7 +114,7 @@ CELL_TYPE_TABLES: dict[str, dict[str, Any]] = {
 # the frozen query endpoints (common.py, generate_simple_query_dataframe and
 # generate_complex_query_dataframe) send '201 - "Limited query to {limit} rows'; the live query
 # (api2.py, assemble_live_query_dataframe) "result has N entries, which is equal or more than
-# limit of L there may be more results which are not shown". The last phrasing guards against
+# limit of L there may be more results which are not shown". The other phrasings guard against
 # rewordings in other versions.
 TRUNCATION_PATTERN = re.compile(
     r"limited\s+query\s+to\s+\d+\s+rows|more\s+than\s+(the\s+)?limit|may\s+be\s+more\s+results"
@@ -132,7 +132,8 @@ class QueryStats:
     queries: int = 0
     truncated_queries: int = 0
     retries: int = 0
-    #: Answers that were the server's rate limit (429).
+    #: 429s (the server's rate limit) that reached the source; caveclient's session has already
+    #: retried one with a Retry-After 3 times itself (urllib3 Retry, total=3).
     throttled: int = 0
     #: Synapse rows that came back, before the per-neuron cap.
     synapses_queried: int = 0
@@ -164,7 +165,7 @@ def load(
     Neurons are the cell-type rows whose ``neuron_column`` value is in ``neuron_values``
     (defaults: the mapping in :data:`CELL_TYPE_TABLES` for known tables, else every row with a
     non-zero root id). Their outgoing synapses are queried ``batch_size`` root ids at a time, only
-    the columns of :data:`SYNAPSE_QUERY_COLUMNS`; every query sends ``max_rows_per_query`` as its
+    the columns of :func:`synapse_query_columns`; every query sends ``max_rows_per_query`` as its
     ``limit``, and an answer of that many rows (or one the server says it cut) is re-queried with
     half the root ids, down to one. ``proofread_axons_only`` keeps presynaptic cells whose axon is
     proofread in ``proofreading_table``; ``max_synapses_per_neuron`` keeps a seeded random sample
