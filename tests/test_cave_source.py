@@ -39,8 +39,14 @@ GLIA = ROOT_BASE + 8
 
 
 def make_server(per_neuron: int = 4, **kwargs) -> FakeMaterializationServer:
+    """The cell-type table as MICrONS stores it, a reference table on nucleus_detection_v0,
+    and a synapse table with ``per_neuron`` synapses per cell."""
+    parts = as_reference_table(cell_type_table())
     syn = synapse_table(NEURONS + [GLIA], [per_neuron] * 8)
-    return FakeMaterializationServer({CELLS: cell_type_table(), SYNAPSES: syn}, **kwargs)
+    return FakeMaterializationServer(
+        {CELLS: parts["reference"], NUCLEUS_TABLE: parts["nucleus"], SYNAPSES: syn},
+        references={CELLS: NUCLEUS_TABLE}, **kwargs,
+    )
 
 
 def run_load(server: FakeMaterializationServer, client=None, **kwargs):
@@ -154,13 +160,6 @@ def test_one_root_id_over_the_limit_is_an_error_naming_it():
     assert str(NEURONS[0]) in str(error.value) and SYNAPSES in str(error.value)
 
 
-def test_a_cut_cell_type_table_is_paged_by_id():
-    server = make_server(per_neuron=2, row_limit=3)
-    out = run_load(server, batch_size=1)
-    assert sorted(out.cell_types["pt_root_id"]) == sorted(cell_type_table()["pt_root_id"])
-    assert len(out.synapses) == 14
-
-
 @pytest.mark.parametrize("convert_on_server", [True, False])
 def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
     native = make_server()
@@ -170,7 +169,7 @@ def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
         coarse[column] = syn[column] // 2  # the same points stored at 8x8x40 nm
         syn[column] = coarse[column] * 2
     server = FakeMaterializationServer(
-        {CELLS: native.tables[CELLS], SYNAPSES: coarse},
+        {**native.tables, SYNAPSES: coarse}, references=native.references,
         resolutions={SYNAPSES: (8.0, 8.0, 40.0)}, convert_on_server=convert_on_server,
     )
     out = run_load(server)
@@ -334,18 +333,8 @@ def test_only_the_synapse_columns_the_workflow_uses_are_asked_for():
     assert out.synapses[tables.POST].to_numpy().tolist() == want[tables.POST].to_numpy().tolist()
 
 
-def reference_server(per_neuron: int = 4, **kwargs) -> FakeMaterializationServer:
-    """The cell-type table as MICrONS stores it: a reference table on nucleus_detection_v0."""
-    parts = as_reference_table(cell_type_table())
-    syn = synapse_table(NEURONS + [GLIA], [per_neuron] * 8)
-    return FakeMaterializationServer(
-        {CELLS: parts["reference"], NUCLEUS_TABLE: parts["nucleus"], SYNAPSES: syn},
-        references={CELLS: NUCLEUS_TABLE}, **kwargs,
-    )
-
-
 def test_a_reference_cell_type_table_is_queried_through_the_join():
-    server = reference_server()
+    server = make_server()
     out = run_load(server)
     joins = [r for r in server.requests if "/table/" not in r["url"]]
     assert len(joins) == 1
@@ -364,7 +353,7 @@ def test_a_reference_cell_type_table_is_queried_through_the_join():
 
 
 def test_the_join_answers_with_suffixes_only_where_names_clash():
-    server = reference_server()
+    server = make_server()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         server.register(rsps)
         frame = make_client().materialize.query_table(CELLS, split_positions=True)
@@ -376,8 +365,8 @@ def test_the_join_answers_with_suffixes_only_where_names_clash():
     assert (frame["id_ref"] == frame["target_id"]).all()
 
 
-def test_a_cut_reference_table_is_paged_by_its_own_id():
-    server = reference_server(per_neuron=2, row_limit=3)
+def test_a_cut_cell_type_table_is_paged_by_its_own_id():
+    server = make_server(per_neuron=2, row_limit=3)
     out = run_load(server, batch_size=1)
     assert sorted(out.cell_types["pt_root_id"]) == sorted(cell_type_table()["pt_root_id"])
     pages = [r["body"] for r in server.requests if "/table/" not in r["url"]]
