@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,11 +18,14 @@ import responses
 from cave_helpers import (
     DATASTACK,
     GLOBAL_SERVER,
+    NUCLEUS_TABLE,
     ROOT_BASE,
     VERSION,
     FakeMaterializationServer,
+    as_reference_table,
     cell_type_table,
     make_client,
+    rate_limited,
     synapse_table,
 )
 from synapse_ei import labels, tables
@@ -32,8 +39,14 @@ GLIA = ROOT_BASE + 8
 
 
 def make_server(per_neuron: int = 4, **kwargs) -> FakeMaterializationServer:
+    """The cell-type table as MICrONS stores it, a reference table on nucleus_detection_v0,
+    and a synapse table with ``per_neuron`` synapses per cell."""
+    parts = as_reference_table(cell_type_table())
     syn = synapse_table(NEURONS + [GLIA], [per_neuron] * 8)
-    return FakeMaterializationServer({CELLS: cell_type_table(), SYNAPSES: syn}, **kwargs)
+    return FakeMaterializationServer(
+        {CELLS: parts["reference"], NUCLEUS_TABLE: parts["nucleus"], SYNAPSES: syn},
+        references={CELLS: NUCLEUS_TABLE}, **kwargs,
+    )
 
 
 def run_load(server: FakeMaterializationServer, client=None, **kwargs):
@@ -106,6 +119,32 @@ def test_an_answer_cut_by_the_server_is_split_until_complete():
     assert out.provenance["final_batch_size"] == 2
 
 
+@pytest.mark.parametrize("wording", ["materialized", "live"])
+def test_the_servers_words_for_a_cut_answer_are_understood(wording):
+    # Only the header tells: the server's limit (10) is below the 200,000 the client sends.
+    server = make_server(row_limit=10, limit_wording=wording)
+    out = run_load(server, batch_size=4)
+    assert {r["body"]["limit"] for r in server.requests} == {cave.SERVER_ROW_LIMIT}
+    assert out.synapses["id"].tolist() == expected_synapses(server)["id"].tolist()
+    assert out.provenance["truncated_queries_split"] >= 1
+    assert not any("Limited query" in n for n in out.provenance["server_notices"])
+
+
+def test_an_answer_of_the_default_limit_counts_as_cut_without_a_header():
+    # The public server's own limit and no Warning header (a proxy dropped it): 3 neurons of
+    # 70,000 synapses fill a 3-root-id answer to exactly 200,000 rows.
+    pre = NEURONS[:3]
+    syn = synapse_table(pre + [GLIA], [70_000, 70_000, 70_000, 5])
+    cells = cell_type_table(n_exc=3, n_inh=0)
+    server = FakeMaterializationServer({CELLS: cells, SYNAPSES: syn}, limit_wording=None)
+    out = run_load(server, batch_size=3)
+    sizes = [len(r["body"]["filter_in_dict"][SYNAPSES]["pre_pt_root_id"])
+             for r in synapse_requests(server)]
+    assert sizes == [3, 1, 1, 1]
+    assert len(out.synapses) == 210_000
+    assert out.provenance["truncated_queries_split"] == 1
+
+
 def test_max_rows_per_query_is_sent_and_a_full_answer_counts_as_cut():
     server = make_server()
     out = run_load(server, max_rows_per_query=8)
@@ -121,13 +160,6 @@ def test_one_root_id_over_the_limit_is_an_error_naming_it():
     assert str(NEURONS[0]) in str(error.value) and SYNAPSES in str(error.value)
 
 
-def test_a_cut_cell_type_table_is_paged_by_id():
-    server = make_server(per_neuron=2, row_limit=3)
-    out = run_load(server, batch_size=1)
-    assert sorted(out.cell_types["pt_root_id"]) == sorted(cell_type_table()["pt_root_id"])
-    assert len(out.synapses) == 14
-
-
 @pytest.mark.parametrize("convert_on_server", [True, False])
 def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
     native = make_server()
@@ -137,7 +169,7 @@ def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
         coarse[column] = syn[column] // 2  # the same points stored at 8x8x40 nm
         syn[column] = coarse[column] * 2
     server = FakeMaterializationServer(
-        {CELLS: native.tables[CELLS], SYNAPSES: coarse},
+        {**native.tables, SYNAPSES: coarse}, references=native.references,
         resolutions={SYNAPSES: (8.0, 8.0, 40.0)}, convert_on_server=convert_on_server,
     )
     out = run_load(server)
@@ -157,6 +189,39 @@ def test_network_errors_are_retried():
     out = run_load(server, retries=3)
     assert out.provenance["network_retries"] == 2
     assert len(out.synapses) == 28
+
+
+def test_the_rate_limit_is_waited_out_as_retry_after_asks(monkeypatch):
+    slept = []
+    monkeypatch.setattr(cave.time, "sleep", slept.append)
+    # caveclient's session itself retries a 429 that has a Retry-After 3 times (urllib3 Retry,
+    # total=3), so the 4th reaches the source.
+    server = make_server(failures=[rate_limited("7")] * 4 + [rate_limited(None)]
+                         + [rate_limited("86400")] * 4)
+    out = run_load(server, retries=3, backoff_seconds=0.5)
+    # Retry-After in seconds; none: the exponential backoff; a day: capped.
+    assert slept == [7.0, 1.0, cave.MAX_RETRY_AFTER_SECONDS]
+    assert out.synapses["id"].tolist() == expected_synapses(server)["id"].tolist()
+    assert out.provenance["rate_limited_responses"] == 3
+
+
+def test_a_run_the_server_keeps_throttling_says_so(monkeypatch):
+    monkeypatch.setattr(cave.time, "sleep", lambda seconds: None)
+    server = make_server(failures=[rate_limited("1")] * 20)
+    with pytest.raises(DataError, match="throttled the run") as error:
+        run_load(server, retries=2)
+    assert GLOBAL_SERVER in str(error.value) and "429" in str(error.value)
+    assert len(server.requests) == 3 * 4  # 3 attempts, each retried 3 times by caveclient
+
+
+def test_retry_after_may_be_an_http_date():
+    class Answer:
+        headers = {"Retry-After": format_datetime(datetime(2026, 1, 1, 0, 0, 30,
+                                                           tzinfo=timezone.utc), usegmt=True)}
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    assert cave.retry_after_seconds(Answer(), now=now) == 30.0
+    Answer.headers = {"Retry-After": "soon"}
+    assert cave.retry_after_seconds(Answer(), now=now) is None
 
 
 def test_network_errors_give_up_naming_the_server():
@@ -183,8 +248,10 @@ def test_the_token_never_reaches_provenance_or_errors():
 def test_missing_token_says_how_to_set_it(monkeypatch, tmp_path):
     client = make_client()
     client.auth.token = None
-    with pytest.raises(DataError, match="save_token"):
+    with pytest.raises(DataError, match="save_token") as error:
         run_load(make_server(), client=client)
+    # caveclient's save_token refuses to replace a saved (e.g. expired) token without it.
+    assert "overwrite=True" in str(error.value)
 
     monkeypatch.delenv(cave.TOKEN_ENV_VAR, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cloudvolume/secrets here
@@ -224,8 +291,126 @@ def test_max_synapses_per_neuron_is_a_seeded_sample():
     assert first["id"].is_monotonic_increasing
 
 
+def test_the_cap_applied_per_batch_keeps_what_capping_the_whole_table_keeps():
+    server = make_server(per_neuron=9)
+    whole = cave.cap_synapses_per_neuron(
+        cave._tidy_synapse_answer(expected_synapses(server), SYNAPSES), 4, seed=3)
+    for batch_size in (1, 3, 7):
+        out = run_load(make_server(per_neuron=9), batch_size=batch_size,
+                       max_synapses_per_neuron=4, seed=3)
+        assert out.synapses["id"].tolist() == whole["id"].tolist(), batch_size
+        assert out.provenance["rows"]["synapses_queried"] == 63
+        assert out.provenance["synapses_dropped_by_cap"] == 63 - 28
+
+
+def test_a_neurons_sample_does_not_depend_on_the_other_neurons_queried():
+    # What makes capping each answer as it arrives safe: a neuron's sample is a function of its
+    # own synapses and the seed (here: the same neuron queried alone or with six others).
+    server = make_server(per_neuron=30)
+    server.tables["proofreading_status_and_strategy"] = pd.DataFrame({
+        "id": [1], "pt_root_id": [NEURONS[2]], "valid_id": [NEURONS[2]], "status_axon": ["t"],
+    })
+    alone = run_load(server, proofread_axons_only=True, max_synapses_per_neuron=5).synapses
+    together = run_load(make_server(per_neuron=30), max_synapses_per_neuron=5).synapses
+    mine = together[together["pre_pt_root_id"] == NEURONS[2]]
+    assert len(alone) == 5 and set(alone["pre_pt_root_id"]) == {NEURONS[2]}
+    assert alone["id"].tolist() == mine["id"].tolist()
+
+
+def test_only_the_synapse_columns_the_workflow_uses_are_asked_for():
+    server = make_server()
+    out = run_load(server)
+    wanted = ["id", "pre_pt_root_id", "post_pt_root_id", "ctr_pt_position", "pre_pt_position",
+              "post_pt_position", "size"]
+    assert cave.synapse_query_columns() == wanted
+    assert all(r["body"]["select_columns"] == wanted for r in synapse_requests(server))
+    # The cell-type table is read whole (its class column is the user's choice).
+    assert all("select_columns" not in r["body"] for r in server.requests
+               if r["table"] == CELLS)
+    assert list(out.synapses.columns) == [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]
+    want = expected_synapses(server)
+    assert out.synapses["size"].tolist() == want["size"].tolist()
+    assert out.synapses[tables.POST].to_numpy().tolist() == want[tables.POST].to_numpy().tolist()
+
+
+def test_a_reference_cell_type_table_is_queried_through_the_join():
+    server = make_server()
+    out = run_load(server)
+    joins = [r for r in server.requests if "/table/" not in r["url"]]
+    assert len(joins) == 1
+    assert joins[0]["body"]["tables"] == [[CELLS, "target_id"], [NUCLEUS_TABLE, "id"]]
+    assert joins[0]["body"]["suffix_map"] == {CELLS: "", NUCLEUS_TABLE: "_ref"}
+    flat = cell_type_table()
+    got = out.cell_types.sort_values("pt_root_id")
+    assert got["pt_root_id"].tolist() == sorted(flat["pt_root_id"])
+    assert dict(zip(got["pt_root_id"], got["classification_system"])) == dict(
+        zip(flat["pt_root_id"], flat["classification_system"]))
+    assert out.synapses["id"].tolist() == expected_synapses(server)["id"].tolist()
+    mapping = cave.CELL_TYPE_TABLES[CELLS]
+    _, stats = labels.label_synapses(out.synapses, out.cell_types, mapping["column"],
+                                     mapping["classes"])
+    assert stats["by_label"] == {"excitatory": 20, "inhibitory": 8}
+
+
+def test_the_join_answers_with_suffixes_only_where_names_clash():
+    server = make_server()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        server.register(rsps)
+        frame = make_client().materialize.query_table(CELLS, split_positions=True)
+    # The recorded tutorial answer's columns: the nucleus's pt_root_id unsuffixed, its id,
+    # valid and created as id_ref, valid_ref, created_ref; superceded_id dropped.
+    assert {"id", "id_ref", "valid_ref", "created_ref", "target_id", "pt_root_id",
+            "pt_supervoxel_id", "pt_position_x", "classification_system"} <= set(frame.columns)
+    assert "pt_root_id_ref" not in frame.columns and "superceded_id" not in frame.columns
+    assert (frame["id_ref"] == frame["target_id"]).all()
+
+
+def test_a_cut_cell_type_table_is_paged_by_its_own_id():
+    server = make_server(per_neuron=2, row_limit=3)
+    out = run_load(server, batch_size=1)
+    assert sorted(out.cell_types["pt_root_id"]) == sorted(cell_type_table()["pt_root_id"])
+    pages = [r["body"] for r in server.requests if "/table/" not in r["url"]]
+    assert len(pages) > 1 and all(set(b.get("filter_greater_equal_dict", {CELLS: 0})) == {CELLS}
+                                  for b in pages)
+
+
+def test_cell_type_table_suggestions_match_the_published_values():
+    mtypes = cave.CELL_TYPE_TABLES["aibs_metamodel_mtypes_v661_v2"]
+    assert mtypes["classes"] == {"excitatory": "excitatory", "inhibitory": "inhibitory"}
+    assert mtypes["cell_types"]["excitatory"] == [
+        "L2a", "L2b", "L3a", "L3b", "L3c", "L4a", "L4b", "L4c", "L5a", "L5b", "L5ET", "L5NP",
+        "L6a", "L6b", "L6c", "L6CT", "L6wm"]
+    assert mtypes["cell_types"]["inhibitory"] == ["DTC", "ITC", "PTC", "STC"]
+    column = cave.CELL_TYPE_TABLES["allen_v1_column_types_slanted_ref"]
+    assert column["cell_types"]["inhibitory"] == ["BC", "BPC", "MC", "Unsure"]
+
+
+def test_a_gs_image_source_becomes_a_public_https_url():
+    assert cave.public_https_path("precomputed://gs://bucket/em") == (
+        "precomputed://https://storage.googleapis.com/bucket/em")
+    assert cave.public_https_path("gs://bucket/em") == (
+        "precomputed://https://storage.googleapis.com/bucket/em")
+    assert cave.public_https_path(cave.MINNIE65_EM_PATH) == cave.MINNIE65_EM_PATH
+
+
+def test_config_readme_documents_every_cave_key():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())
+    keys = schema["properties"]["dataset"]["properties"]["cave"]["properties"]
+    readme = (root / "config/README.md").read_text()
+    missing = [k for k in keys if f"| `dataset.cave.{k}` |" not in readme]
+    assert not missing
+    # The cave source is here: no key may describe it as still to come.
+    assert not re.search(r"arrives? (later|with its own)", readme)
+
+
 def test_em_path_defaults():
-    assert run_load(make_server()).em_path == "precomputed://gs://my-test-bucket/images"
+    # caveclient's mock datastack's image source is precomputed://gs://my-test-bucket/images.
+    assert run_load(make_server()).em_path == (
+        "precomputed://https://storage.googleapis.com/my-test-bucket/images"
+    )
     assert run_load(make_server(), em_path="precomputed://file:///em").em_path == (
         "precomputed://file:///em"
     )

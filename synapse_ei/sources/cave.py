@@ -1,13 +1,16 @@
 """The ``cave`` source: MICrONS-style tables queried through CAVEclient at a pinned version.
 
-The cell-type table is read whole; the synapse table only for the presynaptic root ids of its
-neurons, ``batch_size`` root ids per query. Every position comes back in 4x4x40 nm voxels
+The cell-type table is read whole (a reference table comes joined to its nucleus table, as
+caveclient asks for it); the synapse table only for the presynaptic root ids of its neurons,
+``batch_size`` root ids per query, only the columns the workflow uses, and the per-neuron cap
+applied to each answer as it arrives. Every position comes back in 4x4x40 nm voxels
 (``desired_resolution``), whatever the table's native resolution.
 
-The materialization server silently cuts large answers at its row limit and only says so in a
-``Warning`` response header, which caveclient (8.x) logs on the ``caveclient`` logger. We watch
-that logger (and Python warnings, for other caveclient versions) and re-query in smaller pieces,
-so a cut table is never returned.
+The materialization server cuts an answer at its row limit (``QUERY_LIMIT_SIZE``, 200,000 on the
+public deployment) and says so only in a ``Warning`` response header, which caveclient (8.x)
+logs on the ``caveclient`` logger. Every query sends an explicit ``limit``; an answer that holds
+``limit`` rows, or whose header says it was cut, is re-queried in smaller pieces, so a cut table
+is never returned. A 429 (the server's per-user rate limit) is waited out and retried.
 
 Synapses with ``pre_pt_root_id == 0`` and autapses are kept: the label stage drops and counts
 them, so the counts of every stage add up.
@@ -23,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from importlib import metadata as importlib_metadata
 from typing import Any, TypeVar
 
@@ -54,10 +58,20 @@ DEFAULT_EM_PATHS = {
 
 DEFAULT_PROOFREADING_TABLE = "proofreading_status_and_strategy"
 
+#: The public server's row limit (MaterializationEngine config.py ``QUERY_LIMIT_SIZE``): the
+#: default ``limit`` sent with every query.
+SERVER_ROW_LIMIT = 200_000
+
+#: Longest wait honoured from a 429's ``Retry-After`` (seconds): a rate-limit window is a
+#: minute or so; a longer ask is more likely a misconfigured proxy than worth holding a job for.
+MAX_RETRY_AFTER_SECONDS = 300.0
+
 #: Suggested label mappings for MICrONS cell-type tables: ``column`` holds the class, ``classes``
 #: maps its values to 'excitatory'/'inhibitory' (unmapped values, e.g. glia, are not neurons).
-#: Value sets are those published for minnie65_public (v661 onwards); ``cell_types`` lists the
-#: finer types found in ``cell_type`` for reference.
+#: Value sets are those the MICrONS tutorial's annotation-table pages publish for
+#: minnie65_public (github.com/AllenInstitute/microns_tutorial,
+#: tutorial_book/_annotation_tables/); ``cell_types`` lists the finer types found in
+#: ``cell_type`` for reference.
 CELL_TYPE_TABLES: dict[str, dict[str, Any]] = {
     "aibs_metamodel_celltypes_v661": {
         "column": "classification_system",
@@ -69,11 +83,11 @@ CELL_TYPE_TABLES: dict[str, dict[str, Any]] = {
     },
     "aibs_metamodel_mtypes_v661_v2": {
         "column": "classification_system",
-        "classes": {"excitatory_neuron": tables.EXCITATORY, "inhibitory_neuron": tables.INHIBITORY},
+        "classes": {"excitatory": tables.EXCITATORY, "inhibitory": tables.INHIBITORY},
         "cell_types": {
             tables.EXCITATORY: [
-                "L2a", "L2b", "L2c", "L3a", "L3b", "L4a", "L4b", "L4c", "L5a", "L5b", "L5ET",
-                "L5NP", "L6short-a", "L6short-b", "L6tall-a", "L6tall-b", "L6tall-c",
+                "L2a", "L2b", "L3a", "L3b", "L3c", "L4a", "L4b", "L4c", "L5a", "L5b", "L5ET",
+                "L5NP", "L6a", "L6b", "L6c", "L6CT", "L6wm",
             ],
             tables.INHIBITORY: ["DTC", "ITC", "PTC", "STC"],
         },
@@ -86,7 +100,7 @@ CELL_TYPE_TABLES: dict[str, dict[str, Any]] = {
         },
         "cell_types": {
             tables.EXCITATORY: ["23P", "4P", "5P-IT", "5P-ET", "5P-NP", "6P-IT", "6P-CT"],
-            tables.INHIBITORY: ["BC", "BPC", "MC", "NGC"],
+            tables.INHIBITORY: ["BC", "BPC", "MC", "Unsure"],
         },
     },
     "baylor_log_reg_cell_type_coarse_v1": {
@@ -96,12 +110,15 @@ CELL_TYPE_TABLES: dict[str, dict[str, Any]] = {
     },
 }
 
-# MaterializationEngine's words when it cut an answer at its limit ("result has N entries, which
-# is equal or more than limit of L there may be more results which are not shown"); the other
-# phrasings guard against rewordings in other server/client versions.
+# How the server says it cut an answer at its limit (materializationengine/blueprints/client/):
+# the frozen query endpoints (common.py, generate_simple_query_dataframe and
+# generate_complex_query_dataframe) send '201 - "Limited query to {limit} rows'; the live query
+# (api2.py, assemble_live_query_dataframe) "result has N entries, which is equal or more than
+# limit of L there may be more results which are not shown". The other phrasings guard against
+# rewordings in other versions.
 TRUNCATION_PATTERN = re.compile(
-    r"more\s+than\s+(the\s+)?limit|may\s+be\s+more\s+results|limited\s+to\s+\d+\s+rows"
-    r"|dataframe\s+exceeds",
+    r"limited\s+query\s+to\s+\d+\s+rows|more\s+than\s+(the\s+)?limit|may\s+be\s+more\s+results"
+    r"|limited\s+to\s+\d+\s+rows|dataframe\s+exceeds",
     re.IGNORECASE,
 )
 
@@ -115,6 +132,11 @@ class QueryStats:
     queries: int = 0
     truncated_queries: int = 0
     retries: int = 0
+    #: 429s (the server's rate limit) that reached the source; caveclient's session has already
+    #: retried one with a Retry-After 3 times itself (urllib3 Retry, total=3).
+    throttled: int = 0
+    #: Synapse rows that came back, before the per-neuron cap.
+    synapses_queried: int = 0
     final_batch_size: int | None = None
     server_warnings: list[str] = field(default_factory=list)
 
@@ -127,7 +149,7 @@ def load(
     em_path: str | None = None,
     server_address: str | None = None,
     batch_size: int = 500,
-    max_rows_per_query: int | None = None,
+    max_rows_per_query: int = SERVER_ROW_LIMIT,
     proofread_axons_only: bool = False,
     proofreading_table: str | None = None,
     max_synapses_per_neuron: int | None = None,
@@ -142,13 +164,15 @@ def load(
 
     Neurons are the cell-type rows whose ``neuron_column`` value is in ``neuron_values``
     (defaults: the mapping in :data:`CELL_TYPE_TABLES` for known tables, else every row with a
-    non-zero root id). Their outgoing synapses are queried ``batch_size`` root ids at a time; an
-    answer cut at the server's limit (or with ``max_rows_per_query`` rows, which is also sent as
-    the query limit) is re-queried with half the root ids, down to one. ``proofread_axons_only``
-    keeps presynaptic cells whose axon is proofread in ``proofreading_table``;
-    ``max_synapses_per_neuron`` keeps a seeded random sample per presynaptic cell. Network errors
-    are retried ``retries`` times with exponential backoff. ``client`` replaces the CAVEclient
-    built from ``datastack``/``server_address`` (tests). Positions are 4x4x40 nm voxels.
+    non-zero root id). Their outgoing synapses are queried ``batch_size`` root ids at a time, only
+    the columns of :func:`synapse_query_columns`; every query sends ``max_rows_per_query`` as its
+    ``limit``, and an answer of that many rows (or one the server says it cut) is re-queried with
+    half the root ids, down to one. ``proofread_axons_only`` keeps presynaptic cells whose axon is
+    proofread in ``proofreading_table``; ``max_synapses_per_neuron`` keeps a seeded random sample
+    per presynaptic cell (:func:`cap_synapses_per_neuron`, applied to each answer as it arrives).
+    Network errors and the server's rate limit are retried ``retries`` times (backing off, or
+    waiting what a 429's ``Retry-After`` asks). ``client`` replaces the CAVEclient built from
+    ``datastack``/``server_address`` (tests). Positions are 4x4x40 nm voxels.
     """
     _check_settings(version, batch_size, max_rows_per_query, max_synapses_per_neuron, retries)
     version = int(version)
@@ -185,7 +209,8 @@ def load(
         )
 
     synapses = query_synapses(
-        client, synapse_table, version, neuron_ids, call, batch_size, max_rows_per_query
+        client, synapse_table, version, neuron_ids, call, batch_size, max_rows_per_query,
+        max_synapses_per_neuron=max_synapses_per_neuron, seed=seed,
     )
     synapses = _tidy_synapses(synapses, synapse_table)
     if synapses.empty:
@@ -194,9 +219,7 @@ def load(
             f"synapses from the {len(neuron_ids)} presynaptic neurons of {cell_type_table!r}. "
             "Check that the synapse table belongs to this datastack."
         )
-    queried = len(synapses)
-    if max_synapses_per_neuron is not None:
-        synapses = cap_synapses_per_neuron(synapses, max_synapses_per_neuron, seed)
+    queried = stats.synapses_queried
 
     resolved_em_path = em_path or _default_em_path(client, datastack, call)
     provenance = {
@@ -230,6 +253,7 @@ def load(
         "truncated_queries_split": stats.truncated_queries,
         "final_batch_size": stats.final_batch_size,
         "network_retries": stats.retries,
+        "rate_limited_responses": stats.throttled,
         "server_notices": sorted(set(stats.server_warnings)),
         "kept_for_label_stage": "pre_pt_root_id == 0 rows and autapses (dropped and counted there)",
     }
@@ -303,8 +327,10 @@ def _no_token_message(server: str) -> str:
     return (
         f"CAVE server {server}: no auth token found. Get one at {server}/auth/api/v1/create_token "
         "(see client.auth.get_new_token()), then save it once with "
-        "`CAVEclient(server_address=...).auth.save_token(token=...)` (it goes to "
-        f"~/.cloudvolume/secrets/cave-secret.json) or export it as ${TOKEN_ENV_VAR}."
+        f"`CAVEclient(server_address=\"{server}\").auth.save_token(token=..., overwrite=True)` "
+        "(it goes to ~/.cloudvolume/secrets/; without overwrite=True, save_token refuses to "
+        "replace a token already saved there, e.g. an expired one) or export it as "
+        f"${TOKEN_ENV_VAR}."
     )
 
 
@@ -334,9 +360,24 @@ def _version_timestamp(client: Any, version: int, call: CaveCaller) -> str | Non
 def _default_em_path(client: Any, datastack: str, call: CaveCaller) -> str:
     if datastack in DEFAULT_EM_PATHS:
         return DEFAULT_EM_PATHS[datastack]
-    # "cloudvolume" turns gs:// sources into https URLs that need no Google credentials.
-    return str(call("reading the image source",
-                    lambda: client.info.image_source(format_for="cloudvolume")))
+    source = call("reading the image source",
+                  lambda: client.info.image_source(format_for="cloudvolume"))
+    return public_https_path(str(source))
+
+
+def public_https_path(path: str) -> str:
+    """``precomputed://gs://bucket/p`` as ``precomputed://https://storage.googleapis.com/bucket/p``.
+
+    cloud-volume reads a gs:// path with Google credentials (which a compute node rarely has)
+    but a public bucket's https URL without any. caveclient 8.2.1's ``format_for="cloudvolume"``
+    converts a bare ``gs://`` source but returns ``precomputed://gs://...`` unchanged
+    (``format_utils.format_cloudvolume``), which is how info services store image sources.
+    """
+    for prefix in ("precomputed://", ""):
+        if path.startswith(prefix + "gs://"):
+            return f"{prefix or 'precomputed://'}https://storage.googleapis.com/" + path[
+                len(prefix + "gs://"):]
+    return path
 
 
 def _caveclient_version() -> str | None:
@@ -365,7 +406,7 @@ def scrub(value: Any, token: str | None) -> Any:
 def _is_transient(error: BaseException) -> bool:
     if isinstance(error, requests.HTTPError):
         response = error.response
-        return response is None or response.status_code >= 500
+        return response is None or response.status_code >= 500 or response.status_code == 429
     return isinstance(
         error,
         (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
@@ -388,7 +429,9 @@ class CaveCaller:
         from caveclient.base import AuthException
 
         attempt = 0
+        throttled = 0
         while True:
+            wait: float | None = None
             try:
                 return request()
             except AuthException:
@@ -403,6 +446,10 @@ class CaveCaller:
                         f"{scrub(str(error), self.token)[:500]}). Check the datastack, table "
                         "and version names in dataset.cave."
                     ) from None
+                if status == 429:
+                    throttled += 1
+                    self.stats.throttled += 1
+                    wait = retry_after_seconds(error.response)
                 failure: BaseException = error
             except requests.RequestException as error:
                 if not _is_transient(error):
@@ -412,17 +459,44 @@ class CaveCaller:
                     ) from None
                 failure = error
             if attempt >= self.retries:
+                if throttled:
+                    raise DataError(
+                        f"CAVE server {self.server}: {what}: the server throttled the run "
+                        f"(HTTP 429, its per-user rate limit) on {throttled} of {attempt + 1} "
+                        "attempt(s). Wait a few minutes and rerun (finished stages are kept); "
+                        "if it keeps happening, raise dataset.cave.retries or "
+                        "dataset.cave.batch_size (fewer, larger queries)."
+                    ) from None
                 raise DataError(
                     f"CAVE server {self.server}: {what} failed after {attempt + 1} attempt(s) "
                     f"({type(failure).__name__}: {scrub(str(failure), self.token)[:300]}). "
                     "Check the network connection, that your CAVE token is valid, and the "
                     "server status; then rerun."
                 ) from None
-            delay = self.backoff * 2**attempt
+            # A 429 without Retry-After gets the same backoff as a network error.
+            delay = wait if wait is not None else self.backoff * 2**attempt
             logger.warning("%s: %s; retrying in %.1f s", self.server, what, delay)
             self.stats.retries += 1
             attempt += 1
             time.sleep(delay)
+
+
+def retry_after_seconds(response: Any, now: float | None = None) -> float | None:
+    """The wait a response's ``Retry-After`` asks for (RFC 9110: seconds or an HTTP date),
+    capped at :data:`MAX_RETRY_AFTER_SECONDS`; None without a readable one."""
+    value = (getattr(response, "headers", None) or {}).get("Retry-After")
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _token_rejected(server: str, what: str) -> str:
@@ -475,11 +549,15 @@ def _query_once(
     table: str,
     version: int,
     call: CaveCaller,
-    max_rows: int | None,
+    max_rows: int,
     what: str,
     **filters: Any,
 ) -> tuple[pd.DataFrame, bool]:
-    """One ``query_table`` call; returns the frame and whether the server cut it."""
+    """One ``query_table`` call; returns the frame and whether the server cut it.
+
+    The server flags a cut answer only when it holds exactly the limit it applied, and older or
+    proxied servers may drop the header: an answer of ``max_rows`` rows counts as cut either way.
+    """
     with _server_warnings() as messages:
         frame = call(
             what,
@@ -496,7 +574,7 @@ def _query_once(
     call.stats.queries += 1
     cut = [m for m in messages if TRUNCATION_PATTERN.search(m)]
     call.stats.server_warnings.extend(m for m in messages if m not in cut)
-    truncated = bool(cut) or (max_rows is not None and len(frame) >= max_rows)
+    truncated = bool(cut) or len(frame) >= max_rows
     if truncated:
         call.stats.truncated_queries += 1
         logger.info("%s was cut at the row limit (%d rows); splitting it", what, len(frame))
@@ -508,12 +586,14 @@ def query_whole_table(
     table: str,
     version: int,
     call: CaveCaller,
-    max_rows_per_query: int | None = None,
+    max_rows_per_query: int = SERVER_ROW_LIMIT,
 ) -> pd.DataFrame:
     """Every row of ``table``; a cut answer is re-queried by ranges of the annotation ``id``.
 
     A range is split at the median id of what came back, so each split makes progress whether
-    the server returns rows in id order or not.
+    the server returns rows in id order or not. For a reference table (caveclient joins it to
+    its target table), ``id`` and the id filters are the reference table's own; the target's
+    id comes back as ``id_ref``.
     """
     pending = [(None, None)]  # [lo, hi) id ranges; None = unbounded
     parts: list[pd.DataFrame] = []
@@ -551,6 +631,18 @@ def query_whole_table(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def synapse_query_columns() -> list[str]:
+    """The synapse columns the workflow uses, as the server's ``select_columns`` names them: a
+    position by its column (``ctr_pt_position``, which comes back split in ``_x/_y/_z``); each
+    ``*_root_id`` brings its ``*_supervoxel_id`` (query_manager.py ``select_column``)."""
+    names: list[str] = []
+    for column in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]:
+        name = re.sub(r"_[xyz]$", "", column) if "_position_" in column else column
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def query_synapses(
     client: Any,
     table: str,
@@ -558,15 +650,24 @@ def query_synapses(
     root_ids: Sequence[int] | np.ndarray,
     call: CaveCaller,
     batch_size: int = 500,
-    max_rows_per_query: int | None = None,
+    max_rows_per_query: int = SERVER_ROW_LIMIT,
+    max_synapses_per_neuron: int | None = None,
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Synapses whose ``pre_pt_root_id`` is in ``root_ids``, ``batch_size`` ids per query.
+    """Synapses whose ``pre_pt_root_id`` is in ``root_ids``, ``batch_size`` ids per query, each
+    answer reduced to the house synapse columns as it arrives.
 
+    Only ``columns`` are asked for (default :func:`synapse_query_columns`; ``[]`` asks for all).
     A cut answer is re-queried with half as many root ids, and later batches keep the smaller
     size (neighbouring batches are usually as heavy, so this saves re-querying each one); one
-    root id whose synapses alone exceed the limit is a :class:`DataError` naming it.
+    root id whose synapses alone exceed the limit is a :class:`DataError` naming it. With
+    ``max_synapses_per_neuron``, each whole answer is capped as it arrives: a root id's synapses
+    all come in one answer and the sample depends only on their ids and ``seed``, so the result
+    is the one capping the whole table would give, without holding it.
     """
     ids = [int(v) for v in root_ids]
+    select = synapse_query_columns() if columns is None else list(columns)
     size = batch_size
     start = 0
     parts: list[pd.DataFrame] = []
@@ -576,8 +677,14 @@ def query_synapses(
             client, table, version, call, max_rows_per_query,
             f"querying table {table!r} for {len(batch)} presynaptic root id(s)",
             filter_in_dict={"pre_pt_root_id": batch},
+            **({"select_columns": select} if select else {}),
         )
         if not truncated:
+            call.stats.synapses_queried += len(frame)
+            if not frame.empty:
+                frame = _tidy_synapse_answer(frame, table)
+            if max_synapses_per_neuron is not None and not frame.empty:
+                frame = cap_synapses_per_neuron(frame, max_synapses_per_neuron, seed)
             parts.append(frame)
             start += len(batch)
             continue
@@ -587,7 +694,7 @@ def query_synapses(
                 f"has more synapses than the server's row limit ({len(frame)} rows came back), "
                 "so its synapses cannot be read completely. It is most likely a merge error: "
                 "drop that cell from the cell-type table, or ask the server admins for a higher "
-                "limit (and raise max_rows_per_query to match)."
+                "limit (and raise dataset.cave.max_rows_per_query to match)."
             )
         size = len(batch) // 2
     call.stats.final_batch_size = size
@@ -598,10 +705,10 @@ def query_synapses(
 
 
 def _tidy_cell_types(frame: pd.DataFrame, table: str, neuron_column: str | None) -> pd.DataFrame:
+    # A reference table comes joined to its nucleus table; the server suffixes only the names
+    # both tables have (id_ref, valid_ref, created_ref), so the nucleus's pt_root_id keeps its
+    # name (query_manager.py execute_query; the MICrONS tutorial's recorded answers).
     where = f"CAVE cell-type table {table!r}"
-    if "pt_root_id" not in frame.columns and "pt_root_id_ref" in frame.columns:
-        # Reference tables come joined to their nucleus table, whose columns may carry a suffix.
-        frame = frame.rename(columns={"pt_root_id_ref": "pt_root_id"})
     tables.require_columns(frame, tables.CELL_TYPE_REQUIRED, where)
     keep = [*tables.CELL_TYPE_REQUIRED, *tables.CELL_TYPE_OPTIONAL]
     if neuron_column and neuron_column not in keep:
@@ -675,18 +782,27 @@ def proofread_axon_root_ids(frame: pd.DataFrame, table: str) -> tuple[np.ndarray
     return ids, info
 
 
+def _tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """One answer's columns as the house tables hold them: the workflow's columns only, ids and
+    positions int64. Done per answer, so the query never holds a column it drops."""
+    where = f"CAVE synapse table {table!r}"
+    tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
+    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
+    frame = frame[keep]
+    # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
+    fractional = [c for c in keep if c.endswith(("_x", "_y", "_z"))
+                  and pd.api.types.is_float_dtype(frame[c])]
+    if fractional:
+        frame = frame.assign(**{c: frame[c].round() for c in fractional})
+    integer = [c for c in keep if c != "size"]
+    return tables.to_int64(frame, integer, where)
+
+
 def _tidy_synapses(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Every answer together: each synapse once, sorted by id."""
     where = f"CAVE synapse table {table!r}"
     if frame.empty:
         return pd.DataFrame(columns=tables.SYNAPSE_REQUIRED)
-    tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
-    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
-    frame = frame[keep].copy()
-    positions = [c for c in keep if c.endswith(("_x", "_y", "_z"))]
-    # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
-    frame[positions] = frame[positions].astype("float64").round()
-    integer = [c for c in keep if c != "size"]
-    frame = tables.to_int64(frame, integer, where)
     repeated = frame["id"].duplicated()
     if repeated.any():
         raise DataError(
@@ -696,21 +812,40 @@ def _tidy_synapses(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
+def _sample_keys(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 key per synapse id (SplitMix64's mixer of id and seed):
+    the same id and seed give the same key whatever else is queried with it."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(int(seed) % 2**64) * golden + golden
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 def cap_synapses_per_neuron(synapses: pd.DataFrame, max_per_neuron: int, seed: int) -> pd.DataFrame:
-    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample
-    (the same seed and table give the same rows); the result is sorted by synapse id."""
+    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample:
+    those with the smallest :func:`_sample_keys` of their ids. A neuron's sample depends only on
+    its own synapses and ``seed``, so capping batch by batch keeps the rows capping the whole
+    table keeps. The result is sorted by synapse id."""
     if max_per_neuron < 1:
         raise DataError(f"dataset.cave.max_synapses_per_neuron: {max_per_neuron} must be >= 1.")
-    ordered = synapses.sort_values("id", kind="stable")
-    shuffled = ordered.sample(frac=1.0, random_state=np.random.default_rng(seed))
-    kept = shuffled.groupby("pre_pt_root_id", sort=False).head(max_per_neuron)
-    return kept.sort_values("id", kind="stable").reset_index(drop=True)
+    ids = synapses["id"].to_numpy(dtype=np.int64)
+    pre = synapses["pre_pt_root_id"].to_numpy(dtype=np.int64)
+    order = np.lexsort((ids, _sample_keys(ids, seed), pre))  # by neuron, then key
+    pre_sorted = pre[order]
+    position = np.arange(len(order))
+    first = np.r_[True, pre_sorted[1:] != pre_sorted[:-1]] if len(order) else np.zeros(0, bool)
+    rank = position - np.maximum.accumulate(np.where(first, position, 0))
+    kept = np.sort(order[rank < max_per_neuron])
+    frame = synapses.iloc[kept]
+    return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def _check_settings(
     version: Any,
     batch_size: int,
-    max_rows_per_query: int | None,
+    max_rows_per_query: int,
     max_synapses_per_neuron: int | None,
     retries: int,
 ) -> None:
@@ -721,9 +856,9 @@ def _check_settings(
         ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
          "a whole number >= 1 (root ids per synapse query)"),
         ("max_rows_per_query", max_rows_per_query,
-         max_rows_per_query is None or (isinstance(max_rows_per_query, int)
-                                        and max_rows_per_query >= 1),
-         "null or a whole number >= 1 (the server's row limit)"),
+         isinstance(max_rows_per_query, int) and not isinstance(max_rows_per_query, bool)
+         and max_rows_per_query >= 1,
+         f"a whole number >= 1 (the server's row limit, {SERVER_ROW_LIMIT} on the public one)"),
         ("max_synapses_per_neuron", max_synapses_per_neuron,
          max_synapses_per_neuron is None or (isinstance(max_synapses_per_neuron, int)
                                              and max_synapses_per_neuron >= 1),

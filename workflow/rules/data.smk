@@ -37,9 +37,11 @@ rule query:
         f"{BENCHMARKS}/query.tsv"
     conda:
         "../../envs/synapse-ei.yaml"
+    # The CAVE query of all minnie65 neurons: about 7 GB peak and 3 minutes of client time
+    # (bench/query.py, BENCHMARKS.md); the server's own time per query comes on top.
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=10000 if config["dataset"]["source"] == "cave" else 4000,
+        runtime=180 if config["dataset"]["source"] == "cave" else 60,
     params:
         dataset=config["dataset"],
         synthetic_dir=f"{RESULTS}/synthetic",
