@@ -1028,19 +1028,18 @@ def gather(
                     f"split '{split}' / class '{label}': {len(planned)} planned, "
                     f"{len(planned) - n_ok} skipped {reasons or ''}".rstrip()
                 )
-    if empty:
-        raise DataError(
-            "cutouts: no usable cutout for " + "; ".join(empty) + ". Every split needs both "
-            "classes: add synapses of that class (more data or another split seed) or fix why "
-            "they were skipped (out_of_bounds usually means a position-unit mix-up or too "
-            "large a cutout)."
-        )
-
     shard_stats = []
     for shard_dir in shard_dirs:
         stats_path = Path(shard_dir) / "stats.json"
         if stats_path.is_file():
             shard_stats.append(read_json(stats_path))
+    if empty:
+        raise DataError(
+            "cutouts: no usable cutout for " + "; ".join(empty) + ". Every split needs both "
+            "classes: add synapses of that class (more data or another split seed) or fix why "
+            "they were skipped (out_of_bounds usually means a position-unit mix-up or too "
+            "large a cutout)." + _out_of_bounds_hint(skipped.to_dict(), shard_stats)
+        )
     n_skipped = int(len(everything) - len(ok))
     stats = {
         "shards": len(frames),
@@ -1083,22 +1082,28 @@ def skipped_summary(stats: dict) -> list[str]:
     return lines
 
 
+def _out_of_bounds_hint(skipped: dict, shard_stats: list[dict]) -> str:
+    """When most skipped synapses are out of bounds, the cutout size against the volume's."""
+    if not skipped or skipped.get(OUT_OF_BOUNDS, 0) < max(skipped.values()):
+        return ""
+    # The commonest cause: a cutout too large for where the synapses are, or wrong units.
+    sized = next((s for s in shard_stats if "volume_bounds" in s), None)
+    if sized is None:
+        return ""
+    extent = _cutout_extent(np.asarray(sized["size_2d"]), np.asarray(sized["size_3d"]))
+    size = np.subtract(sized["volume_bounds"][1], sized["volume_bounds"][0])
+    return (
+        f" out_of_bounds: the box around each synapse, {' x '.join(map(str, extent))} "
+        f"voxels (XYZ; cutout.size_2d {sized['size_2d']}, cutout.size_3d "
+        f"{sized['size_3d']}), must lie inside the volume ({' x '.join(map(str, size))} "
+        "voxels at cutout.mip): smaller cutouts keep more synapses; if nearly all are "
+        "out, check the positions' units (dataset.files.position_resolution)."
+    )
+
+
 def _too_many_skipped(stats: dict, shard_stats: list[dict]) -> str:
     """The message for a run that skipped more than ``cutout.max_skipped_fraction``."""
-    why = ""
-    if stats["skipped"].get(OUT_OF_BOUNDS, 0) >= max(stats["skipped"].values()):
-        # The commonest cause: a cutout too large for where the synapses are, or wrong units.
-        sized = next((s for s in shard_stats if "volume_bounds" in s), None)
-        if sized is not None:
-            extent = _cutout_extent(np.asarray(sized["size_2d"]), np.asarray(sized["size_3d"]))
-            size = np.subtract(sized["volume_bounds"][1], sized["volume_bounds"][0])
-            why = (
-                f" out_of_bounds: the box around each synapse, {' x '.join(map(str, extent))} "
-                f"voxels (XYZ; cutout.size_2d {sized['size_2d']}, cutout.size_3d "
-                f"{sized['size_3d']}), must lie inside the volume ({' x '.join(map(str, size))} "
-                "voxels at cutout.mip): smaller cutouts keep more synapses; if nearly all are "
-                "out, check the positions' units (dataset.files.position_resolution)."
-            )
+    why = _out_of_bounds_hint(stats["skipped"], shard_stats)
     return (
         "cutouts: " + " ".join(skipped_summary(stats)) + ", more than "
         f"cutout.max_skipped_fraction = {stats['max_skipped_fraction']}.{why} The shards' "
