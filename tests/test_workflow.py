@@ -93,6 +93,23 @@ def test_invalid_config_names_the_key(tmp_path):
 
 
 
+def test_a_files_source_must_state_its_position_resolution(tmp_path):
+    for name in ("synapses.parquet", "cell_types.parquet"):
+        (tmp_path / name).touch()  # never read by a dry run
+    files = {"synapses": "synapses.parquet", "cell_types": "cell_types.parquet",
+             "em_path": "precomputed://file:///nowhere"}
+    config, settings = tmp_path / "files.yaml", yaml.safe_load(MINI.read_text())
+    settings["dataset"] = {"source": "files", "files": files}
+    config.write_text(yaml.safe_dump(settings))
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert "dataset.files.position_resolution is not set" in result.stdout + result.stderr
+    files.update(position_resolution=[8, 8, 40], confirm_position_resolution=True)
+    config.write_text(yaml.safe_dump(settings))
+    assert "plan_cutouts" in job_counts(
+        snakemake(tmp_path, "-n", "--configfile", str(config)).stdout)
+
+
 def test_pretrained_weights_for_a_model_that_has_none_are_refused_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(MINI.read_text().replace(
