@@ -821,12 +821,15 @@ def cut_shard(
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
+    holes: dict[int, str] = {}  # auto takes tensorstore only where no chunk is missing
     if reader == "auto":
         reader = _pick_reader(ChunkReader(vol, info), union_start[todo], union_stop[todo])
         stats["reader"] = f"auto: {reader}"
+    elif reader == "tensorstore":
+        holes = _tensorstore_holes(ChunkReader(vol, info), union_start[todo], union_stop[todo],
+                                   ids[todo])
     if reader == "tensorstore":
         chunk_reader = ChunkReader(vol, info)
-        holes = _tensorstore_holes(chunk_reader, union_start[todo], union_stop[todo], ids[todo])
         view = open_tensorstore(info, lru_bytes,
                                 threads if threads is not None else len(os.sched_getaffinity(0)))
         boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]

@@ -432,6 +432,13 @@ def test_a_shard_with_too_many_synapses_in_holes_fails_naming_them(holey_volume,
         assert f"synapse id {damaged[0]}" in message or any(
             f"synapse id {i}:" in message for i in damaged)
         assert not (out / "manifest.parquet").exists() and not list(out.glob("*.tif"))
+    # Allowed to lose them all: no stacks, as for an empty shard, and the manifest says why.
+    blank = synapses[synapses["id"].map(expected) == "blank"]
+    stats = cut_shard(plan_shards(blank, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      tmp_path / "blank", max_skipped_fraction=1.0)
+    assert stats["written"] == 0 and stats["skipped"] == {"blank": len(blank)}
+    assert not list((tmp_path / "blank").glob("*.tif"))
+    assert pd.read_parquet(tmp_path / "blank" / "manifest.parquet")["path_3d"].isna().all()
     # Out-of-bounds synapses do not count against a shard: neighbours at an edge may all be.
     far = synapses[synapses["id"].map(expected).isin(["ok", "out_of_bounds"])]
     stats = cut_shard(plan_shards(far, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
@@ -453,7 +460,8 @@ def test_gather_counts_holes_per_split_and_class_and_training_sees_none(holey_vo
     assert stats["skipped_fraction"] == round(float((status != "ok").mean()), 4)
     for (split, label), group in synapses.assign(status=status).groupby(["split", "label"]):
         entry = stats["skipped_by_split"][split][label]
-        assert entry["planned"] == len(group) and entry["written"] == (group["status"] == "ok").sum()
+        assert entry["planned"] == len(group)
+        assert entry["written"] == (group["status"] == "ok").sum()
         assert entry["skipped"] == group.loc[group["status"] != "ok", "status"].value_counts(
             ).to_dict()
     lines = skipped_summary(stats)
