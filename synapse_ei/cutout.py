@@ -297,15 +297,19 @@ def _corrupt_chunk_error(
     a hole in the tissue is stored as no file (or a blank one), so a file that does not decode
     is far more likely a broken download or copy, which fetching it again repairs."""
     where = f"chunk {chunk!r}" if chunk else "a chunk"
+    prefix = info.path.rstrip("/") + "/"
+    if chunk and chunk.startswith(prefix):
+        fetch = f"`cloudfiles cp SOURCE/{chunk[len(prefix):]} {chunk}`"
+    else:
+        fetch = "`cloudfiles cp SOURCE/<scale>/<chunk> <this volume>/<scale>/<chunk>`"
     return DataError(
         f"EM volume {info.path!r} mip {info.mip}: {where} exists but cannot be decoded "
         f"({type(error).__name__}: {error}); synapse id {synapse_id} needs it, bbox "
         f"{_bbox_text(start, stop)}. A chunk that exists but does not decode is most likely a "
         "broken download or copy, not a hole in the tissue, so the shard stops instead of "
-        "skipping it. Fetch that file again from where the volume came from, e.g. "
-        "`cloudfiles cp SOURCE/<scale>/<chunk> <this volume>/<scale>/` with SOURCE the volume "
-        "it was copied from, then run the same snakemake command again: only the failed shard "
-        "reruns."
+        f"skipping it. Fetch that file again from where the volume came from, e.g. {fetch} "
+        "with SOURCE the volume it was copied from, then run the same snakemake command "
+        "again: only the failed shard reruns."
     )
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from cloudfiles import CloudFiles
+from cloudfiles import CloudFiles, compression
+from cloudfiles import exceptions as cf_exceptions
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume import exceptions as cv_exceptions
 from cloudvolume.datasource.precomputed.image import rx
@@ -125,6 +126,15 @@ def volume_info(vol: CloudVolume) -> VolumeInfo:
         ) from error
 
 
+#: What a sharded volume's read raises for data it fetched but cannot decode: cloud-volume's
+#: own errors, cloud-files' for a damaged compressed file, and the codecs' ``ValueError``.
+_UNDECODABLE = (
+    cv_exceptions.DecodingError,
+    cf_exceptions.DecompressionError,
+    ValueError,
+)
+
+
 class CorruptChunk(Exception):
     """A chunk whose file exists but cannot be read or decoded: ``url`` names it, ``error`` says
     what went wrong (cloud-volume re-raises its codec's own error, e.g. simplejpeg's
@@ -195,24 +205,32 @@ class ChunkReader:
     def read(self, index: Sequence[int]) -> np.ndarray:
         """Decode chunk ``index`` as an (X, Y, Z) array of the volume's dtype (first channel)."""
         start, stop = self.chunk_box(index)
-        try:
-            if self._sharded:
+        if self._sharded:
+            try:
                 array = np.asarray(
                     self.vol.download(Bbox(start, stop), mip=self.info.mip))[..., 0]
-            else:
-                name = self.chunk_name(index)
-                files = getattr(self._local, "files", None)
-                if files is None:  # one client per thread: cloud-files sessions are not shared
-                    files = self._local.files = CloudFiles(
-                        self.vol.meta.cloudpath, secrets=self.vol.config.secrets
-                    )
-                content = files.get(name)
+            except _UNDECODABLE as error:  # not network errors: those say nothing of the data
+                raise CorruptChunk(self.chunk_url(index), error) from error
+        else:
+            name = self.chunk_name(index)
+            files = getattr(self._local, "files", None)
+            if files is None:  # one client per thread: cloud-files sessions are not shared
+                files = self._local.files = CloudFiles(
+                    self.vol.meta.cloudpath, secrets=self.vol.config.secrets
+                )
+            # Fetched raw, decompressed here: a network error raises from get() as it is, and
+            # every error after it is the file's own (each codec raises its own type).
+            (fetched,) = files.get([name], raw=True)
+            try:
+                content = fetched["content"]
+                if content is not None:
+                    content = compression.decompress(content, fetched["compress"], name)
                 # fill_missing=False: empty content raises EmptyVolumeException, not zeros.
                 array = rx.decode(self.vol.meta, name, content, False, self.info.mip)[..., 0]
-        except cv_exceptions.EmptyVolumeException:
-            raise
-        except Exception as error:  # a codec's own error, a truncated .gz, a short raw chunk
-            raise CorruptChunk(self.chunk_url(index), error) from error
+            except cv_exceptions.EmptyVolumeException:
+                raise
+            except Exception as error:  # a truncated .gz, a short raw or jpeg chunk
+                raise CorruptChunk(self.chunk_url(index), error) from error
         with self._lock:
             self.decodes += 1
         return array

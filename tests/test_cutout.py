@@ -487,18 +487,30 @@ def test_a_corrupt_chunk_names_the_chunk_file_and_a_synapse(tmp_path):
     centres = synapses[CTR_COLUMNS].to_numpy() // np.array([2, 2, 1])
     hole = sorted(_union_chunks(centres[:1]))[0]
     chunk = tmp_path / "broken" / "8_8_40" / _chunk_file(*hole)
-    chunk.write_bytes(chunk.read_bytes()[:200])  # a download cut short: "Premature end of JPEG"
+    content = chunk.read_bytes()
+    chunk.write_bytes(content[: len(content) // 2])  # a download cut short
     for reader in ("chunks", "tensorstore", "per_synapse"):
         with pytest.raises(DataError) as error:
             cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
                       tmp_path / reader, reader=reader, max_skipped_fraction=1.0)
         message = str(error.value)
         assert "exists but cannot be decoded" in message and "cloudfiles cp" in message
+        assert "Premature end of JPEG file" in message  # simplejpeg's words, kept
         if reader != "per_synapse":  # cloud-volume's own read does not say which chunk
             assert f"{chunk.name}'" in message, reader
+            assert f"cloudfiles cp SOURCE/8_8_40/{chunk.name} {path}/8_8_40/{chunk.name}`" in (
+                message)
         synapse_id = int(message.split("synapse id ")[1].split(" ")[0])
         position = centres[synapses["id"].to_numpy() == synapse_id]
         assert hole in _union_chunks(position), reader
+    # cloud-volume's default gzip-compressed raw chunks: a .gz cut short is named too.
+    path, _, _ = make_volume(tmp_path, "gzip", with_mip1=False)
+    chunk = tmp_path / "gzip" / "8_8_40" / (_chunk_file(*hole) + ".gz")
+    content = chunk.read_bytes()
+    chunk.write_bytes(content[: len(content) // 2])
+    with pytest.raises(DataError, match=rf"{_chunk_file(*hole)}' exists but cannot be decoded"):
+        cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                  tmp_path / "gz", reader="chunks")
 
 
 def test_a_cutout_larger_than_the_volume_names_both_sizes(raw_volume, tmp_path):
