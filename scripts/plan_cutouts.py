@@ -16,6 +16,7 @@ from synapse_ei.io import read_json, write_parquet  # noqa: E402
 from synapse_ei.volume import open_volume, volume_info  # noqa: E402
 
 synapses = pd.read_parquet(snakemake.input.synapses)
+plan = plan_shards(synapses, n_shards=snakemake.params.shards)  # also checks ids and positions
 provenance = read_json(snakemake.input.provenance)
 # Read from the config, not rule params: they only decide whether the check passes, so
 # changing them must not rerun the plan and every cutout after it.
@@ -31,5 +32,4 @@ for warning in check_positions(
 ):
     logging.getLogger("plan_cutouts").warning(warning)
     print(f"plan_cutouts: warning: {warning}", file=console)
-plan = plan_shards(synapses, n_shards=snakemake.params.shards)
 write_parquet(snakemake.output.plan, plan)
