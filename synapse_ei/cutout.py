@@ -1,10 +1,13 @@
 """Cutting 2D patches and 3D cubes around synapses, one spatially coherent shard at a time.
 
-:func:`plan_shards` groups neighbouring synapses so a shard's reads share chunks;
-:func:`cut_shard` writes one shard's TIFF stacks, manifest and stats, reading every chunk the
-shard needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each
-evicted after its last use); :func:`gather` joins the shards and refuses a dataset with an
-empty split or class; :func:`open_stack` is the checked reader the training data loader uses.
+:func:`check_positions` asks, before any cutout job, whether the positions fit the volume at
+their stated resolution; :func:`plan_shards` groups neighbouring synapses so a shard's reads
+share chunks; :func:`cut_shard` writes one shard's TIFF stacks, manifest and stats, reading every
+chunk the shard needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache,
+each evicted after its last use) and skipping, with the reason in the manifest, synapses out of
+the volume's bounds, in its holes or in blank regions; :func:`gather` joins the shards and
+refuses a dataset with an empty split or class or too many skipped synapses; :func:`open_stack`
+is the checked reader the training data loader uses.
 
 A shard stores each kind of cutout in one TIFF stack: ``2d.tif`` holds (N, Y, X), ``3d.tif``
 (N, Z, Y, X), raw uint8 EM values exactly as stored (no normalisation), row ``stack_index`` of
