@@ -15,6 +15,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+from synapse_ei.config_checks import require_position_resolution
+
+# Before the schema, whose message for a missing key is a dump of the schema.
+require_position_resolution(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 # Snakemake compares a rule's params with the last run's as text: with every key sorted, a
 # config file whose keys are merely reordered (or defaults filled in) reruns nothing.

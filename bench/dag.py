@@ -52,6 +52,7 @@ def write_dataset(root: Path, n: int, seed: int = 0) -> dict:
             "cell_types": str(root / "cell_types.parquet"),
             # Never opened while planning: only the cutout jobs read the volume.
             "em_path": f"precomputed://file://{root / 'em'}",
+            "position_resolution": [4, 4, 40],
         },
     }
 

@@ -20,4 +20,7 @@ cut_shard(
     size_3d=tuple(snakemake.params.size_3d),
     out_dir=snakemake.output.shard,
     reader=snakemake.params.reader,
+    # Read from the config, not a rule param: it only decides whether the shard fails, so
+    # raising it after a failure must not rerun the shards that passed.
+    max_skipped_fraction=snakemake.config["cutout"]["max_skipped_fraction"],
 )

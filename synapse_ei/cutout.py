@@ -1,10 +1,13 @@
 """Cutting 2D patches and 3D cubes around synapses, one spatially coherent shard at a time.
 
-:func:`plan_shards` groups neighbouring synapses so a shard's reads share chunks;
-:func:`cut_shard` writes one shard's TIFF stacks, manifest and stats, reading every chunk the
-shard needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache, each
-evicted after its last use); :func:`gather` joins the shards and refuses a dataset with an
-empty split or class; :func:`open_stack` is the checked reader the training data loader uses.
+:func:`check_positions` asks, before any cutout job, whether the positions fit the volume at
+their stated resolution; :func:`plan_shards` groups neighbouring synapses so a shard's reads
+share chunks; :func:`cut_shard` writes one shard's TIFF stacks, manifest and stats, reading every
+chunk the shard needs once (:func:`iter_boxes`: chunks decoded in parallel into a bounded cache,
+each evicted after its last use) and skipping, with the reason in the manifest, synapses out of
+the volume's bounds, in its holes or in blank regions; :func:`gather` joins the shards and
+refuses a dataset with an empty split or class or too many skipped synapses; :func:`open_stack`
+is the checked reader the training data loader uses.
 
 A shard stores each kind of cutout in one TIFF stack: ``2d.tif`` holds (N, Y, X), ``3d.tif``
 (N, Z, Y, X), raw uint8 EM values exactly as stored (no normalisation), row ``stack_index`` of
@@ -38,6 +41,7 @@ from synapse_ei.io import atomic_path, read_json, write_json, write_parquet
 from synapse_ei.tables import CTR, LABELS, SPLITS, require_columns
 from synapse_ei.volume import (
     ChunkReader,
+    CorruptChunk,
     VolumeInfo,
     missing_chunks,
     open_tensorstore,
@@ -49,8 +53,21 @@ from synapse_ei.volume import (
 log = logging.getLogger(__name__)
 
 OK = "ok"
-OUTSIDE_VOLUME = "outside_volume"
-MANIFEST_COLUMNS = ["status", "path_2d", "path_3d", "stack_index"]
+#: Why a synapse has no cutout (its manifest ``status``): its box leaves the volume's bounds;
+#: its box needs a chunk the volume lacks (a hole in the tissue or the upload); its patch or
+#: cube is constant (a blank region: no image there).
+OUT_OF_BOUNDS = "out_of_bounds"
+MISSING_CHUNK = "missing_chunk"
+BLANK = "blank"
+SKIP_REASONS = (OUT_OF_BOUNDS, MISSING_CHUNK, BLANK)
+#: The reasons that say the volume is damaged where a synapse lies: a shard fails when more
+#: than ``max_skipped_fraction`` of its synapses have one. Out-of-bounds synapses are judged
+#: on the gathered totals instead, since a shard of neighbours at the volume's edge may
+#: rightly lose many.
+DAMAGED = (MISSING_CHUNK, BLANK)
+#: The default of ``cutout.max_skipped_fraction`` (the schema holds the config default).
+DEFAULT_MAX_SKIPPED_FRACTION = 0.05
+MANIFEST_COLUMNS = ["status", "skip_detail", "path_2d", "path_3d", "stack_index"]
 #: The cutout kinds, and the name of each kind's TIFF stack in a shard directory.
 STACK_NAMES = {"2d": "2d.tif", "3d": "3d.tif"}
 #: The axes of a stack of each kind (tifffile's shaped metadata): Q counts the synapses.
@@ -148,6 +165,86 @@ def plan_shards(synapses: pd.DataFrame, n_shards: int) -> pd.DataFrame:
     return planned
 
 
+#: Below this share of the volume's xy area inside the positions' bounding box, the planner
+#: warns that the positions cover a small corner of the volume.
+SMALL_CORNER = 0.25
+
+
+def check_positions(
+    synapses: pd.DataFrame,
+    info: VolumeInfo,
+    position_resolution: Sequence[float],
+    *,
+    ask_to_confirm: bool,
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
+) -> list[str]:
+    """Check, before any cutout job, that the synapse centres fit EM volume ``info`` at their
+    stated ``position_resolution``; return warnings.
+
+    Raises :class:`DataError` when more than ``max_skipped_fraction`` of the centres lie
+    outside the volume (the gather would refuse the run anyway), naming a resolution twice or
+    half as fine in x and y at which they would fit. With ``ask_to_confirm`` (a source whose
+    units the user states: ``files``), also raises when the centres would fit the volume at
+    twice the resolution in x and y as well: then they lie in the corner of the volume nearest
+    its origin, as an 8x8x40 nm export read as 4x4x40 does on a volume that starts at 0, and
+    only the user can tell which it is (``dataset.files.confirm_position_resolution``). A
+    small corner alone (less than :data:`SMALL_CORNER` of the volume's xy area), which a
+    region's export also covers, is a warning.
+    """
+    positions = synapses[CTR].to_numpy()
+    if len(positions) == 0:
+        return []
+    stated = np.asarray(position_resolution, dtype=np.float64)
+
+    def inside_at(scale: float) -> tuple[float, np.ndarray]:
+        res = stated * np.array([scale, scale, 1.0])
+        centres = table_to_volume_voxels(positions, res, info.resolution)
+        inside = np.all(centres >= info.bounds_start, axis=1) & np.all(
+            centres < info.bounds_stop, axis=1)
+        return float(inside.mean()), centres
+
+    need = 1.0 - max_skipped_fraction
+    (fits, centres), (fits_2x, _), (fits_half, _) = inside_at(1.0), inside_at(2.0), inside_at(0.5)
+    lo, hi = centres.min(axis=0), centres.max(axis=0) + 1
+    where = (
+        f"At position_resolution {stated.tolist()} nm the {len(positions)} synapse centres "
+        f"span {_bbox_text(lo, hi)} of EM volume {info.path!r} at mip {info.mip} "
+        f"({info.resolution} nm), which covers {_bbox_text(info.bounds_start, info.bounds_stop)}"
+    )
+    if fits < need:
+        other = [(scale, share) for scale, share in ((2.0, fits_2x), (0.5, fits_half))
+                 if share >= need]
+        hint = "".join(
+            f" At {(stated * [scale, scale, 1]).tolist()} nm, {share:.0%} would be inside: if "
+            "that is the export's resolution, set dataset.files.position_resolution to it."
+            for scale, share in other)
+        raise DataError(
+            f"{where}: {1 - fits:.0%} of them lie outside it, more than "
+            f"cutout.max_skipped_fraction = {max_skipped_fraction}.{hint} Check the units of "
+            "the positions (CAVE tables use 4x4x40 nm voxels; nm are 1x1x1) and that the "
+            "tables and the volume are of the same dataset."
+        )
+    span = (hi - lo)[:2] / np.asarray(info.size)[:2]
+    coverage = float(np.prod(np.clip(span, 0, 1)))
+    if ask_to_confirm and fits_2x >= need:
+        raise DataError(
+            f"{where}: they fit inside it, but would fit as well at "
+            f"{(stated * [2, 2, 1]).tolist()} nm, covering {coverage:.0%} of its xy area now. "
+            "Positions at twice the stated resolution (e.g. an 8x8x40 nm export read as "
+            "4x4x40) look exactly like this, and every cutout would then come from the wrong "
+            "place. Check the export's units (a synapse you know, or a few cutouts in "
+            "napari): if they are at a resolution other than the stated one, set "
+            "dataset.files.position_resolution to it; if the stated one is right, set "
+            "dataset.files.confirm_position_resolution: true and run again."
+        )
+    if coverage < SMALL_CORNER:
+        return [
+            f"{where}: they cover {coverage:.0%} of its xy area. If the table holds a whole "
+            "dataset, not a region's synapses, check dataset.files.position_resolution."
+        ]
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # Cutting one shard
 # --------------------------------------------------------------------------------------------
@@ -184,43 +281,66 @@ def _bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
     return f"[{start[0]}:{stop[0]}, {start[1]}:{stop[1]}, {start[2]}:{stop[2]}] (XYZ voxels)"
 
 
-#: What cloud-volume raises for a chunk it cannot give: missing, or undecodable.
-_CHUNK_ERRORS = (
-    cv_exceptions.EmptyVolumeException,
-    cv_exceptions.DecodingError,
-    cv_exceptions.DecompressionError,
-)
+class SkippedSynapse(Exception):
+    """Raised by a crop whose synapse gets no cutout: ``reason`` is its manifest status (one of
+    :data:`SKIP_REASONS`), ``detail`` what the manifest's ``skip_detail`` says (which chunk)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
-def _chunk_error(
-    error: Exception, info: VolumeInfo, start: np.ndarray, stop: np.ndarray, synapse_id: Any
+def _corrupt_chunk_error(
+    info: VolumeInfo, chunk: str | None, synapse_id: Any, start: np.ndarray, stop: np.ndarray,
+    error: Exception,
 ) -> DataError:
-    """The DataError for a chunk that cannot be read inside the box of synapse ``synapse_id``."""
-    if isinstance(error, cv_exceptions.EmptyVolumeException):
-        return DataError(
-            f"EM volume {info.path!r} mip {info.mip}: chunk(s) missing inside the volume bounds "
-            f"for synapse id {synapse_id}, bbox {_bbox_text(start, stop)} ({error}). The upload "
-            "is incomplete: re-create the volume, or drop the synapses in that region."
-        )
+    """The DataError for a chunk that exists but cannot be decoded, inside the box of synapse
+    ``synapse_id``. Such a chunk fails its shard rather than being skipped like a missing one:
+    a hole in the tissue is stored as no file (or a blank one), so a file that does not decode
+    is far more likely a broken download or copy, which fetching it again repairs."""
+    where = f"chunk {chunk!r}" if chunk else "a chunk"
+    prefix = info.path.rstrip("/") + "/"
+    if chunk and chunk.startswith(prefix):
+        fetch = f"`cloudfiles cp SOURCE/{chunk[len(prefix):]} {chunk}`"
+    else:
+        fetch = "`cloudfiles cp SOURCE/<scale>/<chunk> <this volume>/<scale>/<chunk>`"
     return DataError(
-        f"EM volume {info.path!r} mip {info.mip}: a chunk cannot be decoded for synapse id "
-        f"{synapse_id}, bbox {_bbox_text(start, stop)} ({error}). Re-create that chunk."
+        f"EM volume {info.path!r} mip {info.mip}: {where} exists but cannot be decoded "
+        f"({type(error).__name__}: {error}); synapse id {synapse_id} needs it, bbox "
+        f"{_bbox_text(start, stop)}. A chunk that exists but does not decode is most likely a "
+        "broken download or copy, not a hole in the tissue, so the shard stops instead of "
+        f"skipping it. Fetch that file again from where the volume came from, e.g. {fetch} "
+        "with SOURCE the volume it was copied from, then run the same snakemake command "
+        "again: only the failed shard reruns."
     )
+
+
+#: ``crop(start, stop)``: the XYZ box ``[start, stop)`` as a C-contiguous (Z, Y, X) array;
+#: raises :class:`SkippedSynapse` if the synapse's box cannot be read (a missing chunk).
+Crop = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _skip_crop(reason: str, detail: str) -> Crop:
+    """A crop of a synapse that gets no cutout: calling it raises :class:`SkippedSynapse`."""
+
+    def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        raise SkippedSynapse(reason, detail)
+
+    return crop
 
 
 def _read_box(
     vol: Any, info: VolumeInfo, start: np.ndarray, stop: np.ndarray, synapse_id: Any
-) -> np.ndarray:
-    """Read the XYZ box ``[start, stop)`` as a uint8 (X, Y, Z) array; missing data -> DataError."""
+) -> Crop:
+    """Crops of the XYZ box ``[start, stop)``, read with one cloud-volume call."""
     try:
         cutout = vol[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
-    except _CHUNK_ERRORS as error:
-        raise _chunk_error(error, info, start, stop, synapse_id) from error
-    return np.asarray(cutout)[..., 0]
-
-
-#: ``crop(start, stop)``: the XYZ box ``[start, stop)`` as a C-contiguous (Z, Y, X) array.
-Crop = Callable[[np.ndarray, np.ndarray], np.ndarray]
+    except cv_exceptions.EmptyVolumeException as error:
+        return _skip_crop(MISSING_CHUNK, f"chunk(s) missing in {error}")
+    except Exception as error:  # cloud-volume re-raises the codec's own error type
+        raise _corrupt_chunk_error(info, None, synapse_id, start, stop, error) from error
+    return _crop_of(np.asarray(cutout)[..., 0], start)
 
 
 def _crop_of(box: np.ndarray, origin: np.ndarray) -> Crop:
@@ -253,8 +373,10 @@ def iter_boxes(
     in waves, ``threads`` at a time, into a cache of at most ``cache_bytes`` (raised, if need
     be, to what the largest single box touches); if the cache fills, the chunk needed again
     latest is dropped first (Belady's rule) and read again later, so memory stays bounded.
-    A missing or undecodable chunk raises :class:`DataError` naming the first synapse (from
-    ``ids``) whose box needs it.
+    A box that needs a missing chunk (a hole in the volume) yields a crop that raises
+    :class:`SkippedSynapse` (``missing_chunk``, naming the chunk), and the chunk is not asked
+    for again; a chunk that exists but cannot be decoded raises :class:`DataError` naming its
+    file and the first synapse (from ``ids``) whose box needs it.
     """
     starts, stops = np.asarray(starts), np.asarray(stops)
     needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
@@ -268,6 +390,7 @@ def iter_boxes(
     wave_new = max(1, 4 * int(threads))  # enough reads in flight to keep every thread busy
     # key -> (first voxel of the chunk as plain ints, decoded chunk)
     cache: dict[tuple, tuple[tuple[int, int, int], np.ndarray]] = {}
+    missing: set[tuple] = set()  # chunks found missing: a hole, read once
     done = len(needs)
 
     def upcoming(key: tuple) -> int:
@@ -288,7 +411,8 @@ def iter_boxes(
             end, wave, new = k, set(), []
             while end < done:
                 keys = needs[end]
-                fresh = [key for key in keys if key not in cache and key not in wave]
+                fresh = [key for key in keys
+                         if key not in cache and key not in wave and key not in missing]
                 if end > k and (len(new) + len(fresh) > wave_new
                                 or len(wave | set(keys)) > capacity):
                     break
@@ -303,18 +427,31 @@ def iter_boxes(
             for key in new:
                 try:
                     chunk = pending[key]()
-                except _CHUNK_ERRORS as error:
+                except cv_exceptions.EmptyVolumeException:
+                    missing.add(key)
+                    continue
+                except CorruptChunk as error:
                     first = next(j for j in range(k, end) if key in needs[j])
-                    raise _chunk_error(error, reader.info, starts[first], stops[first],
-                                       ids[first]) from error
+                    raise _corrupt_chunk_error(reader.info, error.url, ids[first], starts[first],
+                                               stops[first], error.error) from error
                 cache[key] = (tuple(map(int, reader.chunk_box(key)[0])), chunk)
             for j in range(k, end):
-                yield j, _chunk_crop(reader.info.dtype, [cache[key] for key in needs[j]])
+                holes = [key for key in needs[j] if key in missing]
+                if holes:
+                    yield j, _skip_crop(MISSING_CHUNK, _missing_detail(reader, holes))
+                else:
+                    yield j, _chunk_crop(reader.info.dtype, [cache[key] for key in needs[j]])
                 for key in needs[j]:
                     next_use[key] += 1
                     if upcoming(key) == done:
-                        del cache[key]
+                        cache.pop(key, None)
             k = end
+
+
+def _missing_detail(reader: ChunkReader, keys: Sequence[tuple]) -> str:
+    """What a manifest row says of the missing chunks ``keys`` its box needs."""
+    more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+    return f"chunk {reader.chunk_name(keys[0])} missing{more}"
 
 
 def _chunk_crop(dtype: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]]) -> Crop:
@@ -361,30 +498,32 @@ def _pick_reader(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> 
     return "tensorstore"
 
 
-def _require_chunk_files(
+def _tensorstore_holes(
     reader: ChunkReader, starts: np.ndarray, stops: np.ndarray, ids: Sequence[Any]
-) -> None:
-    """Refuse boxes that need a chunk tensorstore would read as zeros: missing, or stored as
-    cloud-volume's gzip-compressed ``.gz`` file. Names the first synapse that needs one."""
-    needs, missing = _tensorstore_misreads(reader, starts, stops)
-    if not missing:
-        return
-    k = next(k for k, keys in enumerate(needs) if missing.keys() & set(keys))
-    key = next(key for key in needs[k] if key in missing)
-    where = (f"synapse id {ids[k]}, bbox {_bbox_text(starts[k], stops[k])}: chunk "
-             f"{reader.chunk_name(key)!r}")
-    if missing[key] == "gzip":
+) -> dict[int, str]:
+    """The boxes (by position) that need a missing chunk, each with its manifest detail:
+    tensorstore would read those chunks as zeros, so their synapses are skipped as
+    ``missing_chunk`` without a read. Refuses, naming the first synapse that needs one, boxes
+    that need a chunk stored as cloud-volume's gzip-compressed ``.gz`` file, which tensorstore
+    would also read as zeros although the data is there."""
+    needs, misreads = _tensorstore_misreads(reader, starts, stops)
+    gzipped = {key for key, why in misreads.items() if why == "gzip"}
+    if gzipped:
+        k = next(k for k, keys in enumerate(needs) if gzipped & set(keys))
+        key = next(key for key in needs[k] if key in gzipped)
         raise DataError(
-            f"EM volume {reader.info.path!r} mip {reader.info.mip}: {where} is stored "
+            f"EM volume {reader.info.path!r} mip {reader.info.mip}: synapse id {ids[k]}, bbox "
+            f"{_bbox_text(starts[k], stops[k])}: chunk {reader.chunk_name(key)!r} is stored "
             "gzip-compressed (.gz), as cloud-volume writes raw chunks by default; tensorstore "
-            f"would read it, and {len(missing)} chunk(s) like it, as zeros. Use cutout.reader: "
+            f"would read it, and {len(gzipped)} chunk(s) like it, as zeros. Use cutout.reader: "
             "chunks, or write the volume with compress=False."
         )
-    raise DataError(
-        f"EM volume {reader.info.path!r} mip {reader.info.mip}: {where} is missing inside the "
-        f"volume bounds ({len(missing)} missing chunk(s) in this shard). The upload is "
-        "incomplete: re-create the volume, or drop the synapses in that region."
-    )
+    holes = {}
+    for k, keys in enumerate(needs):
+        missing = [key for key in keys if key in misreads]
+        if missing:
+            holes[k] = _missing_detail(reader, missing)
+    return holes
 
 
 def iter_tensorstore_boxes(
@@ -393,25 +532,40 @@ def iter_tensorstore_boxes(
     ids: Sequence[Any],
     volume: str,
     ahead: int = TENSORSTORE_AHEAD,
+    *,
+    holes: dict[int, str] | None = None,
+    chunk_reader: ChunkReader | None = None,
 ) -> Iterator[tuple[int, Crop]]:
     """Yield ``(k, crop)`` for each ``k``, where ``crop(start, stop)`` is the XYZ box
     ``[start, stop)``, one of ``boxes[k]``, read through the tensorstore ``view`` (indexed
     ``[z, y, x]``) as a (Z, Y, X) array; the reads of ``ahead`` synapses are in flight at once,
     so tensorstore's threads decode while the caller writes. ``volume`` names the volume in
-    errors."""
+    errors. Boxes ``k`` in ``holes`` (from :func:`_tensorstore_holes`) are not read: their crop
+    raises :class:`SkippedSynapse`. A read that fails raises :class:`DataError`; with
+    ``chunk_reader`` it names the chunk, found by decoding the box's chunks one by one."""
+    holes = holes or {}
 
     def submit(k: int) -> dict[tuple, Any]:
-        reads = {}
+        reads: dict[tuple, Any] = {}
+        if k in holes:
+            return reads
         for start, stop in boxes[k]:
             (x0, y0, z0), (x1, y1, z1) = map(int, start), map(int, stop)
             reads[(x0, y0, z0, x1, y1, z1)] = view[z0:z1, y0:y1, x0:x1].read()
         return reads
 
     def crop_of(k: int, reads: dict[tuple, Any]) -> Crop:
+        if k in holes:
+            return _skip_crop(MISSING_CHUNK, holes[k])
+
         def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
             try:
                 array = reads[(*map(int, start), *map(int, stop))].result()
             except Exception as error:  # tensorstore raises ValueError and its own errors
+                corrupt = _find_corrupt_chunk(chunk_reader, start, stop)
+                if corrupt is not None:
+                    raise _corrupt_chunk_error(chunk_reader.info, corrupt.url, ids[k], start,
+                                               stop, corrupt.error) from error
                 raise DataError(
                     f"EM volume {volume!r}: tensorstore cannot read synapse id {ids[k]}, bbox "
                     f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
@@ -435,17 +589,29 @@ def iter_tensorstore_boxes(
         yield k, crop_of(k, reads)
 
 
-def _require_content(
-    array: np.ndarray, kind: str, synapse_id: Any, info: VolumeInfo, start, stop
-) -> None:
-    """A constant cutout means the volume has no image there: refuse it rather than train on it."""
+def _find_corrupt_chunk(
+    reader: ChunkReader | None, start: np.ndarray, stop: np.ndarray
+) -> CorruptChunk | None:
+    """The first chunk of the box ``[start, stop)`` that cloud-volume cannot decode (the chunk
+    behind a failed tensorstore read), or None."""
+    if reader is None:
+        return None
+    for key in reader.chunks_of(start, stop):
+        try:
+            reader.read(key)
+        except CorruptChunk as error:
+            return error
+        except cv_exceptions.EmptyVolumeException:
+            continue
+    return None
+
+
+def _blank(array: np.ndarray, kind: str) -> str | None:
+    """What a manifest row says of a constant cutout (the volume holds no image there: such a
+    cutout is skipped, never trained on), or None."""
     if array.min() == array.max():
-        raise DataError(
-            f"synapse id {synapse_id}: its {kind} at bbox {_bbox_text(start, stop)} of "
-            f"{info.path!r} mip {info.mip} is constant (every voxel = {int(array.flat[0])}): the "
-            "volume holds no image data there. Check the volume and the synapse positions, or "
-            "drop synapses outside the imaged region."
-        )
+        return f"{kind} constant (every voxel = {int(array.flat[0])})"
+    return None
 
 
 def _stack_options(kind: str) -> dict[str, Any]:
@@ -453,14 +619,32 @@ def _stack_options(kind: str) -> dict[str, Any]:
     return {"photometric": "minisblack", "metadata": {"axes": STACK_AXES[kind]}}
 
 
-def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> None:
+def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> int:
     """Write the header of an uncompressed uint8 TIFF stack of ``shape`` to the open ``file``
     and leave it at the start of the pixel data, so the cutouts are then appended in order with
-    ``file.write``: sequential writes, cheaper than faulting in the pages of a memory map."""
+    ``file.write``: sequential writes, cheaper than faulting in the pages of a memory map.
+    Returns the offset of the pixel data."""
     shape = tuple(int(n) for n in shape)
     offset, _ = tifffile.imwrite(file, shape=shape, dtype=np.uint8, returnoffset=True,
                                  **_stack_options(kind))
     file.seek(offset)
+    return int(offset)
+
+
+def _shrink_stack(path: Path, kind: str, offset: int, shape: tuple[int, ...]) -> None:
+    """Rewrite the stack at ``path``, whose header was written for more cutouts than it got
+    (some synapses were skipped while reading), as a stack of its first ``shape[0]`` cutouts:
+    the header must state how many there are. Copies sequentially, a block at a time."""
+    with atomic_path(path) as tmp, open(path, "rb") as old, open(tmp, "r+b") as new:
+        _start_stack(new, kind, shape)
+        old.seek(offset)
+        remaining = int(np.prod(shape))
+        while remaining:
+            block = old.read(min(remaining, 64 * 2**20))
+            if not block:
+                raise OSError(f"{path}: ended {remaining} bytes early while shrinking it")
+            new.write(block)
+            remaining -= len(block)
 
 
 def write_stack(path: str | Path, kind: str, array: np.ndarray) -> None:
@@ -474,22 +658,60 @@ def write_stack(path: str | Path, kind: str, array: np.ndarray) -> None:
         tifffile.imwrite(tmp, array, **_stack_options(kind))
 
 
+def _cutout_extent(patch_size: np.ndarray, cube_size: np.ndarray) -> np.ndarray:
+    """XYZ voxels of the union box read per synapse: the patch and the cube around a centre."""
+    return np.maximum(np.array([patch_size[0], patch_size[1], 1]), cube_size)
+
+
+def check_cutout_fits(
+    patch_size: Sequence[int], cube_size: Sequence[int], info: VolumeInfo
+) -> None:
+    """Refuse cutout sizes larger than the volume on some axis, naming both sizes: no synapse
+    could then be cut, whatever its position."""
+    extent = _cutout_extent(np.asarray(patch_size), np.asarray(cube_size))
+    size = np.asarray(info.size)
+    too_big = [axis for k, axis in enumerate("xyz") if extent[k] > size[k]]
+    if too_big:
+        raise DataError(
+            f"cutout.size_2d {list(map(int, patch_size))} and cutout.size_3d "
+            f"{list(map(int, cube_size))} need a box of {' x '.join(map(str, extent))} voxels "
+            f"(XYZ) around each synapse, larger than EM volume {info.path!r} at mip {info.mip} "
+            f"({' x '.join(map(str, size))} voxels) along {', '.join(too_big)}: no cutout fits "
+            "in the volume. Set cutout.size_2d / cutout.size_3d to at most the volume's size, "
+            "or choose a finer cutout.mip."
+        )
+
+
 def _outside_message(
     rows: pd.DataFrame,
     centres: np.ndarray,
     position_resolution: Sequence[float],
     info: VolumeInfo,
+    extent: np.ndarray,
 ) -> str:
     table = rows[CTR].to_numpy()
     lo, hi = table.min(axis=0), table.max(axis=0)
     vlo, vhi = centres.min(axis=0), centres.max(axis=0)
-    return (
+    where = (
         f"every one of the {len(rows)} synapse(s) of this shard lies outside EM volume "
         f"{info.path!r} at mip {info.mip}. Their positions span x {lo[0]}..{hi[0]}, "
         f"y {lo[1]}..{hi[1]}, z {lo[2]}..{hi[2]} table voxels at {tuple(position_resolution)} nm, "
         f"i.e. x {vlo[0]}..{vhi[0]}, y {vlo[1]}..{vhi[1]}, z {vlo[2]}..{vhi[2]} volume voxels at "
         f"{info.resolution} nm, but the volume covers "
-        f"{_bbox_text(info.bounds_start, info.bounds_stop)}. The position units are probably "
+        f"{_bbox_text(info.bounds_start, info.bounds_stop)}."
+    )
+    centres_inside = np.all(centres >= info.bounds_start, axis=1) & np.all(
+        centres < info.bounds_stop, axis=1)
+    if centres_inside.any():
+        # The positions are in the volume; the boxes around them are not: blame the size.
+        return (
+            f"{where} {int(centres_inside.sum())} of their centres are inside it, but every "
+            f"cutout box of {' x '.join(map(str, extent))} voxels (XYZ) around them leaves "
+            f"the volume ({' x '.join(map(str, info.size))} voxels). Use smaller "
+            "cutout.size_2d / cutout.size_3d."
+        )
+    return (
+        f"{where} The position units are probably "
         "mixed up: positions in nm, or in 8x8x40 nm voxels, instead of the stated "
         "position_resolution (CAVE tables use 4x4x40 nm voxels). Fix position_resolution or "
         "convert the positions."
@@ -517,6 +739,7 @@ def cut_shard(
     lru_bytes: int = DEFAULT_LRU_BYTES,
     reader: str = "auto",
     threads: int | None = None,
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
 ) -> dict:
     """Cut the 2D patch and 3D cube of every synapse in ``plan`` whose ``shard`` is ``shard``.
 
@@ -529,19 +752,23 @@ def cut_shard(
     :data:`DEFAULT_READ_THREADS` for a remote one, at most ``lru_bytes`` of decoded chunks);
     "tensorstore" reads the patch and cube of :data:`TENSORSTORE_AHEAD` synapses at a time
     through tensorstore (``threads`` decoding threads, by default the CPUs this job may use;
-    a chunk cache of ``lru_bytes``), after checking that every chunk the shard needs has a file
-    it can read; "auto" (the default) is "tensorstore" where that check passes on an unsharded
-    volume, else "chunks" (``stats["reader"]`` says which); "per_synapse" reads each box with
-    its own cloud-volume call. All write the same bytes. Reading overlaps cutting and writing,
-    which one writer thread does.
+    a chunk cache of ``lru_bytes``), after checking which chunks the shard needs have a file
+    it can read; "auto" (the default) is "tensorstore" where every needed chunk has such a
+    file on an unsharded volume, else "chunks" (``stats["reader"]`` says which); "per_synapse"
+    reads each box with its own cloud-volume call. All write the same bytes. Reading overlaps
+    cutting and writing, which one writer thread does.
 
     Writes the TIFF stacks ``out_dir/2d.tif`` ((N, Y, X) uint8) and ``out_dir/3d.tif``
     ((N, Z, Y, X) uint8), ``out_dir/manifest.parquet`` (every planned row + ``status``,
-    ``path_2d``, ``path_3d``: the stacks relative to ``out_dir.parent.parent``, and
-    ``stack_index``, the row in the stacks) and ``out_dir/stats.json``; returns the stats.
-    Synapses whose box leaves the volume are skipped as ``outside_volume``; if all are, a
-    :class:`DataError` names the likely unit mix-up. Missing chunks and constant cutouts raise
-    :class:`DataError` naming the synapse and the box.
+    ``skip_detail``, ``path_2d``, ``path_3d``: the stacks relative to ``out_dir.parent.parent``,
+    and ``stack_index``, the row in the stacks) and ``out_dir/stats.json``; returns the stats.
+    A synapse gets no cutout, and its ``status`` says why (:data:`SKIP_REASONS`), when its box
+    leaves the volume (``out_of_bounds``), needs a chunk the volume lacks (``missing_chunk``)
+    or its patch or cube is constant (``blank``); the stacks hold only the written ones. A
+    :class:`DataError` names the cause when every synapse is out of bounds (the cutout size
+    against the volume's, or the likely unit mix-up), when more than ``max_skipped_fraction``
+    of the shard's synapses are ``missing_chunk`` or ``blank`` (naming them), and when a chunk
+    that exists cannot be decoded (naming the chunk and a synapse).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -579,6 +806,7 @@ def cut_shard(
             f"{vol.num_channels} channel(s) of {info.dtype}. Point the source at the EM image "
             "layer."
         )
+    check_cutout_fits(patch_size, cube_size, info)
 
     centres = table_to_volume_voxels(rows[CTR].to_numpy(), position_resolution, info.resolution)
     boxes = cutout_boxes(centres, patch_size, cube_size)
@@ -589,27 +817,33 @@ def cut_shard(
         union_stop <= info.bounds_stop, axis=1
     )
     if not inside.any():
-        raise DataError(_outside_message(rows, centres, position_resolution, info))
+        raise DataError(_outside_message(rows, centres, position_resolution, info,
+                                         _cutout_extent(patch_size, cube_size)))
 
-    status = np.full(len(rows), OUTSIDE_VOLUME, dtype=object)
+    status = np.full(len(rows), OUT_OF_BOUNDS, dtype=object)
+    detail = np.full(len(rows), None, dtype=object)
+    detail[~inside] = "box leaves the volume bounds"
     stack_index = np.full(len(rows), -1, dtype=np.int64)
     ids = rows["id"].to_numpy()
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
+    holes: dict[int, str] = {}  # auto takes tensorstore only where no chunk is missing
     if reader == "auto":
         reader = _pick_reader(ChunkReader(vol, info), union_start[todo], union_stop[todo])
         stats["reader"] = f"auto: {reader}"
     elif reader == "tensorstore":
-        _require_chunk_files(ChunkReader(vol, info), union_start[todo], union_stop[todo],
-                             ids[todo])
+        holes = _tensorstore_holes(ChunkReader(vol, info), union_start[todo], union_stop[todo],
+                                   ids[todo])
     if reader == "tensorstore":
+        chunk_reader = ChunkReader(vol, info)
         view = open_tensorstore(info, lru_bytes,
                                 threads if threads is not None else len(os.sched_getaffinity(0)))
         boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]
                     for i in todo]
         reads = ((todo[k], crop)
-                 for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo], info.path))
+                 for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo], info.path,
+                                                       holes=holes, chunk_reader=chunk_reader))
     elif reader == "chunks":
         chunk_reader = ChunkReader(vol, info)
         if threads is None:
@@ -622,63 +856,104 @@ def cut_shard(
             )
         )
     else:
-        reads = (
-            (i, _crop_of(_read_box(vol, info, union_start[i], union_stop[i], ids[i]),
-                         union_start[i]))
-            for i in todo
-        )
+        reads = ((i, _read_box(vol, info, union_start[i], union_stop[i], ids[i])) for i in todo)
     progress = tqdm(
         reads, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
         disable=not sys.stderr.isatty(),
     )
     stack_2d, stack_3d = (out_dir / STACK_NAMES[kind] for kind in ("2d", "3d"))
+    item_shapes = {"2d": (patch_size[1], patch_size[0]), "3d": tuple(cube_size[::-1])}
+    written = 0
     # Reading overlaps cutting and writing: this thread reads (decodes chunks), one writer
     # thread crops each synapse out of its chunks, checks it and appends it to the stacks (one
     # thread, so the stack rows keep the read order). A crop holds its own chunks, so the
     # reader may drop them from its cache meanwhile; the queue in flight is bounded. The stacks
     # appear only once complete.
-    with (
-        atomic_path(stack_2d) as tmp_2d,
-        atomic_path(stack_3d) as tmp_3d,
-        # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
-        open(tmp_2d, "r+b") as file_2d,
-        open(tmp_3d, "r+b") as file_3d,
-        ThreadPoolExecutor(max_workers=1) as writer,
-    ):
-        _start_stack(file_2d, "2d", (len(todo), patch_size[1], patch_size[0]))
-        _start_stack(file_3d, "3d", (len(todo), *cube_size[::-1]))
-        pending: deque = deque()
+    with atomic_path(stack_2d) as tmp_2d, atomic_path(stack_3d) as tmp_3d:
+        with (
+            # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
+            open(tmp_2d, "r+b") as file_2d,
+            open(tmp_3d, "r+b") as file_3d,
+            ThreadPoolExecutor(max_workers=1) as writer,
+        ):
+            offsets = {
+                "2d": _start_stack(file_2d, "2d", (len(todo), *item_shapes["2d"])),
+                "3d": _start_stack(file_3d, "3d", (len(todo), *item_shapes["3d"])),
+            }
+            pending: deque = deque()
 
-        def cut_and_write(i: int, crop: Crop) -> None:
-            patch = crop(patch_start[i], patch_stop[i])[0]
-            cube = crop(cube_start[i], cube_stop[i])
-            _require_content(patch, "2D patch", ids[i], info, patch_start[i], patch_stop[i])
-            _require_content(cube, "3D cube", ids[i], info, cube_start[i], cube_stop[i])
-            file_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout
-            file_3d.write(cube.data)
+            def cut_and_write(i: int, crop: Crop) -> tuple[str, str | None]:
+                """Append synapse ``i``'s cutouts to the stacks; its status and why."""
+                try:
+                    patch = crop(patch_start[i], patch_stop[i])[0]
+                    cube = crop(cube_start[i], cube_stop[i])
+                except SkippedSynapse as skip:
+                    return skip.reason, skip.detail
+                blank = _blank(patch, "2D patch") or _blank(cube, "3D cube")
+                if blank:
+                    return BLANK, blank
+                file_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout
+                file_3d.write(cube.data)
+                return OK, None
 
-        for row, (i, crop) in enumerate(progress):
-            pending.append(writer.submit(cut_and_write, i, crop))
-            while len(pending) > _WRITES_IN_FLIGHT:
-                pending.popleft().result()
-            status[i] = OK
-            stack_index[i] = row
-        for future in pending:
-            future.result()
+            def settle(i: int, future: Any) -> None:
+                nonlocal written
+                status[i], detail[i] = future.result()
+                if status[i] == OK:  # futures settle in the writer's order: the stacks' rows
+                    stack_index[i] = written
+                    written += 1
 
-    written = status == OK
+            for i, crop in progress:
+                pending.append((i, writer.submit(cut_and_write, i, crop)))
+                while len(pending) > _WRITES_IN_FLIGHT:
+                    settle(*pending.popleft())
+            while pending:
+                settle(*pending.popleft())
+        _require_few_damaged(rows, status, detail, shard, max_skipped_fraction)
+        if 0 < written < len(todo):
+            _shrink_stack(tmp_2d, "2d", offsets["2d"], (written, *item_shapes["2d"]))
+            _shrink_stack(tmp_3d, "3d", offsets["3d"], (written, *item_shapes["3d"]))
+    if written == 0:  # every synapse skipped: no stack, as for an empty shard
+        stack_2d.unlink()
+        stack_3d.unlink()
+
+    ok = status == OK
     manifest["status"] = status
+    manifest["skip_detail"] = detail
     for kind, stack in (("2d", stack_2d), ("3d", stack_3d)):
-        manifest[f"path_{kind}"] = np.where(written, stack.relative_to(root).as_posix(), None)
-    manifest["stack_index"] = pd.Series(stack_index, dtype="Int64").where(written)
-    stats["written"] = int((status == OK).sum())
-    skipped = pd.Series(status[status != OK]).value_counts()
+        manifest[f"path_{kind}"] = np.where(ok, stack.relative_to(root).as_posix(), None)
+    manifest["stack_index"] = pd.Series(stack_index, dtype="Int64").where(ok)
+    stats["written"] = int(ok.sum())
+    skipped = pd.Series(status[~ok]).value_counts()
     stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
     if reader == "chunks":
         stats["chunks_decoded"] = chunk_reader.decodes
     if stats["skipped"]:
-        log.warning("shard %s: skipped %s", shard, stats["skipped"])
+        log.warning("shard %s: skipped %s of %d synapses", shard, stats["skipped"], len(rows))
     return _finish(out_dir, manifest, stats, started)
+
+
+def _require_few_damaged(
+    rows: pd.DataFrame, status: np.ndarray, detail: np.ndarray, shard: int, max_fraction: float
+) -> None:
+    """Fail the shard when more than ``max_fraction`` of its synapses lie where the volume is
+    damaged (:data:`DAMAGED`), naming the reasons and the synapses."""
+    damaged = np.isin(status, DAMAGED)
+    if damaged.sum() <= max_fraction * len(rows):
+        return
+    counts = pd.Series(status[damaged]).value_counts().to_dict()
+    listed = "; ".join(f"synapse id {rows['id'].iloc[i]}: {status[i]} ({detail[i]})"
+                       for i in np.flatnonzero(damaged)[:10])
+    more = f"; and {int(damaged.sum()) - 10} more" if damaged.sum() > 10 else ""
+    raise DataError(
+        f"cutout shard {shard:03d}: {int(damaged.sum())} of its {len(rows)} synapses "
+        f"({damaged.mean():.1%}) lie where the EM volume has no image ({counts}), more than "
+        f"cutout.max_skipped_fraction = {max_fraction}: {listed}{more}. missing_chunk means "
+        "the volume has no chunk file there (a hole in the tissue, or an incomplete copy: "
+        "fetch it again), blank that the cutout is constant. If the volume really has holes "
+        "there, raise cutout.max_skipped_fraction in your config file and run the same "
+        "snakemake command again: only the failed shards rerun."
+    )
 
 
 def _finish(out_dir: Path, manifest: pd.DataFrame, stats: dict, started: float) -> dict:
@@ -713,14 +988,19 @@ def _read_shard_manifest(shard_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.DataFrame, dict]:
+def gather(
+    shard_dirs: Sequence[str | Path],
+    out_root: str | Path,
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
+) -> tuple[pd.DataFrame, dict]:
     """Join the shards' manifests into one manifest of usable cutouts, with counts.
 
     Returns ``(manifest, stats)``: ``manifest`` holds only ``status == 'ok'`` rows (paths
-    relative to ``out_root``), ``stats`` the counts per split x class, skips per reason and
+    relative to ``out_root``), ``stats`` the counts per split x class, skips per reason, overall
+    (``skipped``, ``skipped_fraction``) and per split x class (``skipped_by_split``), and
     per-shard timings. Raises :class:`DataError` if a shard's manifest is missing or corrupt, a
-    listed stack is missing, damaged or too short, or any split x class combination has no
-    cutout.
+    listed stack is missing, damaged or too short, any split x class combination has no
+    cutout, or more than ``max_skipped_fraction`` of all planned synapses were skipped.
     """
     out_root = Path(out_root)
     frames = [_read_shard_manifest(Path(shard_dir)) for shard_dir in shard_dirs]
@@ -737,45 +1017,110 @@ def gather(shard_dirs: Sequence[str | Path], out_root: str | Path) -> tuple[pd.D
 
     skipped = everything.loc[everything["status"] != OK, "status"].value_counts()
     counts: dict[str, dict[str, int]] = {}
+    by_split: dict[str, dict[str, dict]] = {}
     empty: list[str] = []
     for split in SPLITS:
-        counts[split] = {}
+        counts[split], by_split[split] = {}, {}
         for label in LABELS:
             planned = everything[(everything["split"] == split) & (everything["label"] == label)]
             n_ok = int((planned["status"] == OK).sum())
             counts[split][label] = n_ok
+            reasons = planned.loc[planned["status"] != OK, "status"].value_counts().to_dict()
+            by_split[split][label] = {
+                "planned": len(planned),
+                "written": n_ok,
+                "skipped": {str(reason): int(n) for reason, n in reasons.items()},
+                "fraction": round((len(planned) - n_ok) / len(planned), 4) if len(planned)
+                else None,
+            }
             if n_ok == 0:
-                reasons = planned.loc[planned["status"] != OK, "status"].value_counts().to_dict()
                 empty.append(
                     f"split '{split}' / class '{label}': {len(planned)} planned, "
                     f"{len(planned) - n_ok} skipped {reasons or ''}".rstrip()
                 )
-    if empty:
-        raise DataError(
-            "cutouts: no usable cutout for " + "; ".join(empty) + ". Every split needs both "
-            "classes: add synapses of that class (more data or another split seed) or fix why "
-            "they were skipped (outside_volume usually means a position-unit mix-up)."
-        )
-
     shard_stats = []
     for shard_dir in shard_dirs:
         stats_path = Path(shard_dir) / "stats.json"
         if stats_path.is_file():
             shard_stats.append(read_json(stats_path))
+    if empty:
+        raise DataError(
+            "cutouts: no usable cutout for " + "; ".join(empty) + ". Every split needs both "
+            "classes: add synapses of that class (more data or another split seed) or fix why "
+            "they were skipped (out_of_bounds usually means a position-unit mix-up or too "
+            "large a cutout)." + _out_of_bounds_hint(skipped.to_dict(), shard_stats)
+        )
+    n_skipped = int(len(everything) - len(ok))
     stats = {
         "shards": len(frames),
         "planned": int(len(everything)),
         "written": int(len(ok)),
         "skipped": {str(reason): int(count) for reason, count in skipped.items()},
+        "skipped_fraction": round(n_skipped / len(everything), 4) if len(everything) else 0.0,
+        "max_skipped_fraction": float(max_skipped_fraction),
+        "skipped_by_split": by_split,
         "counts": counts,
         "seconds": round(sum(float(s.get("seconds", 0.0)) for s in shard_stats), 3),
         "per_shard": [
-            {key: s.get(key) for key in ("shard", "planned", "written", "seconds",
+            {key: s.get(key) for key in ("shard", "planned", "written", "skipped", "seconds",
                                          "cutouts_per_second")}
             for s in shard_stats
         ],
     }
+    if n_skipped > max_skipped_fraction * len(everything):
+        raise DataError(_too_many_skipped(stats, shard_stats))
     return ok, stats
+
+
+def skipped_summary(stats: dict) -> list[str]:
+    """Lines for the console: the synapses a gathered ``stats`` skipped, by reason, and the
+    fraction skipped per split and class (none when nothing was skipped)."""
+    if not stats["skipped"]:
+        return []
+    lines = [
+        f"cutouts: skipped {stats['planned'] - stats['written']} of {stats['planned']} synapses "
+        f"({stats['skipped_fraction']:.1%}; cutout.max_skipped_fraction = "
+        f"{stats['max_skipped_fraction']}): {stats['skipped']}"
+    ]
+    for split, labels in stats["skipped_by_split"].items():
+        for label, group in labels.items():
+            if group["skipped"]:
+                lines.append(
+                    f"  {split} / {label}: {group['planned'] - group['written']} of "
+                    f"{group['planned']} skipped ({group['fraction']:.1%}) {group['skipped']}"
+                )
+    return lines
+
+
+def _out_of_bounds_hint(skipped: dict, shard_stats: list[dict]) -> str:
+    """When most skipped synapses are out of bounds, the cutout size against the volume's."""
+    if not skipped or skipped.get(OUT_OF_BOUNDS, 0) < max(skipped.values()):
+        return ""
+    # The commonest cause: a cutout too large for where the synapses are, or wrong units.
+    sized = next((s for s in shard_stats if "volume_bounds" in s), None)
+    if sized is None:
+        return ""
+    extent = _cutout_extent(np.asarray(sized["size_2d"]), np.asarray(sized["size_3d"]))
+    size = np.subtract(sized["volume_bounds"][1], sized["volume_bounds"][0])
+    return (
+        f" out_of_bounds: the box around each synapse, {' x '.join(map(str, extent))} "
+        f"voxels (XYZ; cutout.size_2d {sized['size_2d']}, cutout.size_3d "
+        f"{sized['size_3d']}), must lie inside the volume ({' x '.join(map(str, size))} "
+        "voxels at cutout.mip): smaller cutouts keep more synapses; if nearly all are "
+        "out, check the positions' units (dataset.files.position_resolution)."
+    )
+
+
+def _too_many_skipped(stats: dict, shard_stats: list[dict]) -> str:
+    """The message for a run that skipped more than ``cutout.max_skipped_fraction``."""
+    why = _out_of_bounds_hint(stats["skipped"], shard_stats)
+    return (
+        "cutouts: " + " ".join(skipped_summary(stats)) + ", more than "
+        f"cutout.max_skipped_fraction = {stats['max_skipped_fraction']}.{why} The shards' "
+        "manifest.parquet files name each skipped synapse in their status and skip_detail "
+        "columns. To train on what is left, raise cutout.max_skipped_fraction in your config "
+        "file and run the same snakemake command again (the cutouts are kept)."
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from cloudfiles import CloudFiles
+from cloudfiles import CloudFiles, compression
+from cloudfiles import exceptions as cf_exceptions
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume import exceptions as cv_exceptions
 from cloudvolume.datasource.precomputed.image import rx
@@ -125,6 +126,26 @@ def volume_info(vol: CloudVolume) -> VolumeInfo:
         ) from error
 
 
+#: What a sharded volume's read raises for data it fetched but cannot decode: cloud-volume's
+#: own errors, cloud-files' for a damaged compressed file, and the codecs' ``ValueError``.
+_UNDECODABLE = (
+    cv_exceptions.DecodingError,
+    cf_exceptions.DecompressionError,
+    ValueError,
+)
+
+
+class CorruptChunk(Exception):
+    """A chunk whose file exists but cannot be read or decoded: ``url`` names it, ``error`` says
+    what went wrong (cloud-volume re-raises its codec's own error, e.g. simplejpeg's
+    ``ValueError: Premature end of JPEG file``, so no narrower type catches them all)."""
+
+    def __init__(self, url: str, error: Exception):
+        super().__init__(f"{url}: {type(error).__name__}: {error}")
+        self.url = url
+        self.error = error
+
+
 class ChunkReader:
     """Reads and decodes single storage chunks of one volume at one mip, thread-safely.
 
@@ -133,8 +154,9 @@ class ChunkReader:
     volumes are read file by file through cloud-files and decoded with cloud-volume's own decoder
     (so the values equal a ``vol[...]`` read byte for byte, without its per-call overhead);
     sharded volumes go through ``vol.download`` of the chunk's box. A missing chunk raises
-    cloud-volume's ``EmptyVolumeException``, an undecodable one its ``DecodingError``, as a
-    ``vol[...]`` read with ``fill_missing=False`` does. ``decodes`` counts the chunks decoded.
+    cloud-volume's ``EmptyVolumeException``, as a ``vol[...]`` read with ``fill_missing=False``
+    does; one that exists but cannot be read or decoded raises :class:`CorruptChunk` naming its
+    file. ``decodes`` counts the chunks decoded.
     """
 
     def __init__(self, vol: CloudVolume, info: VolumeInfo):
@@ -165,8 +187,16 @@ class ChunkReader:
 
     def chunk_name(self, index: Sequence[int]) -> str:
         """The storage key of chunk ``index`` (unsharded volumes), relative to the volume."""
-        start, stop = self.chunk_box(index)
-        return f"{self._key}/{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
+        return f"{self._key}/{_box_name(*self.chunk_box(index))}"
+
+    def chunk_url(self, index: Sequence[int]) -> str:
+        """Where chunk ``index`` is stored, for messages: its file (unsharded volumes), or its
+        box inside the shard files of a sharded one."""
+        if self._sharded:
+            start, stop = self.chunk_box(index)
+            return (f"{self.vol.meta.cloudpath}/{self._key} (sharded) chunk "
+                    f"{_box_name(start, stop)}")
+        return f"{self.vol.meta.cloudpath}/{self.chunk_name(index)}"
 
     @property
     def sharded(self) -> bool:
@@ -176,7 +206,11 @@ class ChunkReader:
         """Decode chunk ``index`` as an (X, Y, Z) array of the volume's dtype (first channel)."""
         start, stop = self.chunk_box(index)
         if self._sharded:
-            array = np.asarray(self.vol.download(Bbox(start, stop), mip=self.info.mip))[..., 0]
+            try:
+                array = np.asarray(
+                    self.vol.download(Bbox(start, stop), mip=self.info.mip))[..., 0]
+            except _UNDECODABLE as error:  # not network errors: those say nothing of the data
+                raise CorruptChunk(self.chunk_url(index), error) from error
         else:
             name = self.chunk_name(index)
             files = getattr(self._local, "files", None)
@@ -184,12 +218,27 @@ class ChunkReader:
                 files = self._local.files = CloudFiles(
                     self.vol.meta.cloudpath, secrets=self.vol.config.secrets
                 )
-            content = files.get(name)
-            # fill_missing=False: empty content raises EmptyVolumeException, not zeros.
-            array = rx.decode(self.vol.meta, name, content, False, self.info.mip)[..., 0]
+            # Fetched raw, decompressed here: a network error raises from get() as it is, and
+            # every error after it is the file's own (each codec raises its own type).
+            (fetched,) = files.get([name], raw=True)
+            try:
+                content = fetched["content"]
+                if content is not None:
+                    content = compression.decompress(content, fetched["compress"], name)
+                # fill_missing=False: empty content raises EmptyVolumeException, not zeros.
+                array = rx.decode(self.vol.meta, name, content, False, self.info.mip)[..., 0]
+            except cv_exceptions.EmptyVolumeException:
+                raise
+            except Exception as error:  # a truncated .gz, a short raw or jpeg chunk
+                raise CorruptChunk(self.chunk_url(index), error) from error
         with self._lock:
             self.decodes += 1
         return array
+
+
+def _box_name(start: np.ndarray, stop: np.ndarray) -> str:
+    """A chunk's file name in the precomputed format: ``x0-x1_y0-y1_z0-z1``."""
+    return f"{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
 
 
 def table_to_volume_voxels(

@@ -14,10 +14,12 @@ import torch
 
 from synapse_ei.cutout import (
     MANIFEST_COLUMNS,
+    check_positions,
     cut_shard,
     gather,
     open_stack,
     plan_shards,
+    skipped_summary,
     write_stack,
 )
 from synapse_ei.data import CutoutDataset
@@ -271,25 +273,6 @@ def test_a_small_chunk_cache_rereads_but_writes_the_same_bytes(raw_volume, tmp_p
     assert _shard_files(tight) == _shard_files(roomy)
 
 
-def test_one_missing_chunk_names_a_synapse_whose_box_needs_it(raw_volume, tmp_path):
-    path, _, _, synapses = raw_volume
-    copy = tmp_path / "holes"
-    shutil.copytree(path.removeprefix("file://"), copy)
-    centres = synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy()
-    centres = centres // np.array([2, 2, 1])
-    x, y, z = sorted(_union_chunks(centres[:1]))[0]
-    start = np.array(OFFSET) + np.array([x * 64, y * 64, z * 16])
-    name = f"{start[0]}-{start[0] + 64}_{start[1]}-{start[1] + 64}_{start[2]}-{start[2] + 16}"
-    (chunk_file,) = (copy / "8_8_40").glob(name + "*")
-    chunk_file.unlink()
-    with pytest.raises(DataError, match="missing inside the volume bounds") as error:
-        cut_shard(plan_shards(synapses, 1), 0, f"file://{copy}", 0, TABLE_RESOLUTION, SIZE_2D,
-                  SIZE_3D, tmp_path / "shards" / "000")
-    synapse_id = int(str(error.value).split("synapse id ")[1].split(",")[0])
-    position = centres[synapses["id"].to_numpy() == synapse_id]
-    assert (x, y, z) in _union_chunks(position)
-
-
 def test_manifest_keeps_input_columns_and_stats_count(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
     plan = plan_shards(synapses, 1)
@@ -319,12 +302,12 @@ def test_synapses_near_the_edge_are_skipped_and_counted(raw_volume, tmp_path):
     (shard_dir,) = cut_all(plan, path, tmp_path)
     manifest = pd.read_parquet(shard_dir / "manifest.parquet")
     skipped = manifest[manifest["id"].isin([1, 2, 3])]
-    assert (skipped["status"] == "outside_volume").all()
+    assert (skipped["status"] == "out_of_bounds").all()
     assert skipped["path_2d"].isna().all() and skipped["path_3d"].isna().all()
     assert skipped["stack_index"].isna().all()
     assert len(open_stack(shard_dir / "2d.tif", "2d")) == len(synapses)
     stats = json.loads((shard_dir / "stats.json").read_text())
-    assert stats["skipped"] == {"outside_volume": 3}
+    assert stats["skipped"] == {"out_of_bounds": 3}
     assert stats["written"] == len(synapses)
 
 
@@ -336,28 +319,6 @@ def test_positions_in_nm_fail_with_a_unit_hint(raw_volume, tmp_path):
     with pytest.raises(DataError, match="position_resolution") as error:
         cut_all(plan_shards(in_nm, 1), path, tmp_path)
     assert "nm" in str(error.value) and "4x4x40" in str(error.value)
-
-
-def test_missing_chunk_inside_bounds_names_synapse_and_bbox(tmp_path):
-    centres = random_centres(6, seed=4)
-    path, _, _ = make_volume(tmp_path, "holes", with_mip1=False)
-    synapses = make_synapses(centres)
-    for chunk in (tmp_path / "holes" / "8_8_40").iterdir():
-        chunk.unlink()  # every chunk gone: whichever synapse comes first hits a hole
-    with pytest.raises(DataError, match="missing inside the volume bounds") as error:
-        cut_all(plan_shards(synapses, 1), path, tmp_path / "out")
-    message = str(error.value)
-    assert "synapse id 10" in message and "bbox [" in message and "holes" in message
-
-
-def test_constant_region_is_refused(tmp_path):
-    data = volume_data(seed=5)
-    data[:, :, :] = 0
-    path, _, _ = make_volume(tmp_path, "black", data=data, with_mip1=False)
-    synapses = make_synapses(random_centres(2, seed=5))
-    with pytest.raises(DataError, match="constant") as error:
-        cut_all(plan_shards(synapses, 1), path, tmp_path / "out")
-    assert "synapse id 100" in str(error.value)
 
 
 def test_empty_shard_writes_an_empty_manifest(raw_volume, tmp_path):
@@ -373,6 +334,268 @@ def test_empty_shard_writes_an_empty_manifest(raw_volume, tmp_path):
     assert stats["planned"] == 0 and stats["written"] == 0
 
 
+# ------------------------------------------------------------------------------ holes
+
+#: Local z sections of the holey volume left blank (zeros): all inside the second chunk layer.
+SLAB = (20, 26)
+#: Grid indices of the chunks deleted from the holey volume.
+HOLES = [(1, 1, 0), (2, 2, 1), (0, 3, 0)]
+CTR_COLUMNS = ["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]
+
+
+def _chunk_file(x: int, y: int, z: int) -> str:
+    start = np.array(OFFSET) + np.array([x * 64, y * 64, z * 16])
+    return f"{start[0]}-{start[0] + 64}_{start[1]}-{start[1] + 64}_{start[2]}-{start[2] + 16}"
+
+
+@pytest.fixture(scope="module")
+def holey_volume(tmp_path_factory):
+    """An uncompressed raw volume (every reader reads it) with deleted chunks and a blank slab,
+    synapses in, beside and outside the damage, and the status each synapse must get."""
+    data = volume_data(seed=11)
+    data[:, :, SLAB[0] : SLAB[1]] = 0
+    root = tmp_path_factory.mktemp("holey")
+    path, data, _ = make_volume(root, "holey", data=data, compress=False, with_mip1=False)
+    for hole in HOLES:
+        (root / "holey" / "8_8_40" / _chunk_file(*hole)).unlink()
+    synapses = make_synapses(random_centres(60, seed=12))
+    synapses.loc[[0, 1], "ctr_pt_position_x"] = 2 * (OFFSET[0] + 1)  # boxes leave the volume
+    expected = {}
+    for row in synapses.itertuples():
+        centre = np.array([row.ctr_pt_position_x // 2, row.ctr_pt_position_y // 2,
+                           row.ctr_pt_position_z])
+        if centre[0] - OFFSET[0] < SIZE_2D[0] // 2:
+            expected[row.id] = "out_of_bounds"
+        elif _union_chunks(centre[None]) & set(HOLES):
+            expected[row.id] = "missing_chunk"
+        elif SLAB[0] <= centre[2] - OFFSET[2] < SLAB[1]:  # the patch's section is blank
+            expected[row.id] = "blank"
+        else:
+            expected[row.id] = "ok"
+    assert {"ok", "out_of_bounds", "missing_chunk", "blank"} == set(expected.values())
+    return path, data, synapses, expected
+
+
+def test_holes_and_blank_regions_are_skipped_by_every_reader(holey_volume, tmp_path):
+    path, data, synapses, expected = holey_volume
+    plan = plan_shards(synapses, 1)
+    written = {}
+    for reader in ("chunks", "tensorstore", "per_synapse", "auto"):
+        out = tmp_path / reader / "shards" / "000"
+        stats = cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, out,
+                          reader=reader, threads=2, max_skipped_fraction=1.0)
+        manifest = pd.read_parquet(out / "manifest.parquet")
+        assert dict(zip(manifest["id"], manifest["status"])) == expected, reader
+        counts = pd.Series(list(expected.values())).value_counts().to_dict()
+        assert stats["written"] == counts.pop("ok") and stats["skipped"] == counts
+        # The manifest says which chunk is missing: one of those deleted (the reference
+        # reader, one cloud-volume call per synapse, names the box only).
+        missing = manifest[manifest["status"] == "missing_chunk"]
+        deleted = {_chunk_file(*hole) for hole in HOLES}
+        for detail in missing["skip_detail"]:
+            if reader != "per_synapse":
+                assert detail.split("chunk 8_8_40/")[1].split(" ")[0] in deleted
+        assert manifest.loc[manifest["status"] == "blank", "skip_detail"].str.contains(
+            "constant").all()
+        # The stacks hold the written synapses only, each its own voxels: no filled-in hole.
+        ok = manifest[manifest["status"] == "ok"]
+        assert sorted(ok["stack_index"]) == list(range(len(ok)))
+        assert manifest.loc[manifest["status"] != "ok", ["path_2d", "path_3d",
+                                                         "stack_index"]].isna().all().all()
+        assert len(open_stack(out / "3d.tif", "3d", SIZE_3D[::-1], len(ok))) == len(ok)
+        assert len(open_stack(out / "2d.tif", "2d", SIZE_2D[::-1], len(ok))) == len(ok)
+        cx, cy, cz = SIZE_3D
+        for row in ok.itertuples():
+            x = row.ctr_pt_position_x // 2 - OFFSET[0] - cx // 2
+            y = row.ctr_pt_position_y // 2 - OFFSET[1] - cy // 2
+            z = row.ctr_pt_position_z - OFFSET[2] - cz // 2
+            np.testing.assert_array_equal(
+                stored(tmp_path / reader, row, "3d"),
+                data[x : x + cx, y : y + cy, z : z + cz].transpose(2, 1, 0))
+        written[reader] = _shard_files(out)
+    assert stats["reader"] == "auto: chunks"  # tensorstore would read the holes as zeros
+    assert written["tensorstore"] == written["per_synapse"] == written["auto"] == written[
+        "chunks"]
+
+
+def test_a_shard_with_too_many_synapses_in_holes_fails_naming_them(holey_volume, tmp_path):
+    path, _, synapses, expected = holey_volume
+    out = tmp_path / "shards" / "000"
+    for reader in ("chunks", "tensorstore"):
+        with pytest.raises(DataError) as error:
+            cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      out, reader=reader)  # the default: at most 5% in holes or blank
+        message = str(error.value)
+        assert "cutout shard 000" in message and "cutout.max_skipped_fraction = 0.05" in message
+        assert "'missing_chunk'" in message and "'blank'" in message
+        damaged = [i for i, status in expected.items() if status in ("missing_chunk", "blank")]
+        assert f"synapse id {damaged[0]}" in message or any(
+            f"synapse id {i}:" in message for i in damaged)
+        assert not (out / "manifest.parquet").exists() and not list(out.glob("*.tif"))
+    # Allowed to lose them all: no stacks, as for an empty shard, and the manifest says why.
+    blank = synapses[synapses["id"].map(expected) == "blank"]
+    stats = cut_shard(plan_shards(blank, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      tmp_path / "blank", max_skipped_fraction=1.0)
+    assert stats["written"] == 0 and stats["skipped"] == {"blank": len(blank)}
+    assert not list((tmp_path / "blank").glob("*.tif"))
+    assert pd.read_parquet(tmp_path / "blank" / "manifest.parquet")["path_3d"].isna().all()
+    # Out-of-bounds synapses do not count against a shard: neighbours at an edge may all be.
+    far = synapses[synapses["id"].map(expected).isin(["ok", "out_of_bounds"])]
+    stats = cut_shard(plan_shards(far, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      tmp_path / "far")
+    assert stats["skipped"] == {"out_of_bounds": 2}
+
+
+def test_gather_counts_holes_per_split_and_class_and_training_sees_none(holey_volume, tmp_path):
+    path, _, synapses, expected = holey_volume
+    plan = plan_shards(synapses, 2)
+    dirs = [tmp_path / "shards" / f"{shard:03d}" for shard in (0, 1)]
+    for shard, shard_dir in enumerate(dirs):
+        cut_shard(plan, shard, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir,
+                  max_skipped_fraction=1.0)
+    manifest, stats = gather(dirs, tmp_path, max_skipped_fraction=1.0)
+    status = synapses["id"].map(expected)
+    assert set(manifest["id"]) == set(synapses.loc[status == "ok", "id"])
+    assert stats["skipped"] == status[status != "ok"].value_counts().to_dict()
+    assert stats["skipped_fraction"] == round(float((status != "ok").mean()), 4)
+    for (split, label), group in synapses.assign(status=status).groupby(["split", "label"]):
+        entry = stats["skipped_by_split"][split][label]
+        assert entry["planned"] == len(group)
+        assert entry["written"] == (group["status"] == "ok").sum()
+        assert entry["skipped"] == group.loc[group["status"] != "ok", "status"].value_counts(
+            ).to_dict()
+    lines = skipped_summary(stats)
+    assert lines[0].startswith(f"cutouts: skipped {(status != 'ok').sum()} of {len(synapses)}")
+    assert any(line.startswith("  train / excitatory:") for line in lines)
+    # What training reads holds no blank and no filled-in cutout: the all-zero guard never
+    # fires, no cutout is constant, no patch touches the slab (a cube may reach into it).
+    for kind in ("2d", "3d"):
+        cutouts = CutoutDataset(manifest, tmp_path, kind).read_many(range(len(manifest)))
+        flat = cutouts.reshape(len(cutouts), -1)
+        assert (flat.min(axis=1) < flat.max(axis=1)).all()
+        assert kind == "3d" or (flat > 0).all()
+    # Above the fraction (default 5%) the gather stops, naming the reasons and the key.
+    with pytest.raises(DataError, match=r"skipped \d+ of 60 synapses.*'missing_chunk'.*"
+                                        r"more than cutout.max_skipped_fraction = 0.05"):
+        gather(dirs, tmp_path)
+
+
+def test_a_corrupt_chunk_names_the_chunk_file_and_a_synapse(tmp_path):
+    path, _, _ = make_volume(tmp_path, "broken", encoding="jpeg", compress=False,
+                             data=volume_data(smooth=True), with_mip1=False)
+    synapses = make_synapses(random_centres(8, seed=9))
+    centres = synapses[CTR_COLUMNS].to_numpy() // np.array([2, 2, 1])
+    hole = sorted(_union_chunks(centres[:1]))[0]
+    chunk = tmp_path / "broken" / "8_8_40" / _chunk_file(*hole)
+    content = chunk.read_bytes()
+    chunk.write_bytes(content[: len(content) // 2])  # a download cut short
+    for reader in ("chunks", "tensorstore", "per_synapse"):
+        with pytest.raises(DataError) as error:
+            cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                      tmp_path / reader, reader=reader, max_skipped_fraction=1.0)
+        message = str(error.value)
+        assert "exists but cannot be decoded" in message and "cloudfiles cp" in message
+        assert "Premature end of JPEG file" in message  # simplejpeg's words, kept
+        if reader != "per_synapse":  # cloud-volume's own read does not say which chunk
+            assert f"{chunk.name}'" in message, reader
+            assert f"cloudfiles cp SOURCE/8_8_40/{chunk.name} {path}/8_8_40/{chunk.name}`" in (
+                message)
+        synapse_id = int(message.split("synapse id ")[1].split(" ")[0])
+        position = centres[synapses["id"].to_numpy() == synapse_id]
+        assert hole in _union_chunks(position), reader
+    # cloud-volume's default gzip-compressed raw chunks: a .gz cut short is named too.
+    path, _, _ = make_volume(tmp_path, "gzip", with_mip1=False)
+    chunk = tmp_path / "gzip" / "8_8_40" / (_chunk_file(*hole) + ".gz")
+    content = chunk.read_bytes()
+    chunk.write_bytes(content[: len(content) // 2])
+    with pytest.raises(DataError, match=rf"{_chunk_file(*hole)}' exists but cannot be decoded"):
+        cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
+                  tmp_path / "gz", reader="chunks")
+
+
+def test_a_cutout_larger_than_the_volume_names_both_sizes(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    plan = plan_shards(synapses, 1)
+    with pytest.raises(DataError, match=r"cutout.size_2d \[12, 10\] and cutout.size_3d "
+                                        r"\[8, 6, 64\].*12 x 10 x 64 voxels.*256 x 256 x 32 "
+                                        r"voxels\) along z"):
+        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, (8, 6, 64), tmp_path / "a")
+    # Boxes that leave the volume around centres inside it: the size is to blame, not units.
+    with pytest.raises(DataError) as error:
+        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, (250, 10), SIZE_3D, tmp_path / "b")
+    message = str(error.value)
+    assert "24 of their centres are inside it" in message and "250 x 10 x 4" in message
+    assert "smaller cutout.size_2d" in message and "units" not in message
+
+
+def test_a_cutout_size_that_skips_many_synapses_stops_the_gather(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    plan = plan_shards(synapses, 2)
+    dirs = cut_all(plan, path, tmp_path, size_2d=(120, 10))
+    with pytest.raises(DataError) as error:
+        gather(dirs, tmp_path)
+    message = str(error.value)
+    assert "'out_of_bounds'" in message and "120 x 10 x 4 voxels" in message
+    assert "256 x 256 x 32 voxels" in message and "cutout.max_skipped_fraction = 0.05" in message
+    # So large that a split loses a class: that message names the size as well.
+    with pytest.raises(DataError, match=r"no usable cutout.*200 x 10 x 4 voxels"):
+        gather(cut_all(plan, path, tmp_path / "larger", size_2d=(200, 10)), tmp_path / "larger")
+    manifest, stats = gather(dirs, tmp_path, max_skipped_fraction=1.0)
+    assert stats["skipped"]["out_of_bounds"] == len(synapses) - len(manifest) > 0
+    assert sum(group["planned"] - group["written"] for labels in stats[
+        "skipped_by_split"].values() for group in labels.values()) == len(synapses) - len(manifest)
+
+
+# ------------------------------------------------------------------------------ positions
+
+
+def _corner_volume(tmp_path):
+    """A volume that starts at 0, as many real precomputed volumes do."""
+    path, _, _ = make_volume(tmp_path, "origin", offset=(0, 0, 0), with_mip1=False)
+    return volume_info(open_volume(path, 0))
+
+
+def test_positions_that_also_fit_at_twice_the_resolution_stop_the_plan(tmp_path):
+    info = _corner_volume(tmp_path)
+    centres = random_centres(200, seed=13, offset=(0, 0, 0))  # 8x8x40 voxels of the volume
+    export = make_synapses(centres)
+    export[CTR_COLUMNS] = centres  # an export in 8x8x40 nm voxels
+    # Read as CAVE's 4x4x40 they land in the corner nearest the origin: inside, wrong place.
+    with pytest.raises(DataError) as error:
+        check_positions(export, info, (4, 4, 40), ask_to_confirm=True)
+    message = str(error.value)
+    assert "[8.0, 8.0, 40.0] nm" in message and "position_resolution" in message
+    assert "dataset.files.confirm_position_resolution: true" in message
+    assert check_positions(export, info, (8, 8, 40), ask_to_confirm=True) == []
+    # Confirmed (or a source whose units are known): cut, warning that it is a corner.
+    (warning,) = check_positions(export, info, (4, 4, 40), ask_to_confirm=False)
+    assert "of its xy area" in warning and "position_resolution" in warning
+
+
+def test_positions_mostly_outside_the_volume_stop_the_plan_naming_a_fitting_resolution(
+    tmp_path
+):
+    info = _corner_volume(tmp_path)
+    centres = random_centres(200, seed=14, offset=(0, 0, 0))
+    export = make_synapses(centres)  # 4x4x40 voxels
+    with pytest.raises(DataError, match=r"lie outside it.*At \[4.0, 4.0, 40.0\] nm, 100% "
+                                        r"would be inside.*dataset.files.position_resolution"):
+        check_positions(export, info, (8, 8, 40), ask_to_confirm=True)
+    in_nm = export.assign(**{f"ctr_pt_position_{a}": export[f"ctr_pt_position_{a}"] * r
+                             for a, r in zip("xyz", TABLE_RESOLUTION)})
+    with pytest.raises(DataError, match=r"lie outside it.*Check the units"):
+        check_positions(in_nm, info, TABLE_RESOLUTION, ask_to_confirm=False)
+    assert check_positions(export, info, TABLE_RESOLUTION, ask_to_confirm=True) == []
+
+
+def test_a_region_in_a_far_corner_is_a_warning_only(raw_volume):
+    path = raw_volume[0]
+    info = volume_info(open_volume(path, 0))  # starts far from 0: twice the units cannot fit
+    corner = make_synapses(random_centres(30, seed=15, size=(60, 60, 32)))
+    (warning,) = check_positions(corner, info, TABLE_RESOLUTION, ask_to_confirm=True)
+    assert "cover" in warning
+
+
 # ------------------------------------------------------------------------------ gather
 
 
@@ -382,7 +605,7 @@ def test_gather_counts_split_by_class_and_skips(raw_volume, tmp_path):
     plan = plan_shards(pd.concat([synapses, edge], ignore_index=True), 4)
     manifest, stats = gather(cut_all(plan, path, tmp_path, n_shards=5), tmp_path)
     assert (manifest["status"] == "ok").all() and 7 not in set(manifest["id"])
-    assert stats["skipped"] == {"outside_volume": 1}
+    assert stats["skipped"] == {"out_of_bounds": 1}
     assert stats["written"] == len(synapses) == len(manifest)
     expected = synapses.groupby(["split", "label"]).size()
     for (split, label), count in expected.items():
@@ -401,7 +624,7 @@ def test_gather_names_the_empty_split_and_class(raw_volume, tmp_path):
         gather(dirs, tmp_path)
     message = str(error.value)
     assert f"split 'val' / class 'inhibitory': {int(val_inh.sum())} planned" in message
-    assert "outside_volume" in message
+    assert "out_of_bounds" in message
     assert "'train'" not in message and "'excitatory'" not in message
 
 
@@ -468,25 +691,6 @@ def test_the_tensorstore_reader_refuses_chunks_it_would_read_as_zeros(tmp_path):
     with pytest.raises(DataError, match=r"synapse id \d+.*gzip-compressed \(.gz\).*as zeros"):
         cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
                   tmp_path / "out", reader="tensorstore")
-
-    plain, _, _ = make_volume(tmp_path, "holes", compress=False, with_mip1=False)
-    first = sorted((tmp_path / "holes" / "8_8_40").iterdir())[0]
-    first.unlink()  # one chunk gone
-    plan = plan_shards(make_synapses(random_centres(40, seed=8)), 1)
-    with pytest.raises(DataError, match=rf"synapse id \d+.*{first.name}.*is missing inside"):
-        cut_shard(plan, 0, plain, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, tmp_path / "out2",
-                  reader="tensorstore")
-
-
-def test_a_chunk_tensorstore_cannot_decode_names_the_volume_and_synapse(tmp_path):
-    path, _, _ = make_volume(tmp_path, "broken", encoding="jpeg", compress=False,
-                             data=volume_data(smooth=True), with_mip1=False)
-    for chunk in (tmp_path / "broken" / "8_8_40").iterdir():
-        chunk.write_bytes(b"not a jpeg")  # present, so the file check passes; undecodable
-    plan = plan_shards(make_synapses(random_centres(4, seed=9)), 1)
-    with pytest.raises(DataError, match=r"broken'.*tensorstore cannot read synapse id \d+, bbox"):
-        cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, tmp_path / "out",
-                  reader="tensorstore")
 
 
 # ------------------------------------------------------------------------------ stacks

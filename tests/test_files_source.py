@@ -195,9 +195,14 @@ def test_load_source_dispatches_to_files(exports):
             "synapses": str(synapses),
             "cell_types": str(cells),
             "em_path": "precomputed://file:///em",
+            "position_resolution": [8, 8, 40],
             "columns": {"synapses": SYNAPSE_MAP, "cell_types": {"root": "pt_root_id"}},
         },
     }
     result = load_source(dataset, synthetic_dir="unused")
     assert len(result.synapses) == 3
-    assert result.position_resolution == (4.0, 4.0, 40.0)
+    assert result.position_resolution == (8.0, 8.0, 40.0)
+    # No default resolution: a config without one is refused, naming the key.
+    del dataset["files"]["position_resolution"]
+    with pytest.raises(DataError, match=r"dataset.files.position_resolution is not set"):
+        load_source(dataset, synthetic_dir="unused")

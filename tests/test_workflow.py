@@ -20,6 +20,7 @@ import yaml
 
 from snakemake_helpers import job_counts
 from synapse_ei.evaluate import NO_GALLERY
+from volume_helpers import make_synapses, make_volume, random_centres
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "config" / "mini.yaml"
@@ -101,6 +102,53 @@ def test_invalid_config_names_the_key(tmp_path):
     message = result.stdout + result.stderr
     assert "synthetc" in message and "source" in message
 
+
+
+def test_a_files_source_must_state_its_position_resolution(tmp_path):
+    for name in ("synapses.parquet", "cell_types.parquet"):
+        (tmp_path / name).touch()  # never read by a dry run
+    files = {"synapses": "synapses.parquet", "cell_types": "cell_types.parquet",
+             "em_path": "precomputed://file:///nowhere"}
+    config, settings = tmp_path / "files.yaml", yaml.safe_load(MINI.read_text())
+    settings["dataset"] = {"source": "files", "files": files}
+    config.write_text(yaml.safe_dump(settings))
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert "dataset.files.position_resolution is not set" in result.stdout + result.stderr
+    files.update(position_resolution=[8, 8, 40], confirm_position_resolution=True)
+    config.write_text(yaml.safe_dump(settings))
+    assert "plan_cutouts" in job_counts(
+        snakemake(tmp_path, "-n", "--configfile", str(config)).stdout)
+
+
+@pytest.mark.workflow
+def test_positions_at_half_their_resolution_stop_before_any_cutout(tmp_path):
+    """An 8x8x40 nm export read as 4x4x40 on a volume that starts at 0 lands inside it, in the
+    wrong place: the plan stops before any cutout job, naming the key that confirms."""
+    em, _, _ = make_volume(tmp_path, "em", offset=(0, 0, 0), compress=False, with_mip1=False)
+    centres = random_centres(120, seed=3, offset=(0, 0, 0))
+    synapses = make_synapses(centres).drop(columns=["label", "split"])
+    synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]] = centres
+    synapses.to_parquet(tmp_path / "synapses.parquet")
+    classes = np.array(["excitatory_neuron", "inhibitory_neuron"])[np.arange(120) % 2]
+    pd.DataFrame({"pt_root_id": synapses["pre_pt_root_id"], "cell_type": "x",
+                  "classification_system": classes}).to_parquet(tmp_path / "cells.parquet")
+    settings = yaml.safe_load(MINI.read_text())
+    files = {"synapses": "synapses.parquet", "cell_types": "cells.parquet", "em_path": em,
+             "position_resolution": [4, 4, 40]}
+    settings["dataset"] = {"source": "files", "files": files}
+    config = tmp_path / "files.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    plan = "results/cutouts/plan.parquet"
+    result = snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config), check=False)
+    assert result.returncode != 0 and not (tmp_path / plan).exists()
+    said = (tmp_path / "results" / "logs" / "plan_cutouts.log").read_text()
+    assert "would fit as well at [8.0, 8.0, 40.0] nm" in said
+    assert "dataset.files.confirm_position_resolution: true" in said
+    files["position_resolution"] = [8, 8, 40]  # the export's own: planned, no question asked
+    config.write_text(yaml.safe_dump(settings))
+    snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config))
+    assert len(pd.read_parquet(tmp_path / plan)) > 0
 
 
 def test_pretrained_weights_for_a_model_that_has_none_are_refused_at_once(tmp_path):

@@ -38,14 +38,16 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
 
         return synthetic.load(synthetic_dir)
     if source == "files":
+        from synapse_ei.config_checks import require_position_resolution
         from synapse_ei.sources import files
 
+        require_position_resolution({"dataset": dataset})
         settings = dataset["files"]
         return files.load(
             synapses=settings["synapses"],
             cell_types=settings["cell_types"],
             em_path=settings["em_path"],
-            position_resolution=settings.get("position_resolution", (4, 4, 40)),
+            position_resolution=settings["position_resolution"],
             columns=settings.get("columns"),
         )
     if source == "cave":

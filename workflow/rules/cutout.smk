@@ -1,6 +1,7 @@
 rule plan_cutouts:
     input:
         synapses=rules.split.output.synapses,
+        provenance=rules.query.output.provenance,
     output:
         plan=f"{RESULTS}/cutouts/plan.parquet",
     log:
