@@ -5,17 +5,23 @@ import json
 
 from snakemake.utils import min_version, validate
 
+from synapse_ei.config import check, read_config_file
+
 min_version("9.0")
 
 
 # A config given with --configfile replaces the demo's instead of being merged into it: merged,
 # the demo's models would be trained on every other dataset too.
 if not workflow.overwrite_configfiles:
+    # Snakemake's own YAML error names neither the file nor the line.
+    read_config_file(f"{workflow.basedir}/config/config.yaml")
 
     configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+# What the schema cannot say (fractions summing to 1), checked before any job as the rest is.
+check(config)
 # Snakemake compares a rule's params with the last run's as text: with every key sorted, a
 # config file whose keys are merely reordered (or defaults filled in) reruns nothing.
 _canonical = json.loads(json.dumps(config, sort_keys=True))

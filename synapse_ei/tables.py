@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from synapse_ei import config
 from synapse_ei.errors import DataError
 
 EXCITATORY = "excitatory"
@@ -23,7 +24,8 @@ LABELS = (EXCITATORY, INHIBITORY)
 #: Integer class index used only inside the model code (inhibitory is the positive class).
 LABEL_INDEX = {EXCITATORY: 0, INHIBITORY: 1}
 
-SPLITS = ("train", "val", "test")
+#: The splits, in order; defined with the config checks, which the Snakefile imports.
+SPLITS = config.SPLITS
 
 #: Resolution (nm per voxel, XYZ) of CAVE positions unless a source says otherwise.
 CAVE_POSITION_RESOLUTION = (4.0, 4.0, 40.0)
