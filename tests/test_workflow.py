@@ -129,6 +129,24 @@ def test_more_shards_than_the_schema_allows_are_refused_at_once(tmp_path):
     assert "4097 is greater than the maximum of 4096" in said and "'shards'" in said
 
 
+@pytest.mark.workflow
+def test_more_shards_than_synapses_stop_at_the_plan_with_both_numbers(tmp_path):
+    """The plan job knows the count: it stops, and no cutout job runs empty."""
+
+    def edit(config):
+        config["cutout"]["shards"] = 400  # the mini dataset labels 302 synapses
+
+    bad = config_with(tmp_path, "shards.yaml", edit)
+    result = snakemake(
+        tmp_path, "--cores", "2", "results/cutouts/plan.parquet", "--configfile", str(bad),
+        check=False,
+    )
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "logs" / "plan_cutouts.log").read_text()
+    assert "cutout.shards: 400 shards for 302 synapse(s) would run 98 cutout job(s)" in log
+    assert "Set cutout.shards to at most 302" in log
+    assert not (tmp_path / "results" / "cutouts" / "shards").exists()
+
 def test_a_tab_in_the_demo_config_names_the_file_and_line(tmp_path):
     """Snakemake's own message names neither (it reads a --configfile before the workflow, so
     there `python -m synapse_ei.config` does, tests/test_config.py)."""
