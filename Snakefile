@@ -2,6 +2,7 @@
 # The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
 #          -> evaluate[model] -> summary. See README.md and config/README.md.
 import json
+import os
 
 from snakemake.utils import min_version, validate
 
@@ -13,8 +14,10 @@ min_version("9.0")
 # A config given with --configfile replaces the demo's instead of being merged into it: merged,
 # the demo's models would be trained on every other dataset too.
 if not workflow.overwrite_configfiles:
-    # Snakemake's own YAML error names neither the file nor the line.
-    read_config_file(f"{workflow.basedir}/config/config.yaml")
+    # Snakemake's own YAML error names neither the file nor the line. The path is relative to
+    # the working directory, as for `configfile:`, which also reports a missing file.
+    if os.path.exists("config/config.yaml"):
+        read_config_file("config/config.yaml")
 
     configfile: "config/config.yaml"
 

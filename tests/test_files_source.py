@@ -314,26 +314,28 @@ def test_cell_type_rows_that_differ_are_kept_for_the_label_stage(tmp_path, expor
 # ------------------------------------------------------------------------------ encodings
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
 @pytest.mark.parametrize(
     ("encoding", "expected"),
     [("latin-1", "WINDOWS-1252"), ("cp1252", "WINDOWS-1252"), ("utf-16", "UTF-16"),
-     ("utf-16-le", "UTF-16")],
+     ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")],
 )
 def test_a_csv_not_in_utf8_is_named_an_encoding_problem_with_the_fix(
-    tmp_path, exports, encoding, expected
+    tmp_path, exports, encoding, expected, suffix
 ):
     synapses, _ = exports
-    cells = tmp_path / "cells.csv"
+    cells = tmp_path / f"cell types{suffix}"  # a blank, which the command must quote
     cell_export().assign(cell_type=["pyramidal", "cellule étoilée"]).to_csv(
         cells, index=False, encoding=encoding
     )
     with pytest.raises(DataError) as error:
         load(synapses, cells)
     said = str(error.value)
-    assert str(cells) in said and "UTF-8" in said and "complete export" not in said
-    command = f"iconv -f {expected} -t UTF-8 {cells} > {tmp_path / 'cells.utf8.csv'}"
-    assert command in said
-    # The command given works: its output loads.
+    assert said.startswith(str(cells)) and "complete export" not in said
+    assert "not UTF-8" in said or "UTF-16 text" in said
+    command = said.split("`")[1]
+    assert f"iconv -f {expected} -t UTF-8" in command
+    # The command given works: its output, beside the export, loads.
     subprocess.run(command, shell=True, check=True)
-    fixed = load(synapses, tmp_path / "cells.utf8.csv")
+    fixed = load(synapses, tmp_path / f"cell types.utf8{suffix}")
     assert fixed.cell_types["cell_type"].tolist() == ["pyramidal", "cellule étoilée"]

@@ -182,12 +182,18 @@ def _refuse_utf16(path: Path) -> None:
             head = stream.read(1 << 16)
     except (OSError, EOFError):
         return  # pandas reports a damaged file in its own words
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
-        raise DataError(
-            f"{path}: UTF-16 text (NUL bytes or a UTF-16 byte-order mark), but the files source "
-            f"reads CSV as UTF-8. Convert it, e.g. `{_iconv_command(path, 'UTF-16')}`, and point "
-            "dataset.files at the new file."
-        )
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "UTF-16"  # iconv reads the byte order from the mark
+    elif b"\x00" in head:
+        # ASCII text in UTF-16 without a mark: the NUL is the high byte, after it or before it.
+        encoding = "UTF-16LE" if head[1:2] == b"\x00" else "UTF-16BE"
+    else:
+        return
+    raise DataError(
+        f"{path}: UTF-16 text (NUL bytes or a UTF-16 byte-order mark), but the files source reads "
+        f"CSV as UTF-8. Convert it, e.g. `{_iconv_command(path, encoding)}`, and point "
+        "dataset.files at the new file."
+    )
 
 
 def _iconv_command(path: Path, encoding: str) -> str:
