@@ -188,23 +188,24 @@ def _check_classes(classes: Mapping[str, str]) -> None:
 
 def _check_both_classes(stats: dict[str, Any]) -> None:
     dropped = stats["dropped"]
-    if dropped["duplicate_cell_type"] and dropped["duplicate_cell_type"] >= dropped["not_mapped"]:
-        # Most synapses were lost to root ids with several different cell-type rows: the class
-        # mapping is not the problem, and pointing at it sends the user the wrong way.
-        hint = (
-            f"{dropped['duplicate_cell_type']} synapse(s) were dropped because their presynaptic "
-            f"cell has duplicated root ids: {stats['duplicated_root_ids']} root id(s) have "
-            "several different rows in the cell-type table (a multi-soma merge has no single "
-            "class). Check the cell-type export: rows repeated verbatim are dropped, but an "
-            "export appended twice with a different id or position per row is not. Dropped: "
-            f"{dropped}."
+    hints = []
+    duplicates = dropped["duplicate_cell_type"]
+    if duplicates and duplicates >= dropped["not_mapped"]:
+        # Root ids with several different cell-type rows took more synapses than the class
+        # mapping: pointing only at labels.classes would send the user the wrong way.
+        hints.append(
+            f"{duplicates} synapse(s) were dropped because their presynaptic cell has duplicated "
+            f"root ids: {stats['duplicated_root_ids']} root id(s) have several different rows in "
+            "the cell-type table (a multi-soma merge has no single class). Check the cell-type "
+            "export: rows repeated verbatim are dropped, but an export appended twice with a "
+            "different id or position per row is not."
         )
-    else:
-        hint = (
+    if dropped["not_mapped"] or not hints:
+        hints.append(
             f"Check labels.column ({stats['column']!r}) and labels.classes ({stats['classes']}) "
-            f"against the cell-type table. Dropped: {dropped}; values not mapped: "
-            f"{stats['not_mapped_values']}."
+            f"against the cell-type table; values not mapped: {stats['not_mapped_values']}."
         )
+    hint = " ".join([*hints, f"Dropped: {dropped}."])
     if stats["labelled"] == 0:
         raise DataError(f"No synapse could be labelled ({stats['synapses_in']} in). {hint}")
     absent = [name for name, count in stats["by_label"].items() if count == 0]
