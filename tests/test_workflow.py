@@ -120,13 +120,13 @@ def test_split_fractions_that_do_not_sum_to_one_stop_the_dry_run(tmp_path):
 
 def test_more_shards_than_the_schema_allows_are_refused_at_once(tmp_path):
     def edit(config):
-        config["cutout"]["shards"] = 4097
+        config["cutout"]["shards"] = 1025
 
     bad = config_with(tmp_path, "shards.yaml", edit)
     result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
-    assert "4097 is greater than the maximum of 4096" in said and "'shards'" in said
+    assert "1025 is greater than the maximum of 1024" in said and "'shards'" in said
 
 
 @pytest.mark.workflow
