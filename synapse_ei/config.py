@@ -21,6 +21,7 @@ import yaml
 from synapse_ei.errors import DataError
 
 SPLITS = ("train", "val", "test")
+#: The workflow's schema, beside the package in a checkout (the Snakefile validates with it too).
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -96,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
         print("usage: python -m synapse_ei.config CONFIG.yaml [...]", file=sys.stderr)
+        return 2
+    if not SCHEMA.is_file():
+        print(f"{SCHEMA}: no schema; run this from a checkout of synapse-ei.", file=sys.stderr)
         return 2
     failed = 0
     for path in paths:
