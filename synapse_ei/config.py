@@ -14,6 +14,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import yaml
@@ -35,7 +36,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise DataError(
             f"{path}: not UTF-8 text; save the config file as UTF-8, e.g. "
-            f"`iconv -f WINDOWS-1252 -t UTF-8 {path} > fixed.yaml`."
+            f"`iconv -f WINDOWS-1252 -t UTF-8 {quote(str(path))} > fixed.yaml`."
         ) from error
     try:
         config = yaml.safe_load(text)
