@@ -82,6 +82,13 @@ def to_int64(frame: pd.DataFrame, columns: Sequence[str], where: str) -> pd.Data
                     f"{where}: column '{column}' row {row} holds {values.iloc[row]!r}, "
                     "which is not a whole number."
                 )
+            # Beyond int64 a cast wraps round silently (1e19 became -9223372036854775808).
+            if not numeric.abs().lt(2.0**63).all():
+                row = int((numeric.abs() >= 2.0**63).to_numpy().nonzero()[0][0])
+                raise DataError(
+                    f"{where}: column '{column}' row {row} holds {values.iloc[row]!r}, beyond "
+                    "the range of a 64-bit integer. Fix or drop those rows in the export."
+                )
             if column.endswith("root_id") or column == "id":
                 # Floats above 2**53 have already lost digits: the id is not recoverable.
                 if (numeric.abs() > 2**53).any():

@@ -339,3 +339,13 @@ def test_a_csv_not_in_utf8_is_named_an_encoding_problem_with_the_fix(
     subprocess.run(command, shell=True, check=True)
     fixed = load(synapses, tmp_path / f"cell types.utf8{suffix}")
     assert fixed.cell_types["cell_type"].tolist() == ["pyramidal", "cellule étoilée"]
+
+
+def test_a_number_beyond_int64_names_its_row_instead_of_wrapping(tmp_path, exports):
+    _, cells = exports
+    frame = packed_export()
+    frame["ctr_pt_position"] = ["[100 10 1]", "[1e19 20 2]", "[300 30 3]"]
+    synapses = tmp_path / "huge.csv"
+    frame.to_csv(synapses, index=False)
+    with pytest.raises(DataError, match=r"huge\.csv: column 'ctr_pt_position_x' row 1 .*64-bit"):
+        files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
