@@ -349,3 +349,11 @@ def test_a_number_beyond_int64_names_its_row_instead_of_wrapping(tmp_path, expor
     frame.to_csv(synapses, index=False)
     with pytest.raises(DataError, match=r"huge\.csv: column 'ctr_pt_position_x' row 1 .*64-bit"):
         files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
+
+
+def test_a_stray_nul_in_utf8_text_is_not_called_utf16(tmp_path, exports):
+    synapses, _ = exports
+    cells = tmp_path / "cells.csv"
+    cells.write_text(f"pt_root_id,cell_type\n{BIG_ROOT},e\x00\n{BIG_ROOT + 1},i\n")
+    result = load(synapses, cells, columns={"synapses": SYNAPSE_MAP})
+    assert result.cell_types["pt_root_id"].tolist() == [BIG_ROOT, BIG_ROOT + 1]

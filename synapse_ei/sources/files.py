@@ -182,17 +182,21 @@ def _refuse_utf16(path: Path) -> None:
             head = stream.read(1 << 16)
     except (OSError, EOFError):
         return  # pandas reports a damaged file in its own words
+    # ASCII text in UTF-16 without a mark has a NUL high byte in every pair, after (LE) or
+    # before (BE) each character; a stray NUL in UTF-8 text is no reason to say UTF-16.
+    pairs = len(head) // 2
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         encoding = "UTF-16"  # iconv reads the byte order from the mark
-    elif b"\x00" in head:
-        # ASCII text in UTF-16 without a mark: the NUL is the high byte, after it or before it.
-        encoding = "UTF-16LE" if head[1:2] == b"\x00" else "UTF-16BE"
+    elif pairs and head[1 : 2 * pairs : 2].count(0) >= 0.9 * pairs:
+        encoding = "UTF-16LE"
+    elif pairs and head[0 : 2 * pairs : 2].count(0) >= 0.9 * pairs:
+        encoding = "UTF-16BE"
     else:
         return
     raise DataError(
-        f"{path}: UTF-16 text (NUL bytes or a UTF-16 byte-order mark), but the files source reads "
-        f"CSV as UTF-8. Convert it, e.g. `{_iconv_command(path, encoding)}`, and point "
-        "dataset.files at the new file."
+        f"{path}: UTF-16 text (a UTF-16 byte-order mark, or NUL bytes between the characters), "
+        f"but the files source reads CSV as UTF-8. Convert it, e.g. "
+        f"`{_iconv_command(path, encoding)}`, and point dataset.files at the new file."
     )
 
 
