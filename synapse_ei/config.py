@@ -3,16 +3,16 @@ the checks that tie several keys together.
 
 The Snakefile calls :func:`check` right after the schema, so a bad value stops the run before
 any job starts; the stage that uses a value calls the same function (one rule in one place).
-``python -m synapse_ei.config my.yaml`` checks a file without Snakemake: Snakemake reads a
-``--configfile`` before the workflow and reports a YAML mistake without its file or line.
-Imported at parse time, so only the standard library and PyYAML (Snakemake loads both).
+Snakemake reads a ``--configfile`` before the workflow and reports a YAML mistake without its
+file or line: ``python -m synapse_ei.preflight --configfile my.yaml`` reads it with
+:func:`read_config_file`, which names both. Imported at parse time, so only the standard
+library and PyYAML (Snakemake loads both).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
 from typing import Any
@@ -22,8 +22,6 @@ import yaml
 from synapse_ei.errors import DataError
 
 SPLITS = ("train", "val", "test")
-#: The workflow's schema, beside the package in a checkout (the Snakefile validates with it too).
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -89,33 +87,3 @@ def check_split_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
 def check(config: Mapping[str, Any]) -> None:
     """The checks a schema cannot make, on a config the schema has validated."""
     check_split_fractions(config["split"]["fractions"])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Check config files as the workflow would: YAML syntax, the schema, then :func:`check`."""
-    from snakemake.utils import validate  # the Snakefile's validator, defaults and all
-
-    paths = list(sys.argv[1:] if argv is None else argv)
-    if not paths:
-        print("usage: python -m synapse_ei.config CONFIG.yaml [...]", file=sys.stderr)
-        return 2
-    if not SCHEMA.is_file():
-        print(f"{SCHEMA}: no schema; run this from a checkout of synapse-ei.", file=sys.stderr)
-        return 2
-    failed = 0
-    for path in paths:
-        try:
-            config = read_config_file(path)
-            validate(config, str(SCHEMA))
-            check(config)
-        except Exception as error:  # DataError, or the schema's WorkflowError naming the key
-            failed += 1
-            said = str(error)
-            print(said if said.startswith(str(path)) else f"{path}: {said}", file=sys.stderr)
-        else:
-            print(f"{path}: OK")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

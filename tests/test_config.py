@@ -1,5 +1,5 @@
 """The configuration beyond its schema: YAML mistakes with their file and line, and the checks
-that tie keys together, also as ``python -m synapse_ei.config``."""
+that tie keys together, also through ``python -m synapse_ei.preflight --configfile``."""
 
 from __future__ import annotations
 
@@ -62,18 +62,28 @@ def test_fractions_that_do_not_sum_to_one_name_the_keys(fractions):
     }
 
 
-def test_the_command_checks_files_as_the_workflow_would(tmp_path):
-    bad, line = with_tab(tmp_path)
-    fractions = tmp_path / "fractions.yaml"
-    fractions.write_text(MINI.read_text().replace("train: 0.6", "train: 0.7"))
-    typo = tmp_path / "typo.yaml"
-    typo.write_text(MINI.read_text().replace("source: synthetic", "source: synthetc"))
+@pytest.mark.parametrize("mistake", ["tab", "fractions", "typo"])
+def test_the_preflight_checks_a_config_file_as_the_workflow_would(tmp_path, mistake):
+    """`python -m synapse_ei.preflight --configfile`, for what Snakemake reads before the
+    workflow and reports without file or line; the demo's source needs no other check."""
+    if mistake == "tab":
+        bad, line = with_tab(tmp_path)
+        expected = f"{bad}, line {line}, column 1: not valid YAML"
+    else:
+        bad = tmp_path / "bad.yaml"
+        old, new = {"fractions": ("train: 0.6", "train: 0.7"),
+                    "typo": ("source: synthetic", "source: synthetc")}[mistake]  # fmt: skip
+        bad.write_text(MINI.read_text().replace(old, new))
+        expected = {"fractions": f"--configfile {bad}: split.fractions: ",
+                    "typo": "'synthetc' is not one of"}[mistake]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "synapse_ei.config", str(MINI), str(bad), str(fractions), str(typo)],
+        [sys.executable, "-m", "synapse_ei.preflight", "--configfile", str(bad)],
         capture_output=True, text=True, cwd=tmp_path,
     )
-    assert result.returncode == 1
-    assert result.stdout == f"{MINI}: OK\n"
-    assert f"{bad}, line {line}, column 1" in result.stderr
-    assert f"{fractions}: split.fractions:" in result.stderr
-    assert f"{typo}: " in result.stderr and "'synthetc' is not one of" in result.stderr
+    assert result.returncode == 1 and result.stderr.startswith("FAIL  ")
+    assert expected in result.stderr
+    fine = subprocess.run(
+        [sys.executable, "-m", "synapse_ei.preflight", "--configfile", str(MINI)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert fine.returncode == 0 and "Nothing to check" in fine.stdout

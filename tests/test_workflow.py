@@ -149,7 +149,7 @@ def test_more_shards_than_synapses_stop_at_the_plan_with_both_numbers(tmp_path):
 
 def test_a_tab_in_the_demo_config_names_the_file_and_line(tmp_path):
     """Snakemake's own message names neither (it reads a --configfile before the workflow, so
-    there `python -m synapse_ei.config` does, tests/test_config.py)."""
+    there `python -m synapse_ei.preflight --configfile` does, tests/test_config.py)."""
     copy = tmp_path / "repo"
     for part in ("workflow", "config", "scripts"):
         shutil.copytree(REPO / part, copy / part)
