@@ -2,8 +2,11 @@
 # The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
 #          -> evaluate[model] -> summary. See README.md and config/README.md.
 import json
+import os
 
 from snakemake.utils import min_version, validate
+
+from synapse_ei.config import check, read_config_file, require_position_resolution
 
 min_version("9.0")
 
@@ -11,15 +14,19 @@ min_version("9.0")
 # A config given with --configfile replaces the demo's instead of being merged into it: merged,
 # the demo's models would be trained on every other dataset too.
 if not workflow.overwrite_configfiles:
+    # Snakemake's own YAML error names neither the file nor the line. The path is relative to
+    # the working directory, as for `configfile:`, which also reports a missing file.
+    if os.path.exists("config/config.yaml"):
+        read_config_file("config/config.yaml")
 
     configfile: "config/config.yaml"
 
 
-from synapse_ei.config_checks import require_position_resolution
-
 # Before the schema, whose message for a missing key is a dump of the schema.
 require_position_resolution(config)
 validate(config, "workflow/schemas/config.schema.yaml")
+# What the schema cannot say (fractions summing to 1), checked before any job as the rest is.
+check(config)
 # Snakemake compares a rule's params with the last run's as text: with every key sorted, a
 # config file whose keys are merely reordered (or defaults filled in) reruns nothing.
 _canonical = json.loads(json.dumps(config, sort_keys=True))

@@ -1,11 +1,13 @@
 """How long Snakemake takes to plan the workflow, for the demo and for a MICrONS-sized run.
 
-Usage: ``python bench/dag.py [--synapses 1000000] [--repeat 3]``
+Usage: ``python bench/dag.py [--synapses 1000000] [--shards 256] [--repeat 3]``
 
 Writes a ``files``-source dataset with ``--synapses`` synapse rows (a real parquet table, so any
 parse-time read of it would show in the time) and a config that is ``config/microns.yaml`` (256
 cutout shards, 7 models) pointed at it, then times ``snakemake -n`` on it and on the demo
 config side by side, in fresh working directories. Goal: under 10 s for the large one.
+``--shards`` replaces microns.yaml's 256: the time per shard job is what sets the schema's
+maximum of ``cutout.shards``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def dry_run(configfile: Path, workdir: Path) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--synapses", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=None, help="default: microns.yaml's")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         large = yaml.safe_load((REPO / "config" / "microns.yaml").read_text())
         large["dataset"] = write_dataset(root, args.synapses)
+        if args.shards is not None:
+            large["cutout"]["shards"] = args.shards
         large_config = root / "large.yaml"
         large_config.write_text(yaml.safe_dump(large))
         configs = {

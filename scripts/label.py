@@ -6,7 +6,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.io import write_json, write_parquet  # noqa: E402
+from synapse_ei.io import read_json, write_json, write_parquet  # noqa: E402
 from synapse_ei.labels import label_synapses  # noqa: E402
 
 labelled, stats = label_synapses(
@@ -16,6 +16,10 @@ labelled, stats = label_synapses(
     classes=snakemake.params.classes,
     max_synapses_per_class=snakemake.params.max_synapses_per_class,
     seed=snakemake.params.seed,
+    # Only the files source drops verbatim repeats of cell-type rows (an export appended twice).
+    repeated_cell_type_rows=read_json(snakemake.input.provenance).get(
+        "repeated_cell_type_rows_dropped", 0
+    ),
 )
 write_parquet(snakemake.output.synapses, labelled)
 write_json(snakemake.output.stats, stats)

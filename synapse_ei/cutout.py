@@ -129,16 +129,24 @@ def morton_codes(positions: np.ndarray) -> np.ndarray:
     return x | (y << np.uint64(1)) | (z << np.uint64(2))
 
 
-def plan_shards(synapses: pd.DataFrame, n_shards: int) -> pd.DataFrame:
+def plan_shards(
+    synapses: pd.DataFrame, n_shards: int, key: str = "cutout.shards"
+) -> pd.DataFrame:
     """Return ``synapses`` (same row order) with an int64 column ``shard`` in ``[0, n_shards)``.
 
     Rows are ordered by the Morton code of their ``ctr_pt_position_{x,y,z}`` (ties broken by
     ``id``) and cut into ``n_shards`` contiguous, near-equal groups, so each shard covers a
-    compact region and reads shared chunks. Deterministic; more shards than rows leaves some
-    shards empty.
+    compact region and reads shared chunks. Deterministic. More shards than rows is refused
+    (naming the config ``key``): the extra shards would be jobs that cut nothing.
     """
     if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
-        raise DataError(f"cutout.shards: expected a positive integer, got {n_shards!r}.")
+        raise DataError(f"{key}: expected a positive integer, got {n_shards!r}.")
+    if n_shards > max(len(synapses), 1):
+        raise DataError(
+            f"{key}: {n_shards} shards for {len(synapses)} synapse(s) would run "
+            f"{n_shards - len(synapses)} cutout job(s) with nothing to cut. Set {key} to at "
+            f"most {len(synapses)} in the config file and rerun."
+        )
     require_columns(synapses, ["id", *CTR], "synapse table for the cutout plan")
     positions = synapses[CTR].to_numpy()
     if len(synapses) and not np.all(np.isfinite(positions.astype(np.float64))):

@@ -2,10 +2,14 @@
 
 A synapse is dropped for the first reason that applies, so the counts add up to what went in:
 ``pre_root_id_zero`` (no segment), ``no_cell_type`` (the presynaptic cell has no cell-type row),
-``duplicate_cell_type`` (its root id has several rows: a multi-soma merge, so no single class),
+``duplicate_cell_type`` (its root id has several different rows: a multi-soma merge, so no single
+class; rows repeated verbatim were already dropped by the source),
 ``not_mapped`` (its class is not in ``classes``, e.g. glia), then ``autapse`` (pre == post, a
 segmentation merge rather than biology). An optional cap per class (``class_cap``) keeps a
 seeded random sample of each class, so a huge majority class does not swamp a run.
+
+Class values are compared as the config writes them: a numeric code column (``1``, ``2``; a
+float column when pandas had missing values to hold) matches the keys ``1`` and ``2``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def label_synapses(
     classes: Mapping[str, str],
     max_synapses_per_class: int | None = None,
     seed: int = 0,
+    repeated_cell_type_rows: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Label each synapse excitatory/inhibitory by its presynaptic cell's ``column`` value.
 
@@ -37,6 +42,7 @@ def label_synapses(
     labelled synapses (all input columns plus ``label`` and ``pre_cell_type``, sorted by id) and
     a stats dict of counts in, out and dropped by reason. With ``max_synapses_per_class``, each
     class keeps at most that many synapses, a random sample fixed by ``seed``.
+    ``repeated_cell_type_rows`` (the verbatim repeats the source dropped) goes into the stats.
     """
     _check_classes(classes)
     if max_synapses_per_class is not None and (
@@ -63,13 +69,16 @@ def label_synapses(
         )
 
     rows_per_root = cell_types["pt_root_id"].value_counts()
-    unique_rows = cell_types[cell_types["pt_root_id"].map(rows_per_root) == 1]
-    class_value = unique_rows.set_index("pt_root_id")[column]
-    cell_type_name = unique_rows.set_index("pt_root_id")["cell_type"]
+    unique = (cell_types["pt_root_id"].map(rows_per_root) == 1).to_numpy()
+    by_root = cell_types.set_index("pt_root_id")
+    # Codes of the whole column, so that every row reads as the same kind (numbers or text).
+    class_value = class_codes(by_root[column])[unique]
+    cell_type_name = class_codes(by_root["cell_type"])[unique]
+    numeric = _as_numbers(cell_types[column]) is not None
 
     pre = synapses["pre_pt_root_id"]
     value = pre.map(class_value)
-    label = value.map(dict(classes))
+    label = value.map(_config_codes(classes, numeric))
     n_rows = pre.map(rows_per_root).fillna(0)
 
     # Each mask excludes everything an earlier reason took, so every synapse has one reason.
@@ -90,7 +99,8 @@ def label_synapses(
     )
     labelled = synapses[remaining].copy()
     labelled["label"] = label[remaining].astype(str)
-    labelled["pre_cell_type"] = labelled["pre_pt_root_id"].map(cell_type_name).astype(str)
+    labelled["pre_cell_type"] = labelled["pre_pt_root_id"].map(cell_type_name).astype(object)
+    labelled["pre_cell_type"] = labelled["pre_cell_type"].fillna(MISSING_VALUE).astype(str)
     labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
     capped = len(labelled)
     if max_synapses_per_class is not None:
@@ -105,6 +115,8 @@ def label_synapses(
         "column": column,
         "classes": dict(classes),
         "dropped": {reason: int(mask.sum()) for reason, mask in drops.items()},
+        "repeated_cell_type_rows_dropped": int(repeated_cell_type_rows),
+        "duplicated_root_ids": int((rows_per_root > 1).sum()),
         "max_synapses_per_class": max_synapses_per_class,
         "not_mapped_values": {str(k): int(v) for k, v in not_mapped_values.items()},
         "by_label": {name: int((labelled["label"] == name).sum()) for name in tables.LABELS},
@@ -117,6 +129,47 @@ def label_synapses(
         stats["dropped"]["class_cap"] = int(capped)
     _check_both_classes(stats)
     return labelled, stats
+
+
+def class_codes(values: pd.Series) -> pd.Series:
+    """Cell-type values as text the way a config writes them; missing values stay missing.
+
+    Parquet keeps numeric codes as numbers, floats once a value is missing, and a CSV written
+    from such a column holds ``1.0``: whole numbers are written without the ``.0`` so that the
+    key ``1`` matches. A column that is not all numbers is left as its text.
+    """
+    numbers = _as_numbers(values)
+    if numbers is None:
+        return values.astype(object).where(values.isna(), values.astype(str))
+    return numbers.astype(object).map(_number_text, na_action="ignore")
+
+
+def _as_numbers(values: pd.Series) -> pd.Series | None:
+    """``values`` as floats if every present one is a number (not a bool), else None."""
+    if pd.api.types.is_bool_dtype(values):
+        return None
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers if (numbers.notna() == values.notna()).all() else None
+
+
+def _number_text(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _config_codes(classes: Mapping[Any, str], numeric: bool) -> dict[str, str]:
+    """``labels.classes`` with its keys as :func:`class_codes` writes the column's values.
+
+    YAML reads ``1:`` as a number, the Snakefile's canonical config as the text ``'1'``; against a
+    numeric column ``1``, ``'1'`` and ``'1.0'`` are all the code 1.
+    """
+    codes = {}
+    for key, target in classes.items():
+        number = _as_numbers(pd.Series([key], dtype=object)) if numeric else None
+        codes[_number_text(number.iloc[0]) if number is not None else str(key)] = target
+    return codes
 
 
 def _check_classes(classes: Mapping[str, str]) -> None:
@@ -134,11 +187,25 @@ def _check_classes(classes: Mapping[str, str]) -> None:
 
 
 def _check_both_classes(stats: dict[str, Any]) -> None:
-    hint = (
-        f"Check labels.column ({stats['column']!r}) and labels.classes ({stats['classes']}) "
-        f"against the cell-type table. Dropped: {stats['dropped']}; values not mapped: "
-        f"{stats['not_mapped_values']}."
-    )
+    dropped = stats["dropped"]
+    hints = []
+    duplicates = dropped["duplicate_cell_type"]
+    if duplicates and duplicates >= dropped["not_mapped"]:
+        # Root ids with several different cell-type rows took more synapses than the class
+        # mapping: pointing only at labels.classes would send the user the wrong way.
+        hints.append(
+            f"{duplicates} synapse(s) were dropped because their presynaptic cell has duplicated "
+            f"root ids: {stats['duplicated_root_ids']} root id(s) have several different rows in "
+            "the cell-type table (a multi-soma merge has no single class). Check the cell-type "
+            "export: rows repeated verbatim are dropped, but an export appended twice with a "
+            "different id or position per row is not."
+        )
+    if dropped["not_mapped"] or not hints:
+        hints.append(
+            f"Check labels.column ({stats['column']!r}) and labels.classes ({stats['classes']}) "
+            f"against the cell-type table; values not mapped: {stats['not_mapped_values']}."
+        )
+    hint = " ".join([*hints, f"Dropped: {dropped}."])
     if stats["labelled"] == 0:
         raise DataError(f"No synapse could be labelled ({stats['synapses_in']} in). {hint}")
     absent = [name for name, count in stats["by_label"].items() if count == 0]

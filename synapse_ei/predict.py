@@ -106,7 +106,7 @@ def plan_unlabelled(
             f"{synapses_path}: every presynaptic cell has a row in {cell_types_path}; there is "
             "no unlabelled synapse to predict."
         )
-    write_parquet(plan_path, plan_shards(selected, n_shards))
+    write_parquet(plan_path, plan_shards(selected, n_shards, key="predict.shards"))
     write_json(stats_path, stats)
     return stats
 

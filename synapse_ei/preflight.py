@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from synapse_ei.config import check, read_config_file
 from synapse_ei.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,12 +218,17 @@ def load_config(configfile: Path) -> dict[str, Any]:
     from snakemake.utils import validate
 
     try:
-        config = yaml.safe_load(Path(configfile).read_text())
+        # A YAML mistake with its file and line, which Snakemake's own message lacks.
+        config = read_config_file(configfile)
     except OSError as error:
         raise DataError(f"--configfile {configfile}: cannot be read ({error}).") from None
     try:
         validate(config, str(SCHEMA), set_default=True)
     except Exception as error:
+        raise DataError(f"--configfile {configfile}: {error}") from None
+    try:
+        check(config)  # what the Snakefile checks next, before any job
+    except DataError as error:
         raise DataError(f"--configfile {configfile}: {error}") from None
     return config
 

@@ -8,7 +8,6 @@ synapse-level split, kept only as the leakage audit's control.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from synapse_ei import tables
+from synapse_ei.config import check_split_fractions
 from synapse_ei.errors import DataError
 
 PRE, POST = "pre_pt_root_id", "post_pt_root_id"
@@ -37,7 +37,7 @@ def split_by_neuron(
     ties to the earlier of train/val/test) and synapses crossing splits are dropped.
     Returns the table with a ``split`` column, sorted by id, and an audit dict.
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_split_fractions(fractions)
     tables.require_columns(labelled, ["id", PRE, POST, "label"], "labelled synapse table")
     neurons = _neuron_labels(labelled)
 
@@ -71,7 +71,7 @@ def split_by_synapse(
     column, sorted by id, and an audit dict shaped as :func:`split_by_neuron`'s (plus
     ``"unit": "synapse"``).
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_split_fractions(fractions)
     tables.require_columns(labelled, ["id", PRE, POST, "label"], "labelled synapse table")
     _neuron_labels(labelled)  # the same label checks as the neuron split
     result = labelled.drop(columns="split", errors="ignore")
@@ -98,27 +98,6 @@ def split_by_synapse(
     result["split"] = result["id"].map(split_of_synapse)
     audit = _audit(result, labelled, fractions, seed, False, {"post_in_other_split": 0})
     return result, {"unit": "synapse", **audit}
-
-
-def _check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
-    if not isinstance(fractions, Mapping) or set(fractions) != set(tables.SPLITS):
-        keys = sorted(fractions) if isinstance(fractions, Mapping) else fractions
-        raise DataError(f"split.fractions: keys {keys} must be exactly {list(tables.SPLITS)}.")
-    try:
-        values = {name: float(fractions[name]) for name in tables.SPLITS}
-    except (TypeError, ValueError) as error:
-        raise DataError(f"split.fractions: {dict(fractions)} must all be numbers.") from error
-    bad = [name for name, value in values.items() if not 0 < value < 1]
-    if bad:
-        raise DataError(
-            f"split.fractions.{bad[0]}: {values[bad[0]]} must be between 0 and 1 (exclusive): "
-            "every split needs neurons of both classes."
-        )
-    if not math.isclose(sum(values.values()), 1.0, abs_tol=1e-6):
-        raise DataError(
-            f"split.fractions: {values} sum to {sum(values.values()):g}, not 1; adjust them."
-        )
-    return values
 
 
 def _neuron_labels(labelled: pd.DataFrame) -> pd.Series:

@@ -97,10 +97,18 @@ def test_plan_is_deterministic_and_independent_of_row_order(raw_volume):
     pd.testing.assert_frame_equal(first, plan_shards(synapses, 4))
 
 
-def test_more_shards_than_rows_leaves_empty_shards(raw_volume):
-    plan = plan_shards(raw_volume[3].head(3), 8)
-    assert sorted(plan["shard"]) == sorted(set(plan["shard"]))
-    assert plan["shard"].between(0, 7).all()
+def test_more_shards_than_synapses_is_refused_with_both_numbers(raw_volume):
+    """30 shards for 24 synapses would run 6 jobs that cut nothing."""
+    synapses = raw_volume[3]
+    assert len(synapses) == 24
+    with pytest.raises(DataError, match=r"cutout\.shards: 30 shards for 24 synapse\(s\) would "
+                       r"run 6 cutout job\(s\) with nothing to cut\. Set cutout\.shards to at "
+                       r"most 24"):
+        plan_shards(synapses, 30)
+    with pytest.raises(DataError, match=r"predict\.shards: 4 shards for 3"):
+        plan_shards(synapses.head(3), 4, key="predict.shards")
+    plan = plan_shards(synapses, 24)  # one synapse per shard is the most there can be
+    assert sorted(plan["shard"]) == list(range(24))
     with pytest.raises(DataError, match="cutout.shards"):
         plan_shards(raw_volume[3], 0)
 
@@ -323,8 +331,9 @@ def test_positions_in_nm_fail_with_a_unit_hint(raw_volume, tmp_path):
 
 def test_empty_shard_writes_an_empty_manifest(raw_volume, tmp_path):
     path, _, _, synapses = raw_volume
-    plan = plan_shards(synapses.head(2), 3)
-    empty = ({0, 1, 2} - set(plan["shard"])).pop()
+    # plan_shards refuses more shards than synapses; a shard number the plan lacks is empty.
+    plan = plan_shards(synapses.head(2), 2)
+    empty = 2
     shard_dir = tmp_path / "shards" / f"{empty:03d}"
     stats = cut_shard(plan, empty, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, shard_dir)
     manifest = pd.read_parquet(shard_dir / "manifest.parquet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -206,3 +207,158 @@ def test_load_source_dispatches_to_files(exports):
     del dataset["files"]["position_resolution"]
     with pytest.raises(DataError, match=r"dataset.files.position_resolution is not set"):
         load_source(dataset, synthetic_dir="unused")
+
+
+# ------------------------------------------------------------------ CAVE's packed positions
+
+
+CELLS_ONLY = {"cell_types": {"root": "pt_root_id"}}
+
+
+def packed_export() -> pd.DataFrame:
+    """The synapse export with CAVE names and every point packed as query_table returns it."""
+    frame = synapse_export().rename(columns=SYNAPSE_MAP)
+    centres = frame[tables.CTR].to_numpy().tolist()
+    for point, offset in (("ctr", 0), ("pre", -1), ("post", 1)):
+        frame[f"{point}_pt_position"] = [[x + offset, y, z] for x, y, z in centres]
+    return frame.drop(columns=tables.CTR)
+
+
+def split_expected() -> pd.DataFrame:
+    frame = synapse_export().rename(columns=SYNAPSE_MAP)
+    for point, offset in (("pre", -1), ("post", 1)):
+        for axis in "xyz":
+            shift = offset if axis == "x" else 0
+            frame[f"{point}_pt_position_{axis}"] = frame[f"ctr_pt_position_{axis}"] + shift
+    return frame[[*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]]
+
+
+def test_packed_positions_in_parquet_lists_are_split(tmp_path, exports):
+    _, cells = exports
+    synapses = tmp_path / "packed.parquet"
+    packed_export().to_parquet(synapses)
+    result = files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
+    pd.testing.assert_frame_equal(result.synapses, split_expected())
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: f"[{p[0]} {p[1]} {p[2]}]",  # numpy's print of an array
+        lambda p: f"[{p[0]}, {p[1]}, {p[2]}]",  # a list's
+        lambda p: f"[ {p[0]}.0  {p[1]}.\n {p[2]}.0 ]",  # numpy floats, padded and wrapped
+    ],
+    ids=["numpy", "list", "numpy-floats-wrapped"],
+)
+def test_packed_positions_as_csv_text_are_split(tmp_path, exports, write):
+    _, cells = exports
+    frame = packed_export()
+    for point in tables.SYNAPSE_POINTS:
+        frame[point] = frame[point].map(write)
+    synapses = tmp_path / "packed.csv"
+    frame.to_csv(synapses, index=False)
+    result = files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
+    pd.testing.assert_frame_equal(result.synapses, split_expected())
+
+
+@pytest.mark.parametrize("cell", ["[200 20]", "200 20 2", "[200 20 two]", ""])
+def test_a_malformed_packed_point_names_file_column_and_row(tmp_path, exports, cell):
+    _, cells = exports
+    frame = packed_export()
+    for point in tables.SYNAPSE_POINTS:
+        frame[point] = frame[point].map(lambda p: f"[{p[0]} {p[1]} {p[2]}]")
+    frame.loc[1, "post_pt_position"] = cell
+    synapses = tmp_path / "packed.csv"
+    frame.to_csv(synapses, index=False)
+    with pytest.raises(DataError, match=r"packed\.csv: column 'post_pt_position' row 1 holds"):
+        files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
+
+
+def test_real_split_positions_packed_again_load_the_same(tmp_path, realdata):
+    """minnie65's CAVE export, packed as query_table's default returns it: the same table."""
+    folder = realdata / "minnie65_v1718"
+    split = files.load(folder / "synapses.csv", folder / "cell_types.csv", em_path="x")
+    raw = pd.read_csv(folder / "synapses.csv", dtype=str)
+    position = [f"ctr_pt_position_{axis}" for axis in "xyz"]
+    as_text = raw.drop(columns=position).assign(
+        ctr_pt_position=["[" + " ".join(p) + "]" for p in raw[position].to_numpy()]
+    )
+    as_text.to_csv(tmp_path / "packed.csv", index=False)
+    as_list = raw.drop(columns=position).astype("int64")
+    as_list["ctr_pt_position"] = list(raw[position].astype("int64").to_numpy())
+    as_list.to_parquet(tmp_path / "packed.parquet")
+    for path in (tmp_path / "packed.csv", tmp_path / "packed.parquet"):
+        packed = files.load(path, folder / "cell_types.csv", em_path="x")
+        pd.testing.assert_frame_equal(packed.synapses, split.synapses)
+
+
+# ---------------------------------------------------------------- repeated cell-type rows
+
+
+def test_cell_type_rows_repeated_verbatim_are_dropped_and_counted(tmp_path, exports):
+    synapses, _ = exports
+    cells = tmp_path / "twice.csv"
+    pd.concat([cell_export(), cell_export()]).to_csv(cells, index=False)
+    result = load(synapses, cells)
+    assert result.cell_types["pt_root_id"].tolist() == [BIG_ROOT, BIG_ROOT + 1]
+    assert result.provenance["repeated_cell_type_rows_dropped"] == 2
+
+
+def test_cell_type_rows_that_differ_are_kept_for_the_label_stage(tmp_path, exports):
+    """Two somas of one root (a merge) differ in position: not a repeat, though the schema drops
+    the position."""
+    synapses, _ = exports
+    cells = tmp_path / "merge.csv"
+    frame = cell_export()
+    pd.concat([frame, frame.iloc[[0]].assign(pt_position="[7 8 9]")]).to_csv(cells, index=False)
+    result = load(synapses, cells)
+    assert result.cell_types["pt_root_id"].tolist() == [BIG_ROOT, BIG_ROOT + 1, BIG_ROOT]
+    assert result.provenance["repeated_cell_type_rows_dropped"] == 0
+
+
+# ------------------------------------------------------------------------------ encodings
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+@pytest.mark.parametrize(
+    ("encoding", "expected"),
+    [("latin-1", "WINDOWS-1252"), ("cp1252", "WINDOWS-1252"), ("utf-16", "UTF-16"),
+     ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")],
+)
+def test_a_csv_not_in_utf8_is_named_an_encoding_problem_with_the_fix(
+    tmp_path, exports, encoding, expected, suffix
+):
+    synapses, _ = exports
+    cells = tmp_path / f"cell types{suffix}"  # a blank, which the command must quote
+    cell_export().assign(cell_type=["pyramidal", "cellule étoilée"]).to_csv(
+        cells, index=False, encoding=encoding
+    )
+    with pytest.raises(DataError) as error:
+        load(synapses, cells)
+    said = str(error.value)
+    assert said.startswith(str(cells)) and "complete export" not in said
+    assert "not UTF-8" in said or "UTF-16 text" in said
+    command = said.split("`")[1]
+    assert f"iconv -f {expected} -t UTF-8" in command
+    # The command given works: its output, beside the export, loads.
+    subprocess.run(command, shell=True, check=True)
+    fixed = load(synapses, tmp_path / f"cell types.utf8{suffix}")
+    assert fixed.cell_types["cell_type"].tolist() == ["pyramidal", "cellule étoilée"]
+
+
+def test_a_number_beyond_int64_names_its_row_instead_of_wrapping(tmp_path, exports):
+    _, cells = exports
+    frame = packed_export()
+    frame["ctr_pt_position"] = ["[100 10 1]", "[1e19 20 2]", "[300 30 3]"]
+    synapses = tmp_path / "huge.csv"
+    frame.to_csv(synapses, index=False)
+    with pytest.raises(DataError, match=r"huge\.csv: column 'ctr_pt_position_x' row 1 .*64-bit"):
+        files.load(synapses, cells, em_path="x", columns=CELLS_ONLY)
+
+
+def test_a_stray_nul_in_utf8_text_is_not_called_utf16(tmp_path, exports):
+    synapses, _ = exports
+    cells = tmp_path / "cells.csv"
+    cells.write_text(f"pt_root_id,cell_type\n{BIG_ROOT},e\x00\n{BIG_ROOT + 1},i\n")
+    result = load(synapses, cells, columns={"synapses": SYNAPSE_MAP})
+    assert result.cell_types["pt_root_id"].tolist() == [BIG_ROOT, BIG_ROOT + 1]

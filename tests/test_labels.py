@@ -156,3 +156,52 @@ def test_a_class_cap_keeps_a_seeded_sample_of_each_class():
     with pytest.raises(DataError, match="labels.max_synapses_per_class"):
         label_synapses(many, cell_types(), "classification_system", CLASSES,
                        max_synapses_per_class=0)  # fmt: skip
+
+
+def test_verbatim_repeats_the_source_dropped_are_counted_in_the_stats():
+    _, stats = label_synapses(
+        synapses(), cell_types(), "classification_system", CLASSES, repeated_cell_type_rows=7
+    )
+    assert stats["repeated_cell_type_rows_dropped"] == 7
+    assert stats["duplicated_root_ids"] == 1  # root 4
+
+
+def test_nothing_labelled_for_duplicated_root_ids_says_so_not_check_the_classes():
+    """Every typed root listed twice with different rows (e.g. a re-export with new ids)."""
+    cells = cell_types()
+    twice = pd.concat([cells, cells.assign(cell_type=cells["cell_type"] + "_v2")])
+    with pytest.raises(DataError, match="No synapse could be labelled") as error:
+        label_synapses(synapses(), twice, "classification_system", CLASSES)
+    said = str(error.value)
+    assert "duplicated root ids" in said and "6 root id(s)" in said
+    assert "Check labels.column" not in said
+
+
+@pytest.mark.parametrize(
+    "codes",
+    [
+        pd.Series([1, 2, 3, 1, 1, 2, 4], dtype="int64"),
+        pd.Series([1, 2, 3, 1, 1, 2, None], dtype="float64"),  # a gap: pandas holds it as float
+        pd.Series([1, 2, 3, 1, 1, 2, None], dtype="Int64"),
+        pd.Series(["1.0", "2.0", "3.0", "1.0", "1.0", "2.0", None], dtype=object),  # its CSV
+    ],
+    ids=["int", "float-with-gap", "nullable-int", "csv-of-floats"],
+)
+@pytest.mark.parametrize(
+    "classes",
+    [{"1": "excitatory", "2": "inhibitory"}, {1: "excitatory", 2: "inhibitory"},
+     {"1.0": "excitatory", "2.0": "inhibitory"}],
+    ids=["text-keys", "yaml-int-keys", "float-keys"],
+)
+def test_numeric_class_codes_match_the_keys_the_config_writes(codes, classes):
+    cells = cell_types().assign(code=codes.to_numpy())
+    labelled, stats = label_synapses(synapses(), cells, "code", classes)
+    reference, _ = label_synapses(synapses(), cell_types(), "classification_system", CLASSES)
+    assert labelled["label"].tolist() == reference["label"].tolist()
+    assert set(stats["not_mapped_values"]) <= {"3", "4", "<missing>"}
+
+
+def test_numeric_cell_type_names_read_as_written():
+    cells = cell_types().assign(cell_type=[23, 5, 9, 23, 23, 6, None])
+    labelled, _ = label_synapses(synapses(), cells, "classification_system", CLASSES)
+    assert set(labelled["pre_cell_type"]) == {"23", "5", "6"}

@@ -292,6 +292,7 @@ def test_a_slurm_run_on_real_data_checks_before_its_first_job(tmp_path):
     config = yaml.safe_load((REPO / "tests" / "config" / "mini.yaml").read_text())
     config["dataset"] = {"source": "files", "files": {
         "synapses": str(tables), "cell_types": str(tables), "em_path": f"file://{tmp_path}/no-em",
+        "position_resolution": [4, 4, 40],
     }}  # fmt: skip
     configfile = tmp_path / "files.yaml"
     configfile.write_text(yaml.safe_dump(config))

@@ -151,3 +151,48 @@ def test_minnie_disjoint_postsynaptic_is_impossible_with_one_target(minnie):
     )
     with pytest.raises(DataError, match="disjoint_postsynaptic to false"):
         split_by_neuron(labelled, FRACTIONS, seed=11, disjoint_postsynaptic=True)
+
+
+def test_pinky_cell_types_appended_twice_label_as_once(pinky, realdata, tmp_path):
+    """An export appended to itself: its 456 verbatim repeats are dropped and counted, while the
+    three glial roots with two different somas still drop their synapses as duplicated root ids."""
+    folder = realdata / "pinky100_v185"
+    header, rows = (folder / "soma_valence_v185.csv").read_text().rstrip("\n").split("\n", 1)
+    twice = tmp_path / "soma_valence_twice.csv"
+    twice.write_text(f"{header}\n{rows}\n{rows}\n")  # appended without a second header
+    doubled = files.load(
+        folder / "paired_synapses.csv", twice, em_path="x", columns={"synapses": PINKY_COLUMNS}
+    )
+    assert doubled.provenance["repeated_cell_type_rows_dropped"] == 456
+    pd.testing.assert_frame_equal(doubled.cell_types, pinky.cell_types)
+    once = label_synapses(pinky.synapses, pinky.cell_types, "cell_type", PINKY_CLASSES)
+    labelled, stats = label_synapses(
+        doubled.synapses, doubled.cell_types, "cell_type", PINKY_CLASSES,
+        repeated_cell_type_rows=doubled.provenance["repeated_cell_type_rows_dropped"],
+    )
+    pd.testing.assert_frame_equal(labelled, once[0])
+    assert stats["dropped"] == once[1]["dropped"] and stats["dropped"]["duplicate_cell_type"] == 37
+    assert stats["duplicated_root_ids"] == 3 and stats["repeated_cell_type_rows_dropped"] == 456
+
+
+def test_minnie_numeric_class_codes_in_parquet_label_as_the_names(minnie, realdata, tmp_path):
+    """classification_system exported as codes 1/2/3 in parquet, one code missing (a float
+    column): the keys 1 and 2 label exactly what the names did."""
+    folder = realdata / "minnie65_v1718"
+    cells = pd.read_csv(folder / "cell_types.csv", dtype={"pt_root_id": "int64"})
+    codes = {"excitatory_neuron": 1, "inhibitory_neuron": 2, "nonneuron": 3}
+    cells["classification_system"] = cells["classification_system"].map(codes).astype("float64")
+    cells.loc[cells["classification_system"] == 3, "classification_system"] = None
+    cells.to_parquet(tmp_path / "cell_types.parquet")
+    coded = files.load(folder / "synapses.csv", tmp_path / "cell_types.parquet", em_path="x")
+    # The Snakefile hands the config over as JSON, so YAML's `1:` arrives as the text "1".
+    labelled, stats = label_synapses(
+        coded.synapses, coded.cell_types, "classification_system",
+        {"1": "excitatory", "2": "inhibitory"},
+    )
+    by_name, named = label_synapses(
+        minnie.synapses, minnie.cell_types, "classification_system", MINNIE_CLASSES
+    )
+    pd.testing.assert_frame_equal(labelled, by_name)
+    assert stats["by_label"] == named["by_label"] == {"excitatory": 132, "inhibitory": 573}
+    assert stats["not_mapped_values"] == {"<missing>": 30}

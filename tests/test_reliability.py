@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from synapse_ei import tables as tables_module
+from synapse_ei.config import check
 from synapse_ei.errors import DataError
 from synapse_ei.sources import files
 
@@ -134,6 +136,37 @@ def test_any_synapse_export_loads_or_gives_a_data_error(tmp_path, rows, order, d
     assert loaded["id"].is_unique
 
 
+# CAVE's packed points as CSV text: bracketed or not, three parts or not, numbers or not.
+packed_cell = st.one_of(
+    cell,
+    st.builds(
+        lambda template, parts: template.format(" ".join(map(str, parts))),
+        st.sampled_from(["[{}]", "[ {} ]", "{}"]),
+        st.lists(st.one_of(st.integers(-5, 10**6), st.floats(), st.text(max_size=3)), max_size=4),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=st.lists(packed_cell, min_size=1, max_size=6), separator=st.sampled_from([" ", ", ", "\n "]))
+def test_any_packed_point_loads_or_names_its_row(tmp_path, points, separator):
+    frame = pd.DataFrame({
+        "id": range(len(points)), "pre_pt_root_id": 1, "post_pt_root_id": 2,
+        "ctr_pt_position": [p.replace(" ", separator) if isinstance(p, str) else p for p in points],
+    })  # fmt: skip
+    synapses = tmp_path / "synapses.csv"
+    frame.to_csv(synapses, index=False)
+    cell_types = tmp_path / "cell_types.csv"
+    cell_types.write_text("pt_root_id,cell_type\n1,23P\n")
+    try:
+        tables = files.load(synapses, cell_types, em_path="not-read")
+    except DataError as error:
+        assert str(synapses) in str(error) and "row" in str(error), error
+        return
+    assert list(tables.synapses["id"]) == list(range(len(points)))
+    assert all(tables.synapses[column].dtype == "int64" for column in tables_module.CTR)
+
+
 def config_paths(config, prefix=()):
     """Every key path of a nested config."""
     for key, value in config.items():
@@ -162,3 +195,8 @@ def test_any_config_edit_validates_or_names_the_key(path, value):
         validate(config, str(SCHEMA))
     except WorkflowError as error:
         assert path[-1] in str(error), (path, value, str(error)[-500:])
+        return
+    try:
+        check(config)  # what the Snakefile checks next, before any job
+    except DataError as error:
+        assert path[-1] in str(error), (path, value, str(error))

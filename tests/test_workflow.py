@@ -103,7 +103,6 @@ def test_invalid_config_names_the_key(tmp_path):
     assert "synthetc" in message and "source" in message
 
 
-
 def test_a_files_source_must_state_its_position_resolution(tmp_path):
     for name in ("synapses.parquet", "cell_types.parquet"):
         (tmp_path / name).touch()  # never read by a dry run
@@ -149,6 +148,71 @@ def test_positions_at_half_their_resolution_stop_before_any_cutout(tmp_path):
     config.write_text(yaml.safe_dump(settings))
     snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config))
     assert len(pd.read_parquet(tmp_path / plan)) > 0
+
+
+def test_split_fractions_that_do_not_sum_to_one_stop_the_dry_run(tmp_path):
+    """Checked with the schema, before any job: not in the split job after the cutouts."""
+
+    def edit(config):
+        config["split"]["fractions"] = {"train": 0.7, "val": 0.2, "test": 0.2}
+
+    bad = config_with(tmp_path, "fractions.yaml", edit)
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "split.fractions" in said and "sum to 1.1, not 1" in said
+    assert "split.fractions.train, .val and .test" in said
+    assert not (tmp_path / "results").exists()
+
+
+def test_more_shards_than_the_schema_allows_are_refused_at_once(tmp_path):
+    def edit(config):
+        config["cutout"]["shards"] = 1025
+
+    bad = config_with(tmp_path, "shards.yaml", edit)
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "1025 is greater than the maximum of 1024" in said and "'shards'" in said
+
+
+@pytest.mark.workflow
+def test_more_shards_than_synapses_stop_at_the_plan_with_both_numbers(tmp_path):
+    """The plan job knows the count: it stops, and no cutout job runs empty."""
+
+    def edit(config):
+        config["cutout"]["shards"] = 400  # the mini dataset labels 302 synapses
+
+    bad = config_with(tmp_path, "shards.yaml", edit)
+    result = snakemake(
+        tmp_path, "--cores", "2", "results/cutouts/plan.parquet", "--configfile", str(bad),
+        check=False,
+    )
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "logs" / "plan_cutouts.log").read_text()
+    assert "cutout.shards: 400 shards for 302 synapse(s) would run 98 cutout job(s)" in log
+    assert "Set cutout.shards to at most 302" in log
+    assert not (tmp_path / "results" / "cutouts" / "shards").exists()
+
+
+def test_a_tab_in_the_demo_config_names_the_file_and_line(tmp_path):
+    """Snakemake's own message names neither (it reads a --configfile before the workflow, so
+    there `python -m synapse_ei.preflight --configfile` does, tests/test_config.py)."""
+    copy = tmp_path / "repo"
+    for part in ("workflow", "config", "scripts"):
+        shutil.copytree(REPO / part, copy / part)
+    shutil.copy(REPO / "Snakefile", copy / "Snakefile")
+    demo = copy / "config" / "config.yaml"
+    lines = demo.read_text().splitlines(keepends=True)
+    row = next(i for i, line in enumerate(lines) if line.startswith("  source:"))
+    lines[row] = "\t" + lines[row].lstrip()
+    demo.write_text("".join(lines))
+    result = subprocess.run([*SNAKEMAKE, "-n"], cwd=copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert f"config/config.yaml, line {row + 1}, column 1: not valid YAML" in said
+    assert "tabs for indentation" in said
+    assert not (copy / "results").exists()
 
 
 def test_pretrained_weights_for_a_model_that_has_none_are_refused_at_once(tmp_path):

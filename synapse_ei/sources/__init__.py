@@ -38,7 +38,7 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
 
         return synthetic.load(synthetic_dir)
     if source == "files":
-        from synapse_ei.config_checks import require_position_resolution
+        from synapse_ei.config import require_position_resolution
         from synapse_ei.sources import files
 
         require_position_resolution({"dataset": dataset})

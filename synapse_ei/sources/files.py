@@ -6,10 +6,12 @@ are held to the same schema as every other source (:mod:`synapse_ei.tables`).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import pandas as pd
@@ -33,22 +35,32 @@ def load(
     """Read a synapse and a cell-type export and return them in the shared schema.
 
     ``columns`` maps export names to CAVE names per table, e.g.
-    ``{"synapses": {"pre_root_id": "pre_pt_root_id"}, "cell_types": {}}``. Columns outside the
-    schema are dropped; ids and positions become int64. Synapse rows repeated verbatim (some
-    exports list a synapse once per cell pair) are dropped and counted in the provenance; two
-    different rows sharing an id are an error.
+    ``{"synapses": {"pre_root_id": "pre_pt_root_id"}, "cell_types": {}}``. Points packed in one
+    column (CAVE's default ``ctr_pt_position`` holding ``[x, y, z]``) are split. Columns outside
+    the schema are dropped; ids and positions become int64. Rows repeated verbatim (some exports
+    list a synapse once per cell pair; an export appended twice repeats every row) are dropped
+    and counted in the provenance; two different synapse rows sharing an id are an error, while
+    two different cell-type rows of one root id stay for the label stage to drop (a multi-soma
+    merge has no single class).
     """
     resolution = _check_resolution(position_resolution)
     renames = _check_columns_setting(columns)
     synapses, cell_types = Path(synapses), Path(cell_types)
 
     synapse_frame = _read_table(synapses, renames["synapses"])
+    synapse_frame = tables.split_packed_positions(
+        synapse_frame, tables.SYNAPSE_POINTS, f"synapse table {synapses}"
+    )
     tables.require_columns(synapse_frame, tables.SYNAPSE_REQUIRED, f"synapse table {synapses}")
     keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in synapse_frame]
     synapse_frame = tables.to_int64(synapse_frame[keep], keep, f"synapse table {synapses}")
     synapse_frame, repeated = _drop_repeated_synapses(synapse_frame, synapses)
 
     cell_frame = _read_table(cell_types, renames["cell_types"])
+    # Repeats are judged on the whole export row: two somas of one root differ in their id and
+    # position, which the schema below does not keep.
+    repeated_cells = cell_frame.astype(str).duplicated()
+    cell_frame = cell_frame[~repeated_cells]
     tables.require_columns(cell_frame, tables.CELL_TYPE_REQUIRED, f"cell-type table {cell_types}")
     keep = [c for c in [*tables.CELL_TYPE_REQUIRED, *tables.CELL_TYPE_OPTIONAL] if c in cell_frame]
     cell_frame = tables.to_int64(cell_frame[keep], ["pt_root_id"], f"cell-type table {cell_types}")
@@ -61,6 +73,7 @@ def load(
         "em_path": em_path,
         "rows": {"synapses": len(synapse_frame), "cell_types": len(cell_frame)},
         "repeated_synapse_rows_dropped": repeated,
+        "repeated_cell_type_rows_dropped": int(repeated_cells.sum()),
         "sha256": {"synapses": _sha256(synapses), "cell_types": _sha256(cell_types)},
         "columns": {kind: dict(renames[kind]) for kind in TABLE_KINDS},
     }
@@ -115,6 +128,7 @@ def _read_table(path: Path, renames: Mapping[str, str]) -> pd.DataFrame:
         raise DataError(f"{path}: no such file; check the path in dataset.files.")
     try:
         if name.endswith(CSV_SUFFIXES):
+            _refuse_utf16(path)
             # Strings first: pandas would read an id column with a gap as float and round
             # 18-digit root ids before we could notice; tables.to_int64 converts exactly.
             frame = pd.read_csv(path, dtype=str)
@@ -128,6 +142,14 @@ def _read_table(path: Path, renames: Mapping[str, str]) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError as error:
         raise DataError(f"{path}: the file is empty; export the table again.") from error
+    except UnicodeDecodeError as error:
+        # Not a damaged export: Excel and older tools write Windows-1252 / Latin-1.
+        byte = error.object[error.start : error.start + 1].hex()
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{byte}), the encoding the files source reads CSV in; "
+            f"it is likely Latin-1 (Windows-1252). Convert it to UTF-8, e.g. "
+            f"`{_iconv_command(path, 'WINDOWS-1252')}`, and point dataset.files at the new file."
+        ) from error
     except Exception as error:  # parser, pyarrow and decoding errors all mean the same to a user
         raise DataError(
             f"{path}: cannot be read as {'parquet' if name.endswith(PARQUET_SUFFIXES) else 'CSV'} "
@@ -150,6 +172,44 @@ def _read_table(path: Path, renames: Mapping[str, str]) -> pd.DataFrame:
             "than once; map only one export column onto each name."
         )
     return frame
+
+
+def _refuse_utf16(path: Path) -> None:
+    """Refuse UTF-16 text, which pandas would read as UTF-8 into garbled names without a BOM."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            head = stream.read(1 << 16)
+    except (OSError, EOFError):
+        return  # pandas reports a damaged file in its own words
+    # ASCII text in UTF-16 without a mark has a NUL high byte in every pair, after (LE) or
+    # before (BE) each character; a stray NUL in UTF-8 text is no reason to say UTF-16.
+    pairs = len(head) // 2
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "UTF-16"  # iconv reads the byte order from the mark
+    elif pairs and head[1 : 2 * pairs : 2].count(0) >= 0.9 * pairs:
+        encoding = "UTF-16LE"
+    elif pairs and head[0 : 2 * pairs : 2].count(0) >= 0.9 * pairs:
+        encoding = "UTF-16BE"
+    else:
+        return
+    raise DataError(
+        f"{path}: UTF-16 text (a UTF-16 byte-order mark, or NUL bytes between the characters), "
+        f"but the files source reads CSV as UTF-8. Convert it, e.g. "
+        f"`{_iconv_command(path, encoding)}`, and point dataset.files at the new file."
+    )
+
+
+def _iconv_command(path: Path, encoding: str) -> str:
+    """A shell command that writes a UTF-8 copy of ``path`` beside it."""
+    if path.name.lower().endswith(".gz"):
+        target = path.with_name(path.name[: -len(".csv.gz")] + ".utf8.csv.gz")
+        return (
+            f"gunzip -c {quote(str(path))} | iconv -f {encoding} -t UTF-8 | gzip > "
+            f"{quote(str(target))}"
+        )
+    target = path.with_name(path.name[: -len(".csv")] + ".utf8.csv")
+    return f"iconv -f {encoding} -t UTF-8 {quote(str(path))} > {quote(str(target))}"
 
 
 def _drop_repeated_synapses(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]:

@@ -53,6 +53,7 @@ rule label:
     input:
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
+        provenance=rules.query.output.provenance,
     output:
         synapses=f"{RESULTS}/labels/synapses.parquet",
         stats=report(
