@@ -509,3 +509,25 @@ def test_microns_config_dry_run_needs_no_network(tmp_path):
     assert "synthesize" not in result.stdout
     counts = job_counts(result.stdout)
     assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 7
+
+
+def test_a_data_error_is_printed_on_the_console_not_only_in_the_log(tmp_path):
+    """Snakemake's console says "check log file(s)"; the job's own error is printed there too."""
+    (tmp_path / "syn.csv").write_text("id,size\n1,40\n")
+    (tmp_path / "cells.csv").write_text("pt_root_id,cell_type\n7,excitatory_neuron\n")
+
+    def from_files(config):
+        config["dataset"] = {"source": "files", "files": {
+            "synapses": "syn.csv", "cell_types": "cells.csv",
+            "em_path": "precomputed://file:///nowhere",
+        }}  # fmt: skip
+
+    config = config_with(tmp_path, "files.yaml", from_files)
+    result = snakemake(tmp_path, "--configfile", str(config), "--cores", "1",
+                       "results/query/synapses.parquet", check=False)  # fmt: skip
+    assert result.returncode != 0
+    console = result.stdout + result.stderr
+    said = re.search(r"DataError: synapse table syn\.csv: missing required column\(s\) .*"
+                     r"'ctr_pt_position_x'.*Rename the columns", console)
+    assert said, console[-3000:]
+    assert "(traceback in results/logs/query.log)" in console
