@@ -29,7 +29,7 @@ from torch.utils.data import (
 from torchvision.transforms import v2
 
 from synapse_ei import augment
-from synapse_ei.cutout import STACK_AXES, open_stack
+from synapse_ei.cutout import STACK_AXES, open_stack, rerun_shard
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
 
@@ -218,8 +218,8 @@ class CutoutDataset(Dataset):
             i = int(indices[np.flatnonzero(empty)[0]])
             raise DataError(
                 f"cutout of synapse {self.ids[i]} in {str(self.stacks[self._stack_of[i]])!r} "
-                f"(row {self._row_in_stack[i]}) is all zeros (missing image data). Rerun the "
-                "cutout shard that wrote it (delete its shard directory first)."
+                f"(row {self._row_in_stack[i]}) is all zeros (missing image data). "
+                f"{rerun_shard(self.stacks[self._stack_of[i]].parent)}"
             )
         return batch
 
