@@ -20,9 +20,20 @@ from synapse_ei.config_checks import require_position_resolution
 # Before the schema, whose message for a missing key is a dump of the schema.
 require_position_resolution(config)
 validate(config, "workflow/schemas/config.schema.yaml")
-# Snakemake compares a rule's params with the last run's as text: with every key sorted, a
-# config file whose keys are merely reordered (or defaults filled in) reruns nothing.
-_canonical = json.loads(json.dumps(config, sort_keys=True))
+
+
+def _whole_number_as_int(text):
+    # 40.0 and 40 are the same setting: every stage reads a number with float() or int().
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+# Snakemake compares a rule's params with the last run's as text: with every key sorted and
+# whole numbers written one way, a config file whose keys are merely reordered, whose defaults
+# are filled in or that writes 40.0 for 40 reruns nothing.
+_canonical = json.loads(
+    json.dumps(config, sort_keys=True), parse_float=_whole_number_as_int
+)
 config.clear()
 config.update(_canonical)
 

@@ -27,6 +27,12 @@ def alternatives(names):
     return "|".join(names) if names else "(?!)"
 
 
+def only_if(applies, value, otherwise=None):
+    """A setting as a rule's param: ``value`` where it shapes the output, else ``otherwise``.
+    Snakemake reruns a job whose params changed; a setting without effect must not."""
+    return value if applies else otherwise
+
+
 def query_input(wildcards):
     """The query reads what the configured source provides, so Snakemake tracks those files."""
     source = config["dataset"]["source"]
