@@ -1,8 +1,6 @@
 # synapse-ei: excitatory/inhibitory synapse classification from connectomics EM.
 # The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
 #          -> evaluate[model] -> summary. See README.md and config/README.md.
-import json
-
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -22,22 +20,7 @@ require_position_resolution(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
-def _whole_number_as_int(text):
-    # 40.0 and 40 are the same setting: every stage reads a number with float() or int().
-    number = float(text)
-    return int(number) if number.is_integer() else number
-
-
-# Snakemake compares a rule's params with the last run's as text: with every key sorted and
-# whole numbers written one way, a config file whose keys are merely reordered, whose defaults
-# are filled in or that writes 40.0 for 40 reruns nothing.
-_canonical = json.loads(
-    json.dumps(config, sort_keys=True), parse_float=_whole_number_as_int
-)
-config.clear()
-config.update(_canonical)
-
-
+# First: it puts the config in the canonical form every rule's params are taken from.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/split.smk"

@@ -1,7 +1,24 @@
-# Paths, the model list and the shard list. Nothing here reads a data table: parsing the
-# workflow must stay instant whatever the dataset's size.
+# The config in canonical form, paths, the model list and the shard list. Nothing here reads a
+# data table: parsing the workflow must stay instant whatever the dataset's size.
 
+import json
 import os
+
+
+def whole_number_as_int(text):
+    # 40.0 and 40 are the same setting: every stage reads a number with float() or int().
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+# Snakemake compares a rule's params with the last run's as text: with every key sorted and
+# whole numbers written one way, a config file whose keys are merely reordered, whose defaults
+# are filled in or that writes 40.0 for 40 reruns nothing.
+_canonical = json.loads(
+    json.dumps(config, sort_keys=True), parse_float=whole_number_as_int
+)
+config.clear()
+config.update(_canonical)
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
