@@ -280,7 +280,11 @@ def data_digest(rows: pd.DataFrame, root: Path, kind: str) -> str:
     re-created in place, another mip) is a new file.
     """
     digest = hashlib.sha256(repr(list(rows.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    try:
+        hashed = pd.util.hash_pandas_object(rows, index=False)
+    except TypeError:  # a column of lists or other unhashable values
+        hashed = pd.util.hash_pandas_object(rows.astype(str), index=False)
+    digest.update(hashed.to_numpy().tobytes())
     for name in sorted(rows[f"path_{kind}"].astype(str).unique()):
         path = root / name
         stat = path.stat()
@@ -291,9 +295,9 @@ def data_digest(rows: pd.DataFrame, root: Path, kind: str) -> str:
 
 
 def _fingerprint(architecture: str, settings: Mapping, seed: int, shape: tuple[int, ...],
-                 n_train: int, n_val: int, data_digest: str) -> dict[str, Any]:
+                 n_train: int, n_val: int, digest: str) -> dict[str, Any]:
     return {"architecture": architecture, "settings": dict(settings), "seed": int(seed),
-            "shape": list(shape), "n_train": n_train, "n_val": n_val, "data": data_digest,
+            "shape": list(shape), "n_train": n_train, "n_val": n_val, "data": digest,
             "code": synapse_ei.__version__}
 
 
@@ -352,8 +356,9 @@ def train_image_model(
     needs) and ``out_dir/history.csv`` (one row per epoch). ``checkpoint_dir/last.pt`` is
     rewritten after every epoch; if it exists for the same configuration and data (the
     manifest's rows and the stacks, :func:`data_digest`) and its run did not finish, training
-    resumes after its epoch (an interrupted job); otherwise training starts from scratch. ``on_epoch_end`` receives each epoch's history row (after the
-    checkpoint is saved). Returns the history.
+    resumes after its epoch (an interrupted job); otherwise training starts from scratch.
+    ``on_epoch_end`` receives each epoch's history row (after the checkpoint is saved).
+    Returns the history.
     """
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_dir) / "last.pt"
     kind = input_kind(architecture)

@@ -636,7 +636,8 @@ def test_gather_refuses_missing_or_corrupt_manifest_and_missing_stack(raw_volume
     with pytest.raises(DataError, match=manifest["path_3d"].iloc[0]):
         gather(dirs, tmp_path)
     (dirs[1] / "manifest.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(DataError, match=rf"001.*unreadable.*snakemake --cores all --forcerun {dirs[1]} "):
+    with pytest.raises(DataError,
+                       match=rf"001.*unreadable.*snakemake --cores all --forcerun {dirs[1]} "):
         gather(dirs, tmp_path)
     (dirs[1] / "manifest.parquet").unlink()
     with pytest.raises(DataError, match=rf"001.*no manifest.parquet.*--forcerun {dirs[1]} "):

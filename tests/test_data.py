@@ -64,7 +64,8 @@ def test_open_cutout_reads_a_manifest_row_from_any_directory(cutouts, tmp_path_f
         for path in (manifest, relative_manifest):
             cutout = open_cutout(path, 1005, kind)
             np.testing.assert_array_equal(cutout, expected)
-            assert cutout.dtype == np.uint8 and cutout.shape == (SIZE_2D if kind == "2d" else SIZE_3D)
+            assert cutout.dtype == np.uint8
+            assert cutout.shape == (SIZE_2D if kind == "2d" else SIZE_3D)
     with pytest.raises(DataError, match=r"manifest.parquet: no 2d cutout of synapse id 999"):
         open_cutout(manifest, 999, "2d")
     shard_manifest = root / "shards/000/manifest.parquet"

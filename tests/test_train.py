@@ -225,7 +225,8 @@ def relabel_two_train_rows(root: Path) -> None:
     """Swap the labels of an inhibitory and an excitatory train row: the same counts."""
     manifest = pd.read_parquet(root / "manifest.parquet")
     train = manifest[manifest["split"] == "train"]
-    first = {label: train.index[train["label"] == label][0] for label in ("excitatory", "inhibitory")}
+    first = {label: train.index[train["label"] == label][0]
+             for label in ("excitatory", "inhibitory")}
     manifest.loc[first["excitatory"], "label"] = "inhibitory"
     manifest.loc[first["inhibitory"], "label"] = "excitatory"
     manifest.to_parquet(root / "manifest.parquet", index=False)

@@ -581,4 +581,5 @@ def test_a_forced_rerun_retrains_from_scratch(finished_run: Path):
     again = pd.read_csv(history)
     assert again["epoch"].tolist() == [1, 2]
     # Trained again from the same seed: the same losses (on CPU).
-    pd.testing.assert_frame_equal(again[["train_loss", "val_loss"]], first[["train_loss", "val_loss"]])
+    losses = ["train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(again[losses], first[losses])
