@@ -572,7 +572,7 @@ def test_a_data_error_is_printed_on_the_console_not_only_in_the_log(tmp_path):
     def from_files(config):
         config["dataset"] = {"source": "files", "files": {
             "synapses": "syn.csv", "cell_types": "cells.csv",
-            "em_path": "precomputed://file:///nowhere",
+            "em_path": "precomputed://file:///nowhere", "position_resolution": [4, 4, 40],
         }}  # fmt: skip
 
     config = config_with(tmp_path, "files.yaml", from_files)
