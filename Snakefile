@@ -1,7 +1,6 @@
 # synapse-ei: excitatory/inhibitory synapse classification from connectomics EM.
 # The DAG: synthesize? -> query -> label -> split -> cutout[shard] -> gather -> train[model]
 #          -> evaluate[model] -> summary. See README.md and config/README.md.
-import json
 import os
 
 from snakemake.utils import min_version, validate
@@ -27,13 +26,9 @@ require_position_resolution(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 # What the schema cannot say (fractions summing to 1), checked before any job as the rest is.
 check(config)
-# Snakemake compares a rule's params with the last run's as text: with every key sorted, a
-# config file whose keys are merely reordered (or defaults filled in) reruns nothing.
-_canonical = json.loads(json.dumps(config, sort_keys=True))
-config.clear()
-config.update(_canonical)
 
 
+# First: it puts the config in the canonical form every rule's params are taken from.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/split.smk"

@@ -978,19 +978,30 @@ def _finish(out_dir: Path, manifest: pd.DataFrame, stats: dict, started: float) 
 # --------------------------------------------------------------------------------------------
 
 
+def rerun_shard(shard_dir: str | Path) -> str:
+    """How to redo the cutout shard ``shard_dir`` and everything that uses it.
+
+    Deleting the damaged shard is not enough: Snakemake then finds the gathered manifest up to
+    date and never reruns the shard; forcing the shard's job reruns it, the gathering and all
+    that reads the cutouts.
+    """
+    return (f"Redo that shard and what uses it: snakemake --cores all --forcerun {shard_dir} "
+            "(with your run's --configfile or --profile).")
+
+
 def _read_shard_manifest(shard_dir: Path) -> pd.DataFrame:
     path = shard_dir / "manifest.parquet"
     if not path.is_file():
         raise DataError(
-            f"cutout shard {str(shard_dir)!r}: no manifest.parquet. The shard did not finish; "
-            "rerun that shard's cutout job."
+            f"cutout shard {str(shard_dir)!r}: no manifest.parquet. The shard did not finish. "
+            f"{rerun_shard(shard_dir)}"
         )
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise DataError(
-            f"cutout shard {str(shard_dir)!r}: manifest.parquet is unreadable ({error}). Delete "
-            "the shard directory and rerun that shard's cutout job."
+            f"cutout shard {str(shard_dir)!r}: manifest.parquet is unreadable ({error}). "
+            f"{rerun_shard(shard_dir)}"
         ) from error
     require_columns(frame, ["id", "split", "label", *MANIFEST_COLUMNS], str(path))
     return frame
@@ -1148,7 +1159,7 @@ def open_stack(
     shape than ``item_shape``, or shorter than ``length`` cutouts.
     """
     path = Path(path)
-    rerun = "Rerun the cutout shard that wrote it (delete its shard directory first)."
+    rerun = rerun_shard(path.parent)
     expected = len(STACK_AXES[kind])
     if not path.is_file():
         raise DataError(f"cutout stack {str(path)!r} is missing. {rerun}")

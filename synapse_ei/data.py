@@ -29,7 +29,7 @@ from torch.utils.data import (
 from torchvision.transforms import v2
 
 from synapse_ei import augment
-from synapse_ei.cutout import STACK_AXES, open_stack
+from synapse_ei.cutout import STACK_AXES, open_stack, rerun_shard
 from synapse_ei.errors import DataError
 from synapse_ei.tables import LABEL_INDEX, SPLITS, require_columns, to_int64
 
@@ -113,6 +113,35 @@ def load_manifest(
                 "stack_index; rerun the cutout stage so every manifest row has its cutout."
             )
     return manifest.reset_index(drop=True)
+
+
+def open_cutout(
+    manifest_path: str | Path, synapse_id: int, kind: str, root: str | Path | None = None
+) -> np.ndarray:
+    """The cutout of ``kind`` of synapse ``synapse_id`` as the manifest lists it, raw uint8 as
+    stored ((Y, X) for "2d", (Z, Y, X) for "3d"), from any working directory.
+
+    A manifest's ``path_2d``/``path_3d`` are relative to ``root``: by default the manifest's
+    own folder, as for the gathered ``results/cutouts/manifest.parquet``. A shard's manifest and
+    the leakage audit's list the same stacks: give them ``root="results/cutouts"``.
+    """
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent if root is None else Path(root)
+    rows = load_manifest(manifest_path, kind=kind)
+    row = rows[rows["id"] == int(synapse_id)]
+    if row.empty:
+        raise DataError(
+            f"{manifest_path}: no {kind} cutout of synapse id {synapse_id} (the manifest lists "
+            "only written cutouts; a skipped synapse is in its shard's manifest with its status)."
+        )
+    relative, index = str(row[f"path_{kind}"].iloc[0]), int(row["stack_index"].iloc[0])
+    if not (root / relative).is_file():
+        raise DataError(
+            f"{manifest_path}: synapse id {synapse_id}'s stack {relative!r} is not under "
+            f"{str(root)!r}. Its paths are relative to the folder of the gathered manifest: "
+            "pass root='results/cutouts' (or wherever that manifest is)."
+        )
+    return np.array(open_stack(root / relative, kind, length=index + 1)[index])
 
 
 def stored_shape(path: Path, kind: str) -> tuple[int, ...]:
@@ -218,8 +247,8 @@ class CutoutDataset(Dataset):
             i = int(indices[np.flatnonzero(empty)[0]])
             raise DataError(
                 f"cutout of synapse {self.ids[i]} in {str(self.stacks[self._stack_of[i]])!r} "
-                f"(row {self._row_in_stack[i]}) is all zeros (missing image data). Rerun the "
-                "cutout shard that wrote it (delete its shard directory first)."
+                f"(row {self._row_in_stack[i]}) is all zeros (missing image data). "
+                f"{rerun_shard(self.stacks[self._stack_of[i]].parent)}"
             )
         return batch
 

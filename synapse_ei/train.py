@@ -7,16 +7,20 @@ often with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.augment`)
 weights (:mod:`synapse_ei.ema`), ``torch.compile`` and early stopping. A checkpoint ``last.pt``
 written atomically after every epoch (model, optimizer, scheduler, EMA, best weights, history and
 every random state, the sampler's included) lets a killed job resume where it stopped with the
-same result as an uninterrupted run.
+same result as an uninterrupted run; only that: a checkpoint of other data or settings, or of a
+run that finished, is never resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,10 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import synapse_ei
 from synapse_ei import augment, data, losses
 from synapse_ei.ema import build_ema
 from synapse_ei.errors import DataError
-from synapse_ei.io import atomic_path, plain
+from synapse_ei.io import atomic_path, plain, write_json
 from synapse_ei.models import build_model, input_kind, model_options
 from synapse_ei.tables import LABELS
 
@@ -71,7 +76,11 @@ HISTORY_COLUMNS = [
     "epoch", "train_loss", "train_accuracy", "train_balanced_accuracy", "val_loss", "val_accuracy",
     "val_balanced_accuracy", "lr", "seconds", "samples_per_second",
 ]
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+#: Beside ``last.pt``: the id of the run that finished after writing it (it is never resumed).
+FINISHED_NAME = "finished.json"
+#: Bytes of each stack read into the data digest of a checkpoint (the TIFF header and more).
+_HEAD_BYTES = 64 * 1024
 
 
 def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
@@ -262,14 +271,44 @@ def evaluate(
     }
 
 
+def data_digest(rows: pd.DataFrame, root: Path, kind: str) -> str:
+    """A digest of the cutouts ``rows`` (manifest rows) lists: every column of every row and,
+    for each stack, its size, modification time and first 64 KiB (header and first cutouts).
+
+    Cheap (no stack is read whole) and enough to tell a checkpoint's data from new data with
+    the same counts: corrected positions or labels change the rows; a stack cut again (the EM
+    re-created in place, another mip) is a new file.
+    """
+    digest = hashlib.sha256(repr(list(rows.columns)).encode())
+    try:
+        hashed = pd.util.hash_pandas_object(rows, index=False)
+    except TypeError:  # a column of lists or other unhashable values
+        hashed = pd.util.hash_pandas_object(rows.astype(str), index=False)
+    digest.update(hashed.to_numpy().tobytes())
+    for name in sorted(rows[f"path_{kind}"].astype(str).unique()):
+        path = root / name
+        stat = path.stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with open(path, "rb") as file:
+            digest.update(file.read(_HEAD_BYTES))
+    return digest.hexdigest()
+
+
 def _fingerprint(architecture: str, settings: Mapping, seed: int, shape: tuple[int, ...],
-                 n_train: int, n_val: int) -> dict[str, Any]:
+                 n_train: int, n_val: int, digest: str) -> dict[str, Any]:
     return {"architecture": architecture, "settings": dict(settings), "seed": int(seed),
-            "shape": list(shape), "n_train": n_train, "n_val": n_val}
+            "shape": list(shape), "n_train": n_train, "n_val": n_val, "data": digest,
+            "code": synapse_ei.__version__}
 
 
 def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it belongs to this exact run, else None (start fresh)."""
+    """The checkpoint at ``path`` if an unfinished run of this exact configuration and data
+    wrote it, else None (start fresh).
+
+    A run that finished (wrote model.pt) is never resumed: Snakemake deletes model.pt before it
+    reruns the job, so a finished checkpoint means the job was rerun on purpose (``--forcerun``,
+    or inputs Snakemake sees as changed), never that it was interrupted.
+    """
     if not path.is_file():
         return None
     try:
@@ -282,7 +321,20 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict[str, An
         log.warning("checkpoint %s is from another configuration or data; training from scratch",
                     path)
         return None
+    if _finished_run(path.parent) == checkpoint["run"]:
+        log.info("checkpoint %s is of a run that finished (it wrote model.pt); training from "
+                 "scratch", path)
+        return None
     return checkpoint
+
+
+def _finished_run(checkpoint_dir: Path) -> str | None:
+    """The id of the run whose checkpoint in ``checkpoint_dir`` went on to write model.pt."""
+    marker = checkpoint_dir / FINISHED_NAME
+    try:
+        return str(json.loads(marker.read_text())["run"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or a damaged marker
+        return None
 
 
 def train_image_model(
@@ -302,9 +354,11 @@ def train_image_model(
 
     Writes ``out_dir/model.pt`` (best-epoch weights and everything :mod:`synapse_ei.inference`
     needs) and ``out_dir/history.csv`` (one row per epoch). ``checkpoint_dir/last.pt`` is
-    rewritten after every epoch; if it exists for the same configuration and data, training
-    resumes after its epoch. ``on_epoch_end`` receives each epoch's history row (after the
-    checkpoint is saved). Returns the history.
+    rewritten after every epoch; if it exists for the same configuration and data (the
+    manifest's rows and the stacks, :func:`data_digest`) and its run did not finish, training
+    resumes after its epoch (an interrupted job); otherwise training starts from scratch.
+    ``on_epoch_end`` receives each epoch's history row (after the checkpoint is saved).
+    Returns the history.
     """
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_dir) / "last.pt"
     kind = input_kind(architecture)
@@ -369,9 +423,13 @@ def train_image_model(
     best_score, best_epoch = -math.inf, 0
     best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
     start_epoch = 1
-    fingerprint = _fingerprint(architecture, settings, seed, shape, len(train_set), len(val_set))
+    fingerprint = _fingerprint(
+        architecture, settings, seed, shape, len(train_set), len(val_set),
+        data_digest(pd.concat([train_rows, val_rows], ignore_index=True), root, kind))
+    run_id = uuid.uuid4().hex
     checkpoint = _load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
+        run_id = checkpoint["run"]
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -450,6 +508,7 @@ def train_image_model(
             torch.save({
                 "format": CHECKPOINT_FORMAT,
                 "fingerprint": fingerprint,
+                "run": run_id,
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -486,6 +545,8 @@ def train_image_model(
         }, tmp)
     with atomic_path(out_dir / "history.csv") as tmp:
         frame.to_csv(tmp, index=False)
+    write_json(checkpoint_path.parent / FINISHED_NAME,
+               {"run": run_id, "model": str(out_dir / "model.pt")})
     log.info("%s: best epoch %d (val balanced accuracy %.3f); wrote %s", architecture,
              best_epoch, best_score, out_dir / "model.pt")
     return frame

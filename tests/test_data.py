@@ -20,6 +20,7 @@ from synapse_ei.data import (
     build_transforms,
     load_manifest,
     make_loader,
+    open_cutout,
     to_model_input,
 )
 from synapse_ei.errors import DataError
@@ -50,6 +51,29 @@ def write_cutouts(root: Path, n: int = 12) -> Path:
 @pytest.fixture
 def cutouts(tmp_path):
     return tmp_path, write_cutouts(tmp_path)
+
+
+def test_open_cutout_reads_a_manifest_row_from_any_directory(cutouts, tmp_path_factory,
+                                                             monkeypatch):
+    root, manifest = cutouts
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)  # as from the repository root: not the manifest's folder
+    relative_manifest = Path("..") / root.name / "manifest.parquet"
+    for kind in ("2d", "3d"):
+        expected = tifffile.imread(root / f"shards/000/{kind}.tif")[5]
+        for path in (manifest, relative_manifest):
+            cutout = open_cutout(path, 1005, kind)
+            np.testing.assert_array_equal(cutout, expected)
+            assert cutout.dtype == np.uint8
+            assert cutout.shape == (SIZE_2D if kind == "2d" else SIZE_3D)
+    with pytest.raises(DataError, match=r"manifest.parquet: no 2d cutout of synapse id 999"):
+        open_cutout(manifest, 999, "2d")
+    shard_manifest = root / "shards/000/manifest.parquet"
+    pd.read_parquet(manifest).to_parquet(shard_manifest)  # paths relative to results/cutouts
+    with pytest.raises(DataError, match=r"not under .*pass root="):
+        open_cutout(shard_manifest, 1005, "3d")
+    np.testing.assert_array_equal(open_cutout(shard_manifest, 1005, "3d", root=root),
+                                  tifffile.imread(root / "shards/000/3d.tif")[5])
 
 
 def test_load_manifest_selects_split_with_int64_ids(cutouts):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +154,13 @@ def test_early_stopping_after_patience_epochs(cutouts, tmp_path, monkeypatch):
     history = run(cutouts, tmp_path, settings=settings)
     assert history["epoch"].tolist() == [1, 2, 3]  # epoch 1 stays best; 2 and 3 do not beat it
     assert torch.load(tmp_path / "out" / "model.pt", weights_only=True)["best_epoch"] == 1
-    # A rerun resumes the stopped run and stops again at once.
+    # A job killed after its last epoch but before it wrote model.pt resumes and stops at once.
+    (tmp_path / "out" / "model.pt").unlink()
+    (tmp_path / "ckpt" / train_module.FINISHED_NAME).unlink()
     epochs = []
     run(cutouts, tmp_path, settings=settings, on_epoch_end=lambda row: epochs.append(row))
     assert epochs == []
+    assert torch.load(tmp_path / "out" / "model.pt", weights_only=True)["best_epoch"] == 1
 
 
 def test_compile_failure_on_cpu_falls_back_to_eager(cutouts, tmp_path, monkeypatch, caplog):
@@ -204,6 +209,55 @@ def test_changed_settings_do_not_resume_a_stale_checkpoint(cutouts, tmp_path):
     run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 1, "learning_rate": 0.001},
         on_epoch_end=lambda row: epochs.append(row["epoch"]))
     assert epochs == [1]
+
+
+def test_a_finished_run_is_never_resumed_but_trained_again(cutouts, uninterrupted, tmp_path):
+    """A rerun of a finished job (`--forcerun train`) retrains, with the same result."""
+    _, history = uninterrupted
+    run(cutouts, tmp_path)
+    epochs = []
+    again = run(cutouts, tmp_path, on_epoch_end=lambda row: epochs.append(row["epoch"]))
+    assert epochs == [1, 2]
+    assert again["train_loss"].tolist() == history["train_loss"].tolist()
+
+
+def relabel_two_train_rows(root: Path) -> None:
+    """Swap the labels of an inhibitory and an excitatory train row: the same counts."""
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    train = manifest[manifest["split"] == "train"]
+    first = {label: train.index[train["label"] == label][0]
+             for label in ("excitatory", "inhibitory")}
+    manifest.loc[first["excitatory"], "label"] = "inhibitory"
+    manifest.loc[first["inhibitory"], "label"] = "excitatory"
+    manifest.to_parquet(root / "manifest.parquet", index=False)
+
+
+def recut_a_stack_in_place(root: Path) -> None:
+    """Other pixels in a stack of the same shape, its modification time kept."""
+    stack = root / "shards/000/2d.tif"
+    before = stack.stat()
+    pixels = np.asarray(data.open_stack(stack, "2d"))
+    write_stack(stack, "2d", np.clip(pixels.astype(np.int16) + 40, 1, 255).astype(np.uint8))
+    os.utime(stack, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", [relabel_two_train_rows, recut_a_stack_in_place],
+                         ids=["manifest", "stack"])
+def test_an_interrupted_run_on_other_data_is_not_resumed(cutouts, tmp_path, change):
+    """Same counts, same settings, other data: the checkpoint of the old data is not resumed."""
+    root = tmp_path / "cutouts"
+    shutil.copytree(cutouts[0], root)
+    copied = (root, root / "manifest.parquet")
+
+    def stop_after_first(row):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(copied, tmp_path, on_epoch_end=stop_after_first)
+    change(root)
+    epochs = []
+    run(copied, tmp_path, on_epoch_end=lambda row: epochs.append(row["epoch"]))
+    assert epochs == [1, 2]
 
 
 def test_predict_cutouts_gives_probabilities_for_val_and_test(cutouts, uninterrupted):

@@ -345,6 +345,59 @@ def mtimes(results: Path) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for path in results.rglob("*") if path.is_file()}
 
 
+# Before the tests that remove or rewrite results: these need the finished run as it was.
+def planned(workdir: Path, config: Path) -> dict[str, int]:
+    """The jobs a dry run with ``config`` plans ({} for none)."""
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", str(config))
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    return job_counts(result.stdout)
+
+
+@pytest.mark.workflow
+def test_a_setting_that_changes_no_output_reruns_nothing(finished_run: Path, tmp_path: Path):
+    """Snakemake reruns a job whose params changed: only a real change may change them."""
+    workdir = finished_run.parent
+
+    def no_op(config):
+        config["labels"]["seed"] = 9  # seeds the class cap's sample, and there is no cap
+        config["cutout"]["size_2d"] = [32.0, 32]  # 32.0 is 32
+        config["models"]["cnn2d"]["grad_clip"] = 1  # the default, 1.0
+
+    assert planned(workdir, config_with(tmp_path, "same.yaml", no_op)) == {}
+
+    def capped(config):
+        config["labels"].update(seed=9, max_synapses_per_class=1000)
+
+    assert planned(workdir, config_with(tmp_path, "capped.yaml", capped))["label"] == 1
+
+    def resized(config):
+        config["cutout"]["size_2d"] = [30, 32]
+
+    counts = planned(workdir, config_with(tmp_path, "resized.yaml", resized))
+    assert counts["cutout"] == 3 and "label" not in counts
+
+
+@pytest.mark.workflow
+def test_a_forced_rerun_retrains_from_scratch(finished_run: Path):
+    """`--forcerun` a finished model: its checkpoint is not resumed, the model is trained again."""
+    workdir = finished_run.parent
+    log = finished_run / "logs" / "train" / "cnn2d.log"
+    history = finished_run / "models" / "cnn2d" / "history.csv"
+    first, first_log = pd.read_csv(history), log.read_text()
+    # Everything again up to date afterwards, for the tests that follow.
+    snakemake(workdir, "--cores", "2", "--forcerun", "results/models/cnn2d/model.pt")
+    text = log.read_text()
+    rerun = text[len(first_log):] if text.startswith(first_log) else text
+    assert "is of a run that finished" in rerun and "resuming" not in rerun, rerun[-3000:]
+    assert "cnn2d epoch 1/2:" in rerun and "cnn2d epoch 2/2:" in rerun
+    again = pd.read_csv(history)
+    assert again["epoch"].tolist() == [1, 2]
+    # Trained again from the same seed: the same losses (on CPU).
+    losses = ["train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(again[losses], first[losses])
+
+
 @pytest.mark.workflow
 def test_a_second_run_from_scratch_reproduces_the_first(finished_run: Path, tmp_path: Path):
     """Same config, new directory: identical tables, splits and cutouts, and on CPU metrics."""
@@ -573,3 +626,26 @@ def test_microns_config_dry_run_needs_no_network(tmp_path):
     assert "synthesize" not in result.stdout
     counts = job_counts(result.stdout)
     assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 7
+
+
+def test_a_data_error_is_printed_on_the_console_not_only_in_the_log(tmp_path):
+    """Snakemake's console says "check log file(s)"; the job's own error is printed there too."""
+    (tmp_path / "syn.csv").write_text("id,size\n1,40\n")
+    (tmp_path / "cells.csv").write_text("pt_root_id,cell_type\n7,excitatory_neuron\n")
+
+    def from_files(config):
+        config["dataset"] = {"source": "files", "files": {
+            "synapses": "syn.csv", "cell_types": "cells.csv",
+            "em_path": "precomputed://file:///nowhere", "position_resolution": [4, 4, 40],
+        }}  # fmt: skip
+
+    config = config_with(tmp_path, "files.yaml", from_files)
+    result = snakemake(tmp_path, "--configfile", str(config), "--cores", "1",
+                       "results/query/synapses.parquet", check=False)  # fmt: skip
+    assert result.returncode != 0
+    console = result.stdout + result.stderr
+    said = re.search(r"DataError: synapse table syn\.csv: missing required column\(s\) .*"
+                     r"'ctr_pt_position_x'.*Rename the columns", console)
+    assert said, console[-3000:]
+    assert "(traceback in results/logs/query.log)" in console
+

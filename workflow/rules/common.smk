@@ -1,7 +1,24 @@
-# Paths, the model list and the shard list. Nothing here reads a data table: parsing the
-# workflow must stay instant whatever the dataset's size.
+# The config in canonical form, paths, the model list and the shard list. Nothing here reads a
+# data table: parsing the workflow must stay instant whatever the dataset's size.
 
+import json
 import os
+
+
+def whole_number_as_int(text):
+    # 40.0 and 40 are the same setting: every stage reads a number with float() or int().
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+# Snakemake compares a rule's params with the last run's as text: with every key sorted and
+# whole numbers written one way, a config file whose keys are merely reordered, whose defaults
+# are filled in or that writes 40.0 for 40 reruns nothing.
+_canonical = json.loads(
+    json.dumps(config, sort_keys=True), parse_float=whole_number_as_int
+)
+config.clear()
+config.update(_canonical)
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -25,6 +42,12 @@ IMAGE_MODELS = [m for m in MODELS if architecture(m) != "connectivity"]
 def alternatives(names):
     """A wildcard constraint that matches exactly these names (and nothing when empty)."""
     return "|".join(names) if names else "(?!)"
+
+
+def only_if(applies, value, otherwise=None):
+    """A setting as a rule's param: ``value`` where it shapes the output, else ``otherwise``.
+    Snakemake reruns a job whose params changed; a setting without effect must not."""
+    return value if applies else otherwise
 
 
 def query_input(wildcards):

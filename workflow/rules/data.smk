@@ -74,6 +74,12 @@ rule label:
         column=config["labels"]["column"],
         classes=config["labels"]["classes"],
         max_synapses_per_class=config["labels"]["max_synapses_per_class"],
-        seed=config["labels"]["seed"],
+        # The seed of the class cap's sample: nothing to seed without a cap. Then 0, the
+        # default, so the params of runs made before this stay as they were.
+        seed=only_if(
+            config["labels"]["max_synapses_per_class"] is not None,
+            config["labels"]["seed"],
+            otherwise=0,
+        ),
     script:
         "../../scripts/label.py"
