@@ -4,9 +4,9 @@ Usage: ``python bench/augment.py [--repeats 50] [--threads 1] [--sizes demo micr
 
 For each kind (2D patch, 3D cube) and size (``demo``: 64x64 and 8x32x32 as config/config.yaml
 cuts them; ``microns``: 256x256 and 32x128x128 as config/microns.yaml does), times
-:func:`synapse_ei.data.build_transforms` with the default augmentations, with each single
+:func:`synapse_ei.learn.transforms.build_transforms` with the default augmentations, with each single
 augmentation (``augment_strength`` 1, so every random op fires at its configured odds), and with
-all of them, on one random scaled cutout; then :func:`synapse_ei.augment.mix_batch` (MixUp,
+all of them, on one random scaled cutout; then :func:`synapse_ei.learn.augment.mix_batch` (MixUp,
 CutMix) on a batch of 32. Prints milliseconds per cutout and the ratio to the default set: the
 price a data-loader worker pays for switching an op on.
 """
@@ -18,10 +18,14 @@ import time
 
 import torch
 
-from synapse_ei.augment import mix_batch
-from synapse_ei.data import AUGMENTATIONS, DEFAULT_AUGMENTATIONS, SECTION_AUGMENTATIONS
-from synapse_ei.data import build_transforms
-from synapse_ei.losses import one_hot
+from synapse_ei.learn.augment import mix_batch
+from synapse_ei.learn.losses import one_hot
+from synapse_ei.learn.transforms import (
+    AUGMENTATIONS,
+    build_transforms,
+    DEFAULT_AUGMENTATIONS,
+    SECTION_AUGMENTATIONS,
+)
 
 SIZES = {"demo": {"2d": (64, 64), "3d": (8, 32, 32)},
          "microns": {"2d": (256, 256), "3d": (32, 128, 128)}}

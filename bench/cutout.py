@@ -6,7 +6,7 @@ On a local jpeg precomputed volume shaped like MICrONS mip 0 (8x8x40 nm, 128x128
 built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x128x32) of
 ``--synapses`` random synapses as one shard, side by side in one run:
 
-- ``workflow``: :func:`synapse_ei.cutout.cut_shard` (each chunk decoded once, the shard's two
+- ``workflow``: :func:`synapse_ei.cutout.shard.cut_shard` (each chunk decoded once, the shard's two
   TIFF stacks written) with its default reader, ``auto`` (here tensorstore: the volume is
   unsharded and its chunks are plain files; decoding threads: the CPUs it may use), and with
   ``reader="chunks"`` (``workflow_chunks``: cloud-volume's decoder in one thread);
@@ -35,14 +35,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synapse_ei.cutout import (
-    STACK_NAMES,
-    _start_stack,
-    cut_shard,
-    cutout_boxes,
-    plan_shards,
-)
-from synapse_ei.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
+from synapse_ei.cutout.plan import cutout_boxes, plan_shards
+from synapse_ei.cutout.shard import cut_shard
+from synapse_ei.cutout.stacks import STACK_NAMES, _start_stack
+from synapse_ei.cutout.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
 
 RESOLUTION = (8, 8, 40)
 TABLE_RESOLUTION = (4, 4, 40)

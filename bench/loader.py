@@ -6,16 +6,16 @@ Writes ``--cutouts`` random uint8 cutouts of the MICrONS sizes (2D 256x256, 3D 1
 the cutout stage writes them (a shard's TIFF stack per kind), then measures, side by side in
 one run and for each kind:
 
-- ``read one``: :meth:`synapse_ei.data.CutoutDataset.read`, the checked read alone, one cutout
+- ``read one``: :meth:`synapse_ei.learn.dataset.CutoutDataset.read`, the checked read alone, one cutout
   at a time;
-- ``loader``: batches from :func:`synapse_ei.data.make_loader` over a
-  :class:`~synapse_ei.data.CutoutDataset`, as training reads them (uint8 batches, one slice of
+- ``loader``: batches from :func:`synapse_ei.learn.dataset.make_loader` over a
+  :class:`~synapse_ei.learn.dataset.CutoutDataset`, as training reads them (uint8 batches, one slice of
   the memory-mapped stack per cutout), no augmentation;
 - ``loader+aug``: the same with the training augmentations (:func:`build_transforms`);
 - ``floor``: slicing the memory-mapped stack into a uint8 batch and nothing else, workers 0.
 
 Each loader row is measured for every ``--workers`` count. Batches are uint8 (float32 after
-augmentation): :func:`synapse_ei.data.to_model_input` scales them on the device, which is the
+augmentation): :func:`synapse_ei.learn.transforms.to_model_input` scales them on the device, which is the
 training step's cost, not the loader's. The files are read from the page cache (they were just
 written): a cold read from a network file system adds its own cost.
 """
@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synapse_ei.cutout import STACK_NAMES, open_stack, write_stack
-from synapse_ei.data import CutoutDataset, build_transforms, make_loader
+from synapse_ei.cutout.stacks import open_stack, STACK_NAMES, write_stack
+from synapse_ei.learn.dataset import CutoutDataset, make_loader
+from synapse_ei.learn.transforms import build_transforms
 
 SHAPES = {"2d": (256, 256), "3d": (32, 128, 128)}  # as stored: (Y, X) and (Z, Y, X)
 

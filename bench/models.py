@@ -5,7 +5,7 @@ Usage: ``python bench/models.py [--models r3d_18 unet3d] [--norm batch group] [-
 
 For every model and norm, in one run: random one-channel inputs of the cutout shape (``microns``:
 2D 256x256, 3D 128x128x32 as config/microns.yaml cuts them; ``demo``: 64x64 and 32x32x8), random
-labels, and the training step of :func:`synapse_ei.train.train_image_model` without the data
+labels, and the training step of :func:`synapse_ei.learn.train.train_image_model` without the data
 loader: bf16 autocast and channels_last / channels_last_3d on CUDA, class-weighted cross-entropy,
 backward, gradient clipping, an AdamW step. ``--warmup`` steps (cuDNN autotuning) are not timed.
 Prints one markdown row per model: samples per second, milliseconds per step, and on CUDA the
@@ -20,8 +20,8 @@ import time
 import torch
 from torch import nn
 
-from synapse_ei.models import ARCHITECTURES, build_model, input_kind
-from synapse_ei.train import autocast_for, resolve_device, to_device
+from synapse_ei.learn.device import autocast_for, resolve_device, to_device
+from synapse_ei.learn.models import ARCHITECTURES, build_model, input_kind
 
 #: Network input shapes without batch and channel: 2D (Y, X), 3D (Z, Y, X).
 SHAPES = {

@@ -4,8 +4,8 @@ Usage: ``python bench/train_gpu.py [--models r3d_18 mc3_18 resnet50] [--steps 50
 
 Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, as the cutout stage
 writes them, a TIFF stack per kind: see bench/loader.py), then for each model trains ``--steps``
-optimiser steps from the training pipeline (:class:`~synapse_ei.data.CutoutDataset` reading the
-memory-mapped stacks, :func:`~synapse_ei.data.make_loader`, :func:`synapse_ei.train.to_device`, the
+optimiser steps from the training pipeline (:class:`~synapse_ei.learn.dataset.CutoutDataset` reading the
+memory-mapped stacks, :func:`~synapse_ei.learn.dataset.make_loader`, :func:`synapse_ei.learn.device.to_device`, the
 training augmentations in the loader or on the device as ``--augment-on`` says) with bf16 autocast
 and channels_last memory, after ``--warmup`` steps. Reports training samples/s, the share of wall
 time spent waiting on the loader (goal: under 5%) and the peak GPU memory. ``--device cpu`` with a
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from synapse_ei.data import CutoutDataset, build_transforms, make_loader
-from synapse_ei.models import build_model, input_kind
-from synapse_ei.train import to_device
+from synapse_ei.learn.dataset import CutoutDataset, make_loader
+from synapse_ei.learn.device import to_device
+from synapse_ei.learn.models import build_model, input_kind
+from synapse_ei.learn.transforms import build_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
 from loader import write_cutouts  # noqa: E402

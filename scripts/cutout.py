@@ -6,8 +6,8 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.cutout import cut_shard  # noqa: E402
-from synapse_ei.io import read_json  # noqa: E402
+from synapse_ei.cutout.shard import cut_shard  # noqa: E402
+from synapse_ei.outputs import read_json  # noqa: E402
 
 provenance = read_json(snakemake.input.provenance)
 cut_shard(

@@ -6,10 +6,11 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.baseline import predict_connectivity  # noqa: E402
-from synapse_ei.evaluate import NO_GALLERY, evaluate_predictions  # noqa: E402
-from synapse_ei.inference import predict_cutouts  # noqa: E402
-from synapse_ei.models import input_kind  # noqa: E402
+from synapse_ei.connectivity import predict_connectivity  # noqa: E402
+from synapse_ei.evaluation.evaluate import evaluate_predictions  # noqa: E402
+from synapse_ei.evaluation.gallery import NO_GALLERY  # noqa: E402
+from synapse_ei.learn.inference import predict_cutouts  # noqa: E402
+from synapse_ei.learn.models import input_kind  # noqa: E402
 
 image_model = snakemake.params.architecture != "connectivity"
 if not image_model:

@@ -4,8 +4,8 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.evaluate import write_gallery  # noqa: E402
-from synapse_ei.models import input_kind  # noqa: E402
+from synapse_ei.evaluation.gallery import write_gallery  # noqa: E402
+from synapse_ei.learn.models import input_kind  # noqa: E402
 
 write_gallery(
     snakemake.input.predictions,

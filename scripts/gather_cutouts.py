@@ -9,8 +9,8 @@ from synapse_ei.logs import log_to_file
 console = sys.stderr  # log_to_file sends stderr to the log; the skip summary goes to both
 log_to_file(snakemake.log[0])
 
-from synapse_ei.cutout import gather, skipped_summary  # noqa: E402
-from synapse_ei.io import write_json, write_parquet  # noqa: E402
+from synapse_ei.cutout.gather import gather, skipped_summary  # noqa: E402
+from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
 
 manifest, stats = gather(
     snakemake.input.shards,

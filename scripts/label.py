@@ -6,8 +6,8 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.io import read_json, write_json, write_parquet  # noqa: E402
-from synapse_ei.labels import label_synapses  # noqa: E402
+from synapse_ei.curation.labels import label_synapses  # noqa: E402
+from synapse_ei.outputs import read_json, write_json, write_parquet  # noqa: E402
 
 labelled, stats = label_synapses(
     pd.read_parquet(snakemake.input.synapses),

@@ -4,7 +4,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.leakage import leakage_audit, write_leakage_audit  # noqa: E402
+from synapse_ei.reporting.leakage import leakage_audit, write_leakage_audit  # noqa: E402
 
 inputs = snakemake.input
 audit = leakage_audit(

@@ -6,8 +6,8 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.io import write_parquet  # noqa: E402
-from synapse_ei.leakage import with_split_of  # noqa: E402
+from synapse_ei.outputs import write_parquet  # noqa: E402
+from synapse_ei.reporting.leakage import with_split_of  # noqa: E402
 
 write_parquet(
     snakemake.output.manifest,

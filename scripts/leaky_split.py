@@ -6,8 +6,8 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.io import write_json, write_parquet  # noqa: E402
-from synapse_ei.splits import split_by_synapse  # noqa: E402
+from synapse_ei.curation.splits import split_by_synapse  # noqa: E402
+from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
 
 split, audit = split_by_synapse(
     pd.read_parquet(snakemake.input.synapses),

@@ -11,9 +11,9 @@ from synapse_ei.logs import log_to_file
 console = sys.stderr  # log_to_file sends stderr to the log; a warning goes to both
 log_to_file(snakemake.log[0])
 
-from synapse_ei.cutout import check_positions, plan_shards  # noqa: E402
-from synapse_ei.io import read_json, write_parquet  # noqa: E402
-from synapse_ei.volume import open_volume, volume_info  # noqa: E402
+from synapse_ei.cutout.plan import check_positions, plan_shards  # noqa: E402
+from synapse_ei.cutout.volume import open_volume, volume_info  # noqa: E402
+from synapse_ei.outputs import read_json, write_parquet  # noqa: E402
 
 synapses = pd.read_parquet(snakemake.input.synapses)
 plan = plan_shards(synapses, n_shards=snakemake.params.shards)  # also checks ids and positions

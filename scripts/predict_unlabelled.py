@@ -4,7 +4,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.predict import predict_unlabelled  # noqa: E402
+from synapse_ei.unlabelled import predict_unlabelled  # noqa: E402
 
 predict_unlabelled(
     snakemake.input.model,

@@ -4,7 +4,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.io import write_json, write_parquet  # noqa: E402
+from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
 from synapse_ei.sources import load_source  # noqa: E402
 
 tables = load_source(snakemake.params.dataset, snakemake.params.synthetic_dir)

@@ -4,12 +4,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.report import (  # noqa: E402
-    comparison_curves,
-    summarize,
-    summary_figure,
-    write_summary,
-)
+from synapse_ei.reporting.summary import comparison_curves, summarize, summary_figure, write_summary
 
 table = summarize(dict(zip(snakemake.params.models, snakemake.input.metrics)))
 write_summary(table, snakemake.output.csv, snakemake.output.markdown, snakemake.output.html)

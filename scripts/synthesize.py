@@ -6,6 +6,6 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.sources.synthetic import synthesize  # noqa: E402
+from synapse_ei.sources.synthetic.generator import synthesize  # noqa: E402
 
 synthesize(out_dir=Path(snakemake.output.stats).parent, **snakemake.params.settings)

@@ -6,7 +6,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.train import train_image_model  # noqa: E402
+from synapse_ei.learn.train import train_image_model  # noqa: E402
 
 train_image_model(
     manifest_path=snakemake.input.manifest,

@@ -6,7 +6,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.baseline import train_connectivity  # noqa: E402
+from synapse_ei.connectivity import train_connectivity  # noqa: E402
 
 train_connectivity(
     split_path=snakemake.input.split,

@@ -102,3 +102,12 @@ def require_position_resolution(config: Mapping[str, Any]) -> None:
 def check(config: Mapping[str, Any]) -> None:
     """The checks a schema cannot make, on a config the schema has validated."""
     check_split_fractions(config["split"]["fractions"])
+
+
+def plain(value: Any) -> Any:
+    """Config values (Snakemake's mapping types included) as plain dicts, lists and scalars."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value

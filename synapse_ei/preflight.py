@@ -102,7 +102,7 @@ def em_path_of(dataset: Mapping[str, Any]) -> str | None:
 
 def check_em(path: str, mip: int) -> str:
     """The EM volume's info is readable and has scale ``mip`` (what every cutout job opens)."""
-    from synapse_ei.volume import open_volume, volume_info
+    from synapse_ei.cutout.volume import open_volume, volume_info
 
     info = volume_info(open_volume(path, mip))
     return (

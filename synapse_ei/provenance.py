@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from synapse_ei.io import plain, read_json, write_json
+from synapse_ei.config import plain
+from synapse_ei.outputs import read_json, write_json
 
 #: The distributions whose versions decide what a run computes.
 PACKAGES = (

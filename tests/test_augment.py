@@ -6,17 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from synapse_ei.augment import (
+from synapse_ei.errors import DataError
+from synapse_ei.learn.augment import (
+    centre_margins,
     MID_GREY,
     MissingSection,
+    mix_batch,
     SectionIntensity,
     SectionSlip,
-    centre_margins,
-    mix_batch,
 )
-from synapse_ei.ema import build_ema
-from synapse_ei.errors import DataError
-from synapse_ei.losses import one_hot
+from synapse_ei.learn.ema import build_ema
+from synapse_ei.learn.losses import one_hot
 
 
 def cube(depth: int = 6, size: int = 12) -> torch.Tensor:

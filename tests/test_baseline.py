@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synapse_ei.baseline import connectivity_features, predict_connectivity, train_connectivity
+from synapse_ei.connectivity import connectivity_features, predict_connectivity, train_connectivity
 from synapse_ei.errors import DataError
 
 COLUMN = "classification_system"

@@ -28,7 +28,8 @@ from cave_helpers import (
     rate_limited,
     synapse_table,
 )
-from synapse_ei import labels, tables
+from synapse_ei import tables
+from synapse_ei.curation import labels
 from synapse_ei.errors import DataError
 from synapse_ei.sources import cave
 

@@ -12,19 +12,14 @@ import pytest
 import tifffile
 import torch
 
-from synapse_ei.cutout import (
-    MANIFEST_COLUMNS,
-    check_positions,
-    cut_shard,
-    gather,
-    open_stack,
-    plan_shards,
-    skipped_summary,
-    write_stack,
-)
-from synapse_ei.data import CutoutDataset
+from synapse_ei.cutout.gather import gather, skipped_summary
+from synapse_ei.cutout.manifest import MANIFEST_COLUMNS
+from synapse_ei.cutout.plan import check_positions, plan_shards
+from synapse_ei.cutout.shard import cut_shard
+from synapse_ei.cutout.stacks import open_stack, write_stack
+from synapse_ei.cutout.volume import ChunkReader, open_tensorstore, open_volume, volume_info
 from synapse_ei.errors import DataError
-from synapse_ei.volume import ChunkReader, open_tensorstore, open_volume, volume_info
+from synapse_ei.learn.dataset import CutoutDataset
 from volume_helpers import (
     OFFSET,
     SIZE,

@@ -10,20 +10,17 @@ import pytest
 import tifffile
 import torch
 
-from synapse_ei.cutout import write_stack
-from synapse_ei.data import (
+from synapse_ei.cutout.stacks import write_stack
+from synapse_ei.errors import DataError
+from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader, open_cutout
+from synapse_ei.learn.transforms import (
     AUGMENTATIONS,
+    build_transforms,
     NORM_MEAN,
     NORM_STD,
     SECTION_AUGMENTATIONS,
-    CutoutDataset,
-    build_transforms,
-    load_manifest,
-    make_loader,
-    open_cutout,
     to_model_input,
 )
-from synapse_ei.errors import DataError
 
 SIZE_2D = (32, 32)  # (Y, X) as stored
 SIZE_3D = (8, 16, 16)  # (Z, Y, X) as stored

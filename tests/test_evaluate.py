@@ -16,21 +16,18 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from synapse_ei.cutout import write_stack
+from synapse_ei.cutout.stacks import write_stack
 from synapse_ei.errors import DataError
-from synapse_ei.evaluate import (
-    _neuron_weighted_scores,
-    bootstrap_over_neurons,
+from synapse_ei.evaluation.bootstrap import bootstrap_over_neurons, _neuron_weighted_scores
+from synapse_ei.evaluation.evaluate import evaluate_predictions
+from synapse_ei.evaluation.gallery import gallery_examples, write_gallery
+from synapse_ei.evaluation.metrics import (
     compute_metrics,
-    evaluate_predictions,
     expected_calibration_error,
-    gallery_examples,
-    neuron_level,
-    neuron_table,
     reliability_table,
     tune_threshold,
-    write_gallery,
 )
+from synapse_ei.evaluation.neurons import neuron_level, neuron_table
 
 
 def test_hand_checked_tiny_case():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from synapse_ei.errors import DataError
-from synapse_ei.inference import predict_proba, tta_views
+from synapse_ei.learn.inference import predict_proba, tta_views
 
 
 class PixelLinear(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from synapse_ei.curation.labels import label_synapses
 from synapse_ei.errors import DataError
-from synapse_ei.labels import label_synapses
 
 CLASSES = {"excitatory_neuron": "excitatory", "inhibitory_neuron": "inhibitory"}
 ROOT = 864691135000000000  # 18-digit ids, as in MICrONS

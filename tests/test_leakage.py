@@ -13,24 +13,24 @@ import pandas as pd
 import pytest
 import yaml
 
-from synapse_ei.baseline import predict_connectivity, train_connectivity
+from synapse_ei.connectivity import predict_connectivity, train_connectivity
+from synapse_ei.curation.labels import label_synapses
+from synapse_ei.curation.splits import split_by_neuron, split_by_synapse
 from synapse_ei.errors import DataError
-from synapse_ei.evaluate import compute_metrics
-from synapse_ei.io import write_json, write_parquet
-from synapse_ei.labels import label_synapses
-from synapse_ei.leakage import (
-    OVERLAP_CHECKS,
-    ROLES,
-    SPLIT_KINDS,
+from synapse_ei.evaluation.metrics import compute_metrics
+from synapse_ei.outputs import write_json, write_parquet
+from synapse_ei.reporting.leakage import (
     label_prior_feature,
     label_prior_predictions,
     leakage_audit,
+    OVERLAP_CHECKS,
     prediction_scores,
+    ROLES,
+    SPLIT_KINDS,
     with_split_of,
     write_leakage_audit,
 )
-from synapse_ei.sources import synthetic
-from synapse_ei.splits import split_by_neuron, split_by_synapse
+from synapse_ei.sources.synthetic import generator as synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "config" / "mini.yaml"

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from synapse_ei.errors import DataError
-from synapse_ei.losses import (
+from synapse_ei.learn.losses import (
     BalancedBCE,
-    FocalLoss,
-    WeightedCrossEntropy,
     build_loss,
     effective_number_weights,
+    FocalLoss,
     one_hot,
+    WeightedCrossEntropy,
 )
 
 LOGITS = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.4, 1.1], [0.0, 0.0]])

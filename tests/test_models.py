@@ -15,15 +15,15 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
 from synapse_ei.errors import DataError
-from synapse_ei.models import (
+from synapse_ei.learn.models import (
     ARCHITECTURES,
     build_model,
     input_kind,
     model_options,
     one_channel_stem,
 )
-from synapse_ei.models.norm import group_count
-from synapse_ei.models.pretrained import PUBLISHED_NAMES, weights_url
+from synapse_ei.learn.models.norm import group_count
+from synapse_ei.learn.models.pretrained import PUBLISHED_NAMES, weights_url
 
 IMAGE_MODELS = [name for name, kind in ARCHITECTURES.items() if kind != "tables"]
 
@@ -39,7 +39,7 @@ def test_registry_lists_the_required_architectures():
 def test_unknown_architecture_names_the_known_ones():
     with pytest.raises(DataError, match="r3d_18"):
         input_kind("vgg16")
-    with pytest.raises(DataError, match="baseline"):
+    with pytest.raises(DataError, match="synapse_ei.connectivity"):
         build_model("connectivity")
 
 
@@ -255,8 +255,8 @@ def test_pretrained_errors_name_the_file_and_the_fix(torch_home, tmp_path):
 def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
     from test_train import write_learnable_cutouts
 
-    from synapse_ei.inference import load_trained, predict_cutouts
-    from synapse_ei.train import train_image_model
+    from synapse_ei.learn.inference import load_trained, predict_cutouts
+    from synapse_ei.learn.train import train_image_model
 
     manifest = write_learnable_cutouts(tmp_path / "cutouts")
     settings = {"epochs": 1, "batch_size": 4, "samples_per_epoch": 8, "norm": "group"}

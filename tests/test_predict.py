@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from synapse_ei.errors import DataError
-from synapse_ei.predict import NEURON_COLUMNS, infer_neurons, unlabelled_synapses
+from synapse_ei.unlabelled import infer_neurons, NEURON_COLUMNS, unlabelled_synapses
 
 
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:

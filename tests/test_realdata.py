@@ -8,10 +8,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from synapse_ei.curation.labels import label_synapses
+from synapse_ei.curation.splits import split_by_neuron
 from synapse_ei.errors import DataError
-from synapse_ei.labels import label_synapses
 from synapse_ei.sources import files
-from synapse_ei.splits import split_by_neuron
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 PINKY_CLASSES = {"e": "excitatory", "i": "inhibitory"}

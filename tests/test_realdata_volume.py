@@ -14,11 +14,12 @@ import pytest
 import tifffile
 from cloudvolume import CloudVolume
 
-from synapse_ei.cutout import OK, cut_shard
+from synapse_ei.cutout.manifest import OK
+from synapse_ei.cutout.shard import cut_shard
+from synapse_ei.cutout.volume import open_volume, table_to_volume_voxels, volume_info
 from synapse_ei.errors import DataError
 from synapse_ei.sources import files
 from synapse_ei.tables import CTR
-from synapse_ei.volume import open_volume, table_to_volume_voxels, volume_info
 
 EM_RESOLUTION = (8, 8, 40)
 CHUNK = np.array([128, 128, 16])

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from synapse_ei.errors import DataError
-from synapse_ei.evaluate import evaluate_predictions
-from synapse_ei.io import write_json
-from synapse_ei.report import (
-    SCORES_WITH_INTERVALS,
+from synapse_ei.evaluation.evaluate import evaluate_predictions
+from synapse_ei.outputs import write_json
+from synapse_ei.reporting.summary import (
     comparison_curves,
     markdown_table,
+    SCORES_WITH_INTERVALS,
     summarize,
     summary_figure,
     write_summary,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from synapse_ei.curation.splits import split_by_neuron
 from synapse_ei.errors import DataError
-from synapse_ei.splits import split_by_neuron
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 ROOT = 864691135000000000

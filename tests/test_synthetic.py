@@ -11,15 +11,15 @@ import pytest
 
 from synapse_ei.errors import DataError
 from synapse_ei.sources import SourceTables
-from synapse_ei.sources.synthetic import (
+from synapse_ei.sources.synthetic.generator import (
     CHUNK_SIZE,
     EM_RESOLUTION,
-    INHIBITORY_TYPES,
     EXCITATORY_TYPES,
-    NONNEURON_TYPES,
-    VOXEL_OFFSET,
+    INHIBITORY_TYPES,
     load,
+    NONNEURON_TYPES,
     synthesize,
+    VOXEL_OFFSET,
 )
 from synapse_ei.tables import CTR, POST, PRE
 

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from synapse_ei import data
-from synapse_ei import train as train_module
-from synapse_ei.cutout import write_stack
+from synapse_ei.cutout import stacks
+from synapse_ei.cutout.stacks import write_stack
 from synapse_ei.errors import DataError
-from synapse_ei.inference import load_trained, predict_cutouts
-from synapse_ei.train import (
-    HISTORY_COLUMNS,
+from synapse_ei.learn import train as train_module, transforms
+from synapse_ei.learn.inference import load_trained, predict_cutouts
+from synapse_ei.learn.train import (
     class_weights,
+    HISTORY_COLUMNS,
     resolve_settings,
     train_image_model,
     warmup_cosine,
@@ -171,7 +171,7 @@ def test_compile_failure_on_cpu_falls_back_to_eager(cutouts, tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     settings = {**SETTINGS_2D, "epochs": 1, "samples_per_epoch": 8, "compile": True}
-    with caplog.at_level("WARNING", logger="synapse_ei.train"):
+    with caplog.at_level("WARNING", logger="synapse_ei.learn.train"):
         history = run(cutouts, tmp_path, settings=settings)
     assert np.isfinite(history["train_loss"]).all()
     assert "torch.compile failed on CPU (RuntimeError: no C++ compiler)" in caplog.text
@@ -236,7 +236,7 @@ def recut_a_stack_in_place(root: Path) -> None:
     """Other pixels in a stack of the same shape, its modification time kept."""
     stack = root / "shards/000/2d.tif"
     before = stack.stat()
-    pixels = np.asarray(data.open_stack(stack, "2d"))
+    pixels = np.asarray(stacks.open_stack(stack, "2d"))
     write_stack(stack, "2d", np.clip(pixels.astype(np.int16) + 40, 1, 255).astype(np.uint8))
     os.utime(stack, ns=(before.st_atime_ns, before.st_mtime_ns))
 
@@ -314,13 +314,13 @@ def test_augmenting_on_the_device_trains_from_raw_uint8_batches(cutouts, tmp_pat
     """augment_on: device keeps the loader's batches raw uint8 and augments each sample after
     the copy to the device (the CPU here stands in for the GPU)."""
     seen = []
-    original = data.to_model_input
+    original = transforms.to_model_input
 
     def spy(x, device, memory_format=None, transform=None):
         seen.append((x.dtype, transform is not None))
         return original(x, device, memory_format, transform)
 
-    monkeypatch.setattr(data, "to_model_input", spy)
+    monkeypatch.setattr(transforms, "to_model_input", spy)
     history = run(cutouts, tmp_path, settings={**SETTINGS_2D, "augment_on": "device"})
     assert np.isfinite(history["train_loss"]).all()
     # Training batches arrive as uint8 with the transform to apply; validation ones without.
@@ -331,11 +331,11 @@ def test_augmenting_on_the_device_trains_from_raw_uint8_batches(cutouts, tmp_pat
 def test_device_augmentation_draws_each_sample_its_own_transform():
     same = torch.full((4, 1, 32, 32), 128, dtype=torch.uint8)
     same[:, :, 10:20, 5:9] = 250  # an asymmetric bar: every flip or rotation moves it
-    transform = data.build_transforms("2d", train=True, strength=0.0)
+    transform = transforms.build_transforms("2d", train=True, strength=0.0)
     torch.manual_seed(0)
-    x = data.to_model_input(same, torch.device("cpu"), transform=transform)
+    x = transforms.to_model_input(same, torch.device("cpu"), transform=transform)
     assert x.shape == same.shape and x.dtype == torch.float32
     assert len({tuple(item.flatten().tolist()) for item in x}) > 1
-    plain = data.to_model_input(same, torch.device("cpu"))
-    torch.testing.assert_close(plain[0, 0, 0, 0], torch.tensor((128 / 255 - data.NORM_MEAN)
-                                                               / data.NORM_STD))
+    plain = transforms.to_model_input(same, torch.device("cpu"))
+    torch.testing.assert_close(plain[0, 0, 0, 0], torch.tensor((128 / 255 - transforms.NORM_MEAN)
+                                                               / transforms.NORM_STD))

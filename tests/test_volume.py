@@ -10,8 +10,8 @@ from cloudvolume import exceptions as cv_exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from synapse_ei.cutout.volume import open_volume, table_to_volume_voxels, volume_info
 from synapse_ei.errors import DataError
-from synapse_ei.volume import open_volume, table_to_volume_voxels, volume_info
 from volume_helpers import CHUNK, OFFSET, SIZE, make_volume, volume_data
 
 

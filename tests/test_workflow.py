@@ -19,7 +19,7 @@ import tifffile
 import yaml
 
 from snakemake_helpers import job_counts
-from synapse_ei.evaluate import NO_GALLERY
+from synapse_ei.evaluation.gallery import NO_GALLERY
 from volume_helpers import make_synapses, make_volume, random_centres
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Data sources: each returns the same two tables and the path of the EM volume.
 
-``synthetic`` reads what :func:`synapse_ei.sources.synthetic.synthesize` wrote, ``files`` reads
+``synthetic`` reads what :func:`synapse_ei.sources.synthetic.generator.synthesize` wrote, ``files`` reads
 table exports on disk, ``cave`` queries a CAVE materialization at a pinned version. Every later stage runs the same code
 whatever the source.
 """
@@ -34,9 +34,9 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
     """Load the tables of the configured source (the ``dataset`` section of the config)."""
     source = dataset["source"]
     if source == "synthetic":
-        from synapse_ei.sources import synthetic
+        from synapse_ei.sources.synthetic import generator
 
-        return synthetic.load(synthetic_dir)
+        return generator.load(synthetic_dir)
     if source == "files":
         from synapse_ei.config import require_position_resolution
         from synapse_ei.sources import files

@@ -1,4 +1,4 @@
-# The leakage audit (synapse_ei.leakage): one image model and the connectivity baseline trained
+# The leakage audit (synapse_ei.reporting.leakage): one image model and the connectivity baseline trained
 # again on a random synapse-level split, reusing the cutouts, the training and evaluate scripts;
 # `all` asks for it only with leakage_audit.enabled.
 

@@ -64,7 +64,7 @@ def query_input(wildcards):
 
 
 # The `pretrained` values that name published weights, not a file: a copy of
-# synapse_ei.models.pretrained.PUBLISHED_NAMES (importing it would load torch at every parse).
+# synapse_ei.learn.models.pretrained.PUBLISHED_NAMES (importing it would load torch at every parse).
 PUBLISHED_NAMES = ("imagenet", "kinetics400")
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synapse_ei.models.norm import norm_layer
+from synapse_ei.learn.models.norm import norm_layer
 
 #: In-plane-only poolings before z is pooled too: log2(40 nm / 8 nm), rounded down.
 IN_PLANE_POOLS = 2

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
 from synapse_ei.errors import DataError  # noqa: E402
-from synapse_ei.io import atomic_path, read_json, write_text  # noqa: E402
+from synapse_ei.outputs import atomic_path, read_json, write_text  # noqa: E402
 from synapse_ei.tables import INHIBITORY  # noqa: E402
 
 #: Summary column -> where it sits in metrics.json; each has ``_ci_low``/``_ci_high`` columns.

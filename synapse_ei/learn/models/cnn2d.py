@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
-from synapse_ei.models.norm import apply_norm
-from synapse_ei.models.pretrained import load_backbone, pretrained_state_dict
+from synapse_ei.learn.models.norm import apply_norm
+from synapse_ei.learn.models.pretrained import load_backbone, pretrained_state_dict
 
 
 def one_channel_stem(conv: nn.Conv2d | nn.Conv3d) -> nn.Conv2d | nn.Conv3d:
@@ -84,7 +84,7 @@ def build_resnet2d(
     """torchvision ResNet-18/50 with a one-channel stem, optionally ImageNet-initialised.
 
     ``pretrained`` (a local state-dict file or ``'imagenet'``, see
-    :mod:`synapse_ei.models.pretrained`) fills every layer but the fresh two-class head; the stem
+    :mod:`synapse_ei.learn.models.pretrained`) fills every layer but the fresh two-class head; the stem
     then sums its RGB kernels. With ``norm='group'`` each BatchNorm becomes a GroupNorm that
     keeps the pretrained scale and shift.
     """

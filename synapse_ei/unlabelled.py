@@ -15,15 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synapse_ei.cutout import OK, plan_shards
+from synapse_ei.cutout.manifest import OK
+from synapse_ei.cutout.plan import plan_shards
 from synapse_ei.errors import DataError
-from synapse_ei.io import atomic_path, read_json, write_json, write_parquet
+from synapse_ei.outputs import atomic_path, read_json, write_json, write_parquet
 from synapse_ei.tables import (
     CELL_TYPE_REQUIRED,
     EXCITATORY,
     INHIBITORY,
-    SYNAPSE_REQUIRED,
     require_columns,
+    SYNAPSE_REQUIRED,
     to_int64,
 )
 
@@ -168,7 +169,7 @@ def predict_unlabelled(
     :data:`NEURON_COLUMNS`) and ``stats_out`` (counts, threshold, skipped cutouts).
     """
     # Imported here: selecting and planning need no torch.
-    from synapse_ei.inference import predict_unlabelled_cutouts
+    from synapse_ei.learn.inference import predict_unlabelled_cutouts
 
     try:
         threshold = float(read_json(metrics_path)["tuned_threshold"]["threshold"])

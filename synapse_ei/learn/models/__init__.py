@@ -1,9 +1,9 @@
 """The model registry: every architecture name, the input it reads, and how to build it.
 
 Image models ('2d' patches, '3d' cubes) are built here; the 'tables' model (the connectivity
-baseline) lives in :mod:`synapse_ei.baseline` and reads no images. Two per-model settings shape
-the build: ``norm`` (:mod:`synapse_ei.models.norm`) and ``pretrained``
-(:mod:`synapse_ei.models.pretrained`).
+baseline) lives in :mod:`synapse_ei.connectivity` and reads no images. Two per-model settings shape
+the build: ``norm`` (:mod:`synapse_ei.learn.models.norm`) and ``pretrained``
+(:mod:`synapse_ei.learn.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from torch import nn
 
 from synapse_ei.errors import DataError
-from synapse_ei.models.cnn2d import build_cnn2d, build_resnet2d, one_channel_stem
-from synapse_ei.models.norm import NORMS, check_norm
-from synapse_ei.models.pretrained import PUBLISHED_WEIGHTS, published_weights
-from synapse_ei.models.unet3d import build_unet3d
-from synapse_ei.models.video3d import build_video3d
+from synapse_ei.learn.models.cnn2d import build_cnn2d, build_resnet2d, one_channel_stem
+from synapse_ei.learn.models.norm import check_norm, NORMS
+from synapse_ei.learn.models.pretrained import PUBLISHED_WEIGHTS, published_weights
+from synapse_ei.learn.models.unet3d import build_unet3d
+from synapse_ei.learn.models.video3d import build_video3d
 
 #: Architecture name -> input kind ('2d' patches, '3d' cubes, 'tables' for table-only models).
 ARCHITECTURES: dict[str, str] = {
@@ -65,7 +65,7 @@ def build_model(
     if kind == "tables":
         raise DataError(
             f"models: {architecture!r} is a table-only model, not an image model; it is built "
-            "and trained by synapse_ei.baseline."
+            "and trained by synapse_ei.connectivity."
         )
     check_norm(norm)
     if pretrained is not None:

@@ -11,7 +11,7 @@ each net treats the 40 nm z (checked by tests/test_models.py; D after stem, laye
 - MC3-18: 3D convolutions in the stem and layer1 only, then in-plane (2D) stages that keep D.
 
 All three finish with adaptive average pooling, so any D >= 1 works. For a network whose
-downsampling follows the anisotropy instead, see :mod:`synapse_ei.models.unet3d`.
+downsampling follows the anisotropy instead, see :mod:`synapse_ei.learn.models.unet3d`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import video
 
-from synapse_ei.models.cnn2d import one_channel_stem
-from synapse_ei.models.norm import apply_norm
-from synapse_ei.models.pretrained import load_backbone, pretrained_state_dict
+from synapse_ei.learn.models.cnn2d import one_channel_stem
+from synapse_ei.learn.models.norm import apply_norm
+from synapse_ei.learn.models.pretrained import load_backbone, pretrained_state_dict
 
 VIDEO_FACTORIES = {
     "r3d_18": video.r3d_18,
@@ -36,7 +36,7 @@ def build_video3d(
     """A torchvision video ResNet taking one-channel cubes, optionally Kinetics-initialised.
 
     ``pretrained`` (a local state-dict file or ``'kinetics400'``, see
-    :mod:`synapse_ei.models.pretrained`) fills every layer but the fresh head before the stem
+    :mod:`synapse_ei.learn.models.pretrained`) fills every layer but the fresh head before the stem
     sums its RGB kernels; ``norm='group'`` swaps every BatchNorm for a GroupNorm.
     """
     if architecture not in VIDEO_FACTORIES:

@@ -63,7 +63,7 @@ def split_by_synapse(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The deliberately leaky control: each synapse, not each neuron, drawn into a split.
 
-    Used only by the leakage audit (synapse_ei.leakage) to measure how much a synapse-level
+    Used only by the leakage audit (synapse_ei.reporting.leakage) to measure how much a synapse-level
     split flatters a model: a neuron's synapses land in several splits, so a model can score by
     recognising neurons seen in training. Stratified by class with scikit-learn, ``fractions``
     of the synapses per split; depends only on the synapse ids, labels and ``seed``, not on row

@@ -24,16 +24,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from synapse_ei.errors import DataError
-from synapse_ei.io import atomic_path, write_text
+from synapse_ei.outputs import atomic_path, write_text
 from synapse_ei.tables import (
     CELL_TYPE_REQUIRED,
     EXCITATORY,
     INHIBITORY,
     LABEL_INDEX,
     LABELS,
+    require_columns,
     SPLITS,
     SYNAPSE_REQUIRED,
-    require_columns,
     to_int64,
 )
 

@@ -1,5 +1,5 @@
-"""Atomic writers: an output appears complete or not at all, so a killed job never leaves a
-half-written file that a later step would trust."""
+"""A stage's output files, written atomically (an output appears complete or not at all, so a
+killed job never leaves a half-written file that a later step would trust) and read back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Iterator
 
 import numpy as np
@@ -60,12 +59,3 @@ def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def plain(value: Any) -> Any:
-    """Config values (Snakemake's mapping types included) as plain dicts, lists and scalars."""
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    return value

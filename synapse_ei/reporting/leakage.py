@@ -26,22 +26,21 @@ import pandas as pd  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from synapse_ei.errors import DataError  # noqa: E402
-from synapse_ei.evaluate import (  # noqa: E402
-    BOOTSTRAP_SEED,
-    DEFAULT_THRESHOLD,
-    N_BOOTSTRAP,
-    PREDICTION_COLUMNS,
+from synapse_ei.evaluation.bootstrap import (  # noqa: E402
     bootstrap_over_neurons,
-    compute_metrics,
+    BOOTSTRAP_SEED,
+    N_BOOTSTRAP,
 )
-from synapse_ei.io import atomic_path, read_json, write_json, write_text  # noqa: E402
-from synapse_ei.report import markdown_table  # noqa: E402
+from synapse_ei.evaluation.evaluate import PREDICTION_COLUMNS  # noqa: E402
+from synapse_ei.evaluation.metrics import compute_metrics, DEFAULT_THRESHOLD  # noqa: E402
+from synapse_ei.outputs import atomic_path, read_json, write_json, write_text  # noqa: E402
+from synapse_ei.reporting.summary import markdown_table  # noqa: E402
 from synapse_ei.tables import (  # noqa: E402
     INHIBITORY,
     LABEL_INDEX,
     LABELS,
-    SPLITS,
     require_columns,
+    SPLITS,
     to_int64,
 )
 
@@ -50,13 +49,13 @@ log = logging.getLogger(__name__)
 PRE = "pre_pt_root_id"
 #: The label prior's one feature.
 LABEL_PRIOR_FEATURE = "pre_train_inhibitory_rate"
-#: The two splits compared, as keys of the audit; "leaky" is synapse_ei.splits.split_by_synapse.
+#: The two splits compared, as keys of the audit; "leaky" is synapse_ei.curation.splits.split_by_synapse.
 SPLIT_KINDS = ("neuron", "leaky")
 #: The audited models, as keys of the audit.
 ROLES = ("image_model", "connectivity", "label_prior")
 #: Test scores compared (threshold 0.5), each with its 95% interval over presynaptic neurons.
 SCORES = {"balanced_accuracy": "balanced accuracy", "roc_auc": "ROC-AUC"}
-#: The split audit's overlap counts (synapse_ei.splits): all 0 for the neuron split.
+#: The split audit's overlap counts (synapse_ei.curation.splits): all 0 for the neuron split.
 OVERLAP_CHECKS = (
     "pre_neurons_in_two_splits",
     "synapses_in_two_splits",

@@ -2,9 +2,9 @@
 
 AdamW or Adam, a per-step cosine learning-rate schedule after an optional linear warm-up,
 gradient clipping, best-by-validation-balanced-accuracy weights. The data are ~15 % inhibitory:
-the loss (:mod:`synapse_ei.losses`) weights the classes, or a balanced sampler shows them equally
-often with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.augment`), an EMA of the
-weights (:mod:`synapse_ei.ema`), ``torch.compile`` and early stopping. A checkpoint ``last.pt``
+the loss (:mod:`synapse_ei.learn.losses`) weights the classes, or a balanced sampler shows them equally
+often with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.learn.augment`), an EMA of the
+weights (:mod:`synapse_ei.learn.ema`), ``torch.compile`` and early stopping. A checkpoint ``last.pt``
 written atomically after every epoch (model, optimizer, scheduler, EMA, best weights, history and
 every random state, the sampler's included) lets a killed job resume where it stopped with the
 same result as an uninterrupted run; only that: a checkpoint of other data or settings, or of a
@@ -22,7 +22,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import synapse_ei
-from synapse_ei import augment, data, losses
-from synapse_ei.ema import build_ema
+from synapse_ei.config import plain
 from synapse_ei.errors import DataError
-from synapse_ei.io import atomic_path, plain, write_json
-from synapse_ei.models import build_model, input_kind, model_options
+from synapse_ei.learn import augment, dataset, losses, transforms
+from synapse_ei.learn.device import autocast_for, _memory_format, resolve_device, to_device
+from synapse_ei.learn.ema import build_ema
+from synapse_ei.learn.models import build_model, input_kind, model_options
+from synapse_ei.outputs import atomic_path, write_json
 from synapse_ei.tables import LABELS
 
 log = logging.getLogger(__name__)
+
 
 #: Used for any key missing from a model's config entry.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -54,7 +56,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "samples_per_epoch": None,
     "grad_clip": 1.0,
     "augment_strength": 1.0,
-    "augmentations": list(data.DEFAULT_AUGMENTATIONS),
+    "augmentations": list(transforms.DEFAULT_AUGMENTATIONS),
     "optimizer": "adamw",
     "warmup_epochs": 0,
     "loss": "cross_entropy",
@@ -113,7 +115,7 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
         raise DataError(f"models: setting 'warmup_epochs' is {merged['warmup_epochs']}; it must "
                         f"be >= 0 and below epochs ({merged['epochs']}).")
     for key, allowed in (("optimizer", OPTIMIZERS), ("loss", losses.LOSSES),
-                         ("sampler", data.SAMPLERS), ("augment_on", data.AUGMENT_ON)):
+                         ("sampler", dataset.SAMPLERS), ("augment_on", transforms.AUGMENT_ON)):
         merged[key] = str(merged[key])
         if merged[key] not in allowed:
             raise DataError(f"models: setting '{key}' is {merged[key]!r}; use one of "
@@ -124,18 +126,6 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
     merged["augmentations"] = [str(name) for name in merged["augmentations"]]
     merged["compile"] = bool(merged["compile"])
     return merged
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; an explicit 'cuda' without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(
-            f"train.device is {device!r} but no CUDA GPU is visible; use 'auto' or 'cpu'."
-        )
-    return resolved
 
 
 def seed_everything(seed: int) -> None:
@@ -174,13 +164,6 @@ def _restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     generator.set_state(state["loader"])
-
-
-def autocast_for(device: torch.device) -> Any:
-    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); a no-op on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -228,21 +211,6 @@ def compile_for_training(model: nn.Module, device: torch.device,
 
 def _stopped_early(history: list[dict[str, Any]], best_epoch: int, patience: int | None) -> bool:
     return patience is not None and bool(history) and history[-1]["epoch"] - best_epoch >= patience
-
-
-def _memory_format(kind: str) -> torch.memory_format:
-    return torch.channels_last if kind == "2d" else torch.channels_last_3d
-
-
-def to_device(
-    x: torch.Tensor, device: torch.device, kind: str,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """A loader batch on ``device``, augmented by ``transform`` there if given, scaled and
-    normalised (:func:`data.to_model_input`), in channels-last layout on CUDA, where cuDNN is
-    fastest with it."""
-    memory_format = _memory_format(kind) if device.type == "cuda" else None
-    return data.to_model_input(x, device, memory_format, transform)
 
 
 @torch.no_grad()
@@ -352,7 +320,7 @@ def train_image_model(
 ) -> pd.DataFrame:
     """Train ``architecture`` on the manifest's train split, validating on val every epoch.
 
-    Writes ``out_dir/model.pt`` (best-epoch weights and everything :mod:`synapse_ei.inference`
+    Writes ``out_dir/model.pt`` (best-epoch weights and everything :mod:`synapse_ei.learn.inference`
     needs) and ``out_dir/history.csv`` (one row per epoch). ``checkpoint_dir/last.pt`` is
     rewritten after every epoch; if it exists for the same configuration and data (the
     manifest's rows and the stacks, :func:`data_digest`) and its run did not finish, training
@@ -362,9 +330,9 @@ def train_image_model(
     """
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_dir) / "last.pt"
     kind = input_kind(architecture)
-    if kind not in data.KINDS:
+    if kind not in transforms.KINDS:
         raise DataError(f"models: {architecture!r} reads {kind}, not images; train it with "
-                        "synapse_ei.baseline.")
+                        "synapse_ei.connectivity.")
     settings = resolve_settings(plain(settings))
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -372,31 +340,31 @@ def train_image_model(
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its kernels
 
-    train_rows = data.load_manifest(manifest_path, "train", kind)
-    val_rows = data.load_manifest(manifest_path, "val", kind)
+    train_rows = dataset.load_manifest(manifest_path, "train", kind)
+    val_rows = dataset.load_manifest(manifest_path, "val", kind)
     root = Path(cutout_root)
-    shape = data.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
+    shape = dataset.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
     preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
-    transform = data.build_transforms(kind, True, settings["augment_strength"],
+    transform = transforms.build_transforms(kind, True, settings["augment_strength"],
                                       settings["augmentations"])
     on_device = settings["augment_on"] == "device" or (
         settings["augment_on"] == "auto" and torch_device.type == "cuda")
     device_transform = transform if on_device else None
-    train_set = data.CutoutDataset(train_rows, root, kind, None if on_device else transform,
+    train_set = dataset.CutoutDataset(train_rows, root, kind, None if on_device else transform,
                                    shape=shape, preload=preload)
-    val_set = data.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
+    val_set = dataset.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
     weights = class_weights(train_set.labels)
 
     seed_everything(seed)
     batch_size = settings["batch_size"]
     per_epoch = min(settings["samples_per_epoch"] or len(train_set), len(train_set))
-    train_loader = data.make_loader(
+    train_loader = dataset.make_loader(
         train_set, batch_size, seed, shuffle=True, num_workers=num_workers, num_samples=per_epoch,
         # BatchNorm cannot train on a final batch of one sample.
         drop_last=per_epoch % batch_size == 1, pin_memory=torch_device.type == "cuda",
         sampler=settings["sampler"],
     )
-    val_loader = data.make_loader(val_set, batch_size, seed + 1, shuffle=False,
+    val_loader = dataset.make_loader(val_set, batch_size, seed + 1, shuffle=False,
                                   num_workers=num_workers, pin_memory=torch_device.type == "cuda")
 
     model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
@@ -536,7 +504,7 @@ def train_image_model(
             "input_kind": kind,
             "state_dict": best_state,
             "settings": settings,
-            "normalisation": {"scale": 255.0, "mean": data.NORM_MEAN, "std": data.NORM_STD},
+            "normalisation": {"scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD},
             "cutout_shape": list(shape),
             "class_names": list(LABELS),
             "best_epoch": best_epoch,

@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from synapse_ei import data
 from synapse_ei.errors import DataError
-from synapse_ei.models import build_model, model_options
+from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader
+from synapse_ei.learn.device import autocast_for, _layout, resolve_device, to_device
+from synapse_ei.learn.models import build_model, model_options
+from synapse_ei.learn.transforms import NORM_MEAN, NORM_STD
 from synapse_ei.tables import EXCITATORY, INHIBITORY
-from synapse_ei.train import autocast_for, to_device, resolve_device
 
 PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
 #: Test-time augmentation modes: 'd4', the 8 in-plane flips and rotations; 'none', one view.
@@ -61,15 +62,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "d4") -> torch.
     return total / len(views)
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """Keep the channels-last layout :func:`synapse_ei.train.to_device` chose on CUDA."""
-    if x.device.type != "cuda":
-        return torch.contiguous_format
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-
-
 def load_trained(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved by :func:`synapse_ei.train.train_image_model`, in eval mode; its metadata."""
+    """The model saved by :func:`synapse_ei.learn.train.train_image_model`, in eval mode; its metadata."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise DataError(f"{model_path}: trained model not found; run the train stage first.")
@@ -113,7 +107,7 @@ def predict_cutouts(
         raise DataError(f"evaluate.tta: unknown mode {tta!r}; use one of {list(TTA_MODES)}.")
     torch_device = resolve_device(device)
     model, meta = load_trained(model_path, str(torch_device))
-    rows = data.load_manifest(manifest_path, list(splits), meta["input_kind"])
+    rows = load_manifest(manifest_path, list(splits), meta["input_kind"])
     probabilities = _predict_rows(model, meta, model_path, rows, cutout_root, torch_device,
                                   batch_size, tta)
     predictions = rows[PREDICTION_COLUMNS[:-1]].copy()
@@ -155,12 +149,12 @@ def _predict_rows(
 ) -> np.ndarray:
     """Probability of inhibitory of each manifest row, in order, averaged over TTA views."""
     norm = meta["normalisation"]
-    if (norm["scale"], norm["mean"], norm["std"]) != (255.0, data.NORM_MEAN, data.NORM_STD):
+    if (norm["scale"], norm["mean"], norm["std"]) != (255.0, NORM_MEAN, NORM_STD):
         raise DataError(f"{model_path}: trained with normalisation {norm}, but this code uses "
-                        f"x/255, mean {data.NORM_MEAN}, std {data.NORM_STD}; retrain the model.")
+                        f"x/255, mean {NORM_MEAN}, std {NORM_STD}; retrain the model.")
     kind = meta["input_kind"]
-    dataset = data.CutoutDataset(rows, cutout_root, kind, None, shape=meta["cutout_shape"])
-    loader = data.make_loader(dataset, batch_size, seed=0, shuffle=False,
+    dataset = CutoutDataset(rows, cutout_root, kind, None, shape=meta["cutout_shape"])
+    loader = make_loader(dataset, batch_size, seed=0, shuffle=False,
                               pin_memory=torch_device.type == "cuda")
     inhibitory = list(meta["class_names"]).index(INHIBITORY)
     probabilities = []

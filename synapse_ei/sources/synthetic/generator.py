@@ -5,7 +5,7 @@ voxels, ``aibs_metamodel_celltypes_v661``) and a jpeg precomputed EM volume at 8
 warts of the real tables: orphan axons without a cell-type row, glia as presynaptic segments,
 root ids listed twice and the root id 0. :func:`load` reads it back as the ``synthetic`` source.
 
-The labels are carried by the images (see :mod:`synapse_ei.sources.em_render`) and, weakly, by
+The labels are carried by the images (see :mod:`synapse_ei.sources.synthetic.render`) and, weakly, by
 connectivity: inhibitory synapses are a little smaller, target inhibitory cells a little more
 often and come in slightly larger multi-synapse connections. Each presynaptic axon has its own
 imaging signature, so splits that share neurons between train and test look better than they are.
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from synapse_ei.errors import DataError
-from synapse_ei.io import read_json, write_json, write_parquet
+from synapse_ei.outputs import read_json, write_json, write_parquet
 from synapse_ei.sources import SourceTables
-from synapse_ei.sources import em_render
+from synapse_ei.sources.synthetic import render
 from synapse_ei.tables import CAVE_POSITION_RESOLUTION, CTR, EXCITATORY, INHIBITORY, POST, PRE
 
 EXCITATORY_TYPES = ("23P", "4P", "5P-IT", "5P-ET", "5P-NP", "6P-IT", "6P-CT")
@@ -365,8 +365,8 @@ def _write_em(path: Path, truth: pd.DataFrame, shape: tuple[int, int, int], seed
     vol.commit_info()
     off = np.array(VOXEL_OFFSET)
     cache: dict = {}
-    for z0, z1 in em_render.iter_slabs(shape, CHUNK_SIZE[2]):
-        slab = em_render.render_slab(truth, shape, z0, z1, seed, cache)
+    for z0, z1 in render.iter_slabs(shape, CHUNK_SIZE[2]):
+        slab = render.render_slab(truth, shape, z0, z1, seed, cache)
         vol[off[0] : off[0] + shape[0], off[1] : off[1] + shape[1], off[2] + z0 : off[2] + z1] = (
             slab
         )
@@ -503,7 +503,7 @@ def load(synthetic_dir: str | Path) -> SourceTables:
         raise DataError(
             f"{root}: the synthetic dataset is incomplete (missing {missing}). "
             "Run the synthesize rule (snakemake synthesize) or "
-            "synapse_ei.sources.synthetic.synthesize() to write it."
+            "synapse_ei.sources.synthetic.generator.synthesize() to write it."
         )
     synapses = pd.read_parquet(root / "synapses.parquet")
     cell_types = pd.read_parquet(root / "cell_types.parquet")

@@ -1,0 +1,1 @@
+"""Curation: labelling synapses and splitting them by neuron, plain functions over DataFrames."""

@@ -1,0 +1,1 @@
+"""Evaluating one model's predictions: metrics, bootstrap intervals, neuron calls, figures, gallery."""

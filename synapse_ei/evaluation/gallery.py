@@ -1,0 +1,114 @@
+"""A gallery of a model's test cutouts: right and wrong calls of each class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; no display on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from synapse_ei.errors import DataError  # noqa: E402
+from synapse_ei.evaluation.figures import _save  # noqa: E402
+from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD  # noqa: E402
+from synapse_ei.learn.dataset import CutoutDataset, load_manifest  # noqa: E402
+from synapse_ei.tables import INHIBITORY, LABELS  # noqa: E402
+
+#: Examples per (class, right/wrong) row of the gallery.
+GALLERY_PER_GROUP = 4
+#: What the metrics of a table-only model say in place of a gallery.
+NO_GALLERY = "none: the connectivity baseline reads tables, not images"
+
+
+def gallery_examples(
+    predictions: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
+    per_group: int = GALLERY_PER_GROUP,
+) -> dict[tuple[str, bool], pd.DataFrame]:
+    """Test synapses to show, per (true class, called right?): the most confident ones.
+
+    Right calls are sorted by the probability given to their true class, wrong ones by the
+    probability given to the wrong class, highest first: the clearest successes and the most
+    confident mistakes. Ties are broken by synapse id, so the choice is reproducible.
+    """
+    test = predictions[predictions["split"] == "test"]
+    called = np.where(test["prob_inhibitory"] >= threshold, INHIBITORY, LABELS[0])
+    right = called == test["label"].to_numpy()
+    chosen = {}
+    for label in LABELS:
+        own = test["prob_inhibitory"] if label == INHIBITORY else 1 - test["prob_inhibitory"]
+        for is_right in (True, False):
+            group = test[(test["label"] == label).to_numpy() & (right == is_right)]
+            confidence = own[group.index] if is_right else 1 - own[group.index]
+            order = group.assign(_confidence=confidence).sort_values(
+                ["_confidence", "id"], ascending=[False, True], kind="stable"
+            )
+            chosen[(label, is_right)] = order.head(per_group).drop(columns="_confidence")
+    return chosen
+
+
+def _gallery_tile(array: np.ndarray) -> np.ndarray:
+    """A 2D patch as is; a 3D (Z, Y, X) cube as its central XY section above its central XZ
+    section (z stretched to the sections' count of rows), split by a white row."""
+    if array.ndim == 2:
+        return array
+    depth, height, _ = array.shape
+    separator = np.full((1, array.shape[2]), 255, dtype=array.dtype)
+    return np.vstack([array[depth // 2], separator, array[:, height // 2, :]])
+
+
+def write_gallery(
+    predictions_path: str | Path,
+    manifest_path: str | Path,
+    cutout_root: str | Path,
+    kind: str,
+    model_name: str,
+    out_path: str | Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    per_group: int = GALLERY_PER_GROUP,
+) -> dict[str, int]:
+    """A figure of right and wrong test calls of both classes with their probabilities.
+
+    Four rows (excitatory right/wrong, inhibitory right/wrong) of up to ``per_group`` cutouts
+    chosen by :func:`gallery_examples`; 2D patches as stored, 3D cubes as their central
+    sections. Returns how many examples each row shows.
+    """
+    predictions = pd.read_parquet(predictions_path)
+    manifest = load_manifest(manifest_path, "test", kind)
+    chosen = gallery_examples(predictions, threshold, per_group)
+    position = pd.Series(np.arange(len(manifest)), index=manifest["id"])
+    missing = [int(i) for group in chosen.values() for i in group["id"] if i not in position.index]
+    if missing:
+        raise DataError(
+            f"{manifest_path}: test synapse {missing[0]} of {predictions_path} has no {kind} "
+            "cutout; the predictions come from another run. Rerun the evaluate stage."
+        )
+    cutouts = CutoutDataset(manifest, cutout_root, kind)
+    figure, axes_grid = plt.subplots(
+        len(chosen), per_group, figsize=(1.9 * per_group + 0.8, 2.1 * len(chosen)), squeeze=False
+    )
+    shown = {}
+    for axes_row, ((label, is_right), group) in zip(axes_grid, chosen.items()):
+        name = f"{label}, {'right' if is_right else 'wrong'}"
+        shown[name.replace(", ", "_")] = int(len(group))
+        for column, axes in enumerate(axes_row):
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column == 0:
+                axes.set_ylabel(name)
+            if column >= len(group):
+                axes.set_frame_on(False)
+                if column == 0:
+                    axes.text(0.5, 0.5, "none", ha="center", va="center", color="grey")
+                continue
+            row = group.iloc[column]
+            tile = _gallery_tile(cutouts.read(int(position[row["id"]])))
+            axes.imshow(tile, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            axes.set_title(f"p(inh) {row['prob_inhibitory']:.2f}", fontsize="small")
+    view = "2D patches" if kind == "2d" else "3D cubes: central XY section over central XZ"
+    figure.suptitle(f"{model_name}: test calls at threshold {threshold:g} ({view})",
+                    fontsize="medium")
+    _save(figure, Path(out_path))
+    return shown

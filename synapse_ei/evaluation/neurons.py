@@ -1,0 +1,75 @@
+"""Calling a presynaptic neuron from its synapses' mean inhibitory probability."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score
+
+from synapse_ei.errors import DataError
+from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD, _targets
+from synapse_ei.tables import LABELS
+
+
+def neuron_table(
+    labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarray, neuron_ids: np.ndarray
+) -> pd.DataFrame:
+    """One row per presynaptic neuron: its label, synapse count and mean probability of
+    inhibitory. Raises :class:`DataError` when a neuron's synapses carry both labels."""
+    frame = pd.DataFrame(
+        {
+            "pre_pt_root_id": np.asarray(neuron_ids),
+            "label": np.asarray(labels, dtype=object),
+            "prob_inhibitory": np.asarray(prob_inhibitory, dtype=float),
+        }
+    )
+    mixed = frame.groupby("pre_pt_root_id")["label"].nunique()
+    if (mixed > 1).any():
+        raise DataError(
+            f"presynaptic neuron {int(mixed[mixed > 1].index[0])} has synapses labelled both "
+            "excitatory and inhibitory; a neuron has one type. Rerun the label stage."
+        )
+    grouped = frame.groupby("pre_pt_root_id", sort=True)
+    return pd.DataFrame(
+        {
+            "label": grouped["label"].first(),
+            "n_synapses": grouped.size(),
+            "mean_prob_inhibitory": grouped["prob_inhibitory"].mean(),
+        }
+    ).reset_index()
+
+
+def neuron_level(
+    labels: Sequence[str] | np.ndarray,
+    prob_inhibitory: np.ndarray,
+    neuron_ids: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
+    """Each presynaptic neuron called inhibitory when its synapses' mean probability of
+    inhibitory is at least ``threshold``: accuracy, balanced accuracy and counts per class."""
+    neurons = neuron_table(labels, prob_inhibitory, neuron_ids)
+    target = _targets(neurons["label"])
+    called = (neurons["mean_prob_inhibitory"].to_numpy() >= threshold).astype(int)
+    correct = called == target
+    per_class = {
+        name: {"neurons": int((target == index).sum()),
+               "correct": int(correct[target == index].sum())}
+        for index, name in enumerate(LABELS)
+    }
+    both = all(counts["neurons"] > 0 for counts in per_class.values())
+    return {
+        "threshold": float(threshold),
+        "rule": "mean probability of inhibitory over the neuron's synapses >= threshold",
+        "n_neurons": int(len(neurons)),
+        "accuracy": float(correct.mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(target, called)) if both else None,
+        "per_class": per_class,
+        "synapses_per_neuron": {
+            "min": int(neurons["n_synapses"].min()),
+            "median": float(neurons["n_synapses"].median()),
+            "max": int(neurons["n_synapses"].max()),
+        },
+    }

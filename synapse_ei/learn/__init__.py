@@ -1,0 +1,1 @@
+"""The image models: datasets, transforms, losses, models, training and inference (torch)."""

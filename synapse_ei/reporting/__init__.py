@@ -1,0 +1,1 @@
+"""Reporting across models: the summary table and figures, and the leakage audit."""

@@ -1,0 +1,1 @@
+"""The embedded synthetic dataset: the tables' generator and the EM renderer."""
