@@ -1,14 +1,57 @@
-"""Reading what Snakemake prints, for the workflow and Slurm tests."""
+"""Running Snakemake on the repository's workflow, and reading what it prints, for the workflow,
+Slurm, profile and reliability tests: the one Snakemake runner of the test suite."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from paths import MINI, REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This environment with this Python's bin first on PATH (the scripts' ``python``), and
+    ``extra`` set."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
+
+
+def snakemake_command(
+    workdir: Path | None, *args: str, configfile: Path | None = MINI
+) -> list[str]:
+    """Snakemake on the repo's Snakefile in ``workdir`` with ``configfile``, then ``args``.
+
+    Without ``workdir``: Snakemake as a user types it, finding the Snakefile in its working
+    directory; without ``configfile``: the workflow's own (``config/config.yaml``)."""
+    command = [*SNAKEMAKE]
+    if workdir is not None:
+        command += ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
+    return [*command, *args]
+
+
+def run_snakemake(
+    workdir: Path | None, *args: str, configfile: Path | None = MINI, check: bool = True,
+    env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run :func:`snakemake_command` in ``cwd`` (default ``workdir``, else the repo), its output
+    captured; with ``check``, a failure raises with the end of what it printed."""
+    result = subprocess.run(
+        snakemake_command(workdir, *args, configfile=configfile), capture_output=True, text=True,
+        env=environment() if env is None else env, cwd=cwd or workdir or REPO, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+            f"{result.stderr[-8000:]}"
+        )
+    return result
 
 
 def job_counts(output: str) -> dict[str, int]:

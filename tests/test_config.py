@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from paths import MINI
 from synapse_ei.config import check, check_split_fractions, read_config_file
 from synapse_ei.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
-MINI = REPO / "tests" / "config" / "mini.yaml"
 
 
 def with_tab(tmp_path: Path) -> Path:

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 import responses
-import yaml
-from cave_helpers import DATASTACK, GLOBAL_SERVER, LOCAL_SERVER, VERSION, make_client
 from caveclient.endpoints import materialization_endpoints_v3
 from caveclient.tools.testing import CAVEclientMock
-from volume_helpers import make_volume
 
+from cave_helpers import DATASTACK, GLOBAL_SERVER, LOCAL_SERVER, VERSION, make_client
+from paths import REPO
 from synapse_ei import preflight
 from synapse_ei.errors import DataError
 from synapse_ei.sources import cave
+from volume_helpers import make_volume
 
-REPO = Path(__file__).resolve().parents[1]
 SYNAPSES, CELLS = "synapses_pni_2", "aibs_metamodel_celltypes_v661"
 SETTINGS = {"datastack": DATASTACK, "version": VERSION, "server_address": GLOBAL_SERVER,
             "synapse_table": SYNAPSES, "cell_type_table": CELLS, "em_path": None}  # fmt: skip
@@ -159,8 +158,6 @@ def _commands(tmp_path: Path, monkeypatch, **scripts: str) -> Path:
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(bin_dir))
     return bin_dir
-
-
 MIN_JOB_AGE = "echo 'MinJobAge               = {} sec'"
 
 
@@ -272,43 +269,6 @@ def test_the_command_reports_every_failure_and_exits_non_zero(tmp_path):
     assert cave.TOKEN_ENV_VAR in lines[0] and "no-em" in lines[1] and "login node" in lines[3]
     assert "4 check(s) failed" in result.stderr
     assert time.perf_counter() - start < 60
-
-
-# --- in the Snakefile: a Slurm run on real data checks before its first sbatch -----------------
-
-
-def test_a_slurm_run_on_real_data_checks_before_its_first_job(tmp_path):
-    """Through profiles/slurm, with stand-in Slurm commands that record their calls: an EM path
-    cloud-volume cannot read stops the run in onstart, before anything reaches sbatch."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls.log"
-    for name in ("sbatch", "sinfo", "sacct", "squeue", "scontrol", "sacctmgr", "sshare"):
-        script = bin_dir / name
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
-        script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    tables = tmp_path / "synapses.csv"
-    tables.write_text("id,pre_pt_root_id\n")
-    config = yaml.safe_load((REPO / "tests" / "config" / "mini.yaml").read_text())
-    config["dataset"] = {"source": "files", "files": {
-        "synapses": str(tables), "cell_types": str(tables), "em_path": f"file://{tmp_path}/no-em",
-        "position_resolution": [4, 4, 40],
-    }}  # fmt: skip
-    configfile = tmp_path / "files.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    environment = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path / "run"), "--configfile", str(configfile),
-         "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account"],
-        capture_output=True, text=True, env=environment, cwd=REPO, timeout=300,
-    )  # fmt: skip
-    log = run.stdout + run.stderr
-    assert run.returncode != 0, log[-3000:]
-    assert "preflight: no job was submitted" in log and "- EM volume: EM volume" in log, log[-3000:]
-    assert "no-em" in log
-    recorded = calls.read_text() if calls.exists() else ""
-    assert "sacct" in recorded and "sbatch" not in recorded, recorded
 
 
 def test_before_cluster_run_passes_and_reports_what_it_found(tmp_path, monkeypatch):

@@ -63,12 +63,12 @@ def split_by_synapse(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The deliberately leaky control: each synapse, not each neuron, drawn into a split.
 
-    Used only by the leakage audit (synapse_ei.reporting.leakage) to measure how much a synapse-level
-    split flatters a model: a neuron's synapses land in several splits, so a model can score by
-    recognising neurons seen in training. Stratified by class with scikit-learn, ``fractions``
-    of the synapses per split; depends only on the synapse ids, labels and ``seed``, not on row
-    order. Any ``split`` column of ``labelled`` is replaced. Returns the table with a ``split``
-    column, sorted by id, and an audit dict shaped as :func:`split_by_neuron`'s (plus
+    Used only by the leakage audit (synapse_ei.reporting.leakage) to measure how much a
+    synapse-level split flatters a model: a neuron's synapses land in several splits, so a model can
+    score by recognising neurons seen in training. Stratified by class with scikit-learn,
+    ``fractions`` of the synapses per split; depends only on the synapse ids, labels and ``seed``,
+    not on row order. Any ``split`` column of ``labelled`` is replaced. Returns the table with a
+    ``split`` column, sorted by id, and an audit dict shaped as :func:`split_by_neuron`'s (plus
     ``"unit": "synapse"``).
     """
     fractions = check_split_fractions(fractions)

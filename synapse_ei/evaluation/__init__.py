@@ -1,1 +1,2 @@
-"""Evaluating one model's predictions: metrics, bootstrap intervals, neuron calls, figures, gallery."""
+"""Evaluating one model's predictions: metrics, bootstrap intervals, neuron calls, figures,
+gallery."""

@@ -3,8 +3,9 @@
 Serial-section EM has defects a 2D library does not model: a section's brightness differs from
 its neighbours', a section slips a few pixels against the stack, a section is lost (the aligner
 then repeats a neighbour, or leaves it blank). The section ops below take a scaled [0, 1] cube
-(1, D, H, W) and change one or all sections; :func:`synapse_ei.learn.transforms.build_transforms` composes
-them with the torchvision v2 in-plane ops. They draw from torch's global generator, like v2, so
+(1, D, H, W) and change one or all sections;
+:func:`synapse_ei.learn.transforms.build_transforms` composes them with the torchvision v2
+in-plane ops. They draw from torch's global generator, like v2, so
 a seeded loader (and its workers) replays them exactly.
 
 :func:`mix_batch` mixes a batch with a shuffled copy of itself. The synapse sits at the cutout's

@@ -63,7 +63,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "d4") -> torch.
 
 
 def load_trained(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved by :func:`synapse_ei.learn.train.train_image_model`, in eval mode; its metadata."""
+    """The model saved by :func:`synapse_ei.learn.train.train_image_model`, in eval mode; its
+    metadata."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise DataError(f"{model_path}: trained model not found; run the train stage first.")

@@ -1,8 +1,8 @@
 """Training losses for the two-class (excitatory = 0, inhibitory = 1) image models.
 
-Every loss takes the model's logits (N, 2) and *soft* targets (N, 2): a row of class
-probabilities, one-hot for a plain batch and mixed for MixUp/CutMix (:mod:`synapse_ei.learn.augment`).
-With one-hot targets each reduces to its textbook form.
+Every loss takes the model's logits (N, 2) and *soft* targets (N, 2): a row of class probabilities,
+one-hot for a plain batch and mixed for MixUp/CutMix (:mod:`synapse_ei.learn.augment`). With one-hot
+targets each reduces to its textbook form.
 
 - ``cross_entropy``: class-weighted cross-entropy, averaged over the batch's total weight
   (PyTorch's ``F.cross_entropy(weight=...)`` mean for hard labels).

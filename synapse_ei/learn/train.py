@@ -1,14 +1,14 @@
 """Training loop for the image models, after torchvision's reference classification train.py.
 
-AdamW or Adam, a per-step cosine learning-rate schedule after an optional linear warm-up,
-gradient clipping, best-by-validation-balanced-accuracy weights. The data are ~15 % inhibitory:
-the loss (:mod:`synapse_ei.learn.losses`) weights the classes, or a balanced sampler shows them equally
-often with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.learn.augment`), an EMA of the
-weights (:mod:`synapse_ei.learn.ema`), ``torch.compile`` and early stopping. A checkpoint ``last.pt``
-written atomically after every epoch (model, optimizer, scheduler, EMA, best weights, history and
-every random state, the sampler's included) lets a killed job resume where it stopped with the
-same result as an uninterrupted run; only that: a checkpoint of other data or settings, or of a
-run that finished, is never resumed.
+AdamW or Adam, a per-step cosine learning-rate schedule after an optional linear warm-up, gradient
+clipping, best-by-validation-balanced-accuracy weights. The data are ~15 % inhibitory: the loss
+(:mod:`synapse_ei.learn.losses`) weights the classes, or a balanced sampler shows them equally often
+with an unweighted loss. Optional MixUp/CutMix (:mod:`synapse_ei.learn.augment`), an EMA of the
+weights (:mod:`synapse_ei.learn.ema`), ``torch.compile`` and early stopping. A checkpoint
+``last.pt`` written atomically after every epoch (model, optimizer, scheduler, EMA, best weights,
+history and every random state, the sampler's included) lets a killed job resume where it stopped
+with the same result as an uninterrupted run; only that: a checkpoint of other data or settings, or
+of a run that finished, is never resumed.
 """
 
 from __future__ import annotations
@@ -504,7 +504,9 @@ def train_image_model(
             "input_kind": kind,
             "state_dict": best_state,
             "settings": settings,
-            "normalisation": {"scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD},
+            "normalisation": {
+                "scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD,
+            },
             "cutout_shape": list(shape),
             "class_names": list(LABELS),
             "best_epoch": best_epoch,

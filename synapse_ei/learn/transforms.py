@@ -97,12 +97,12 @@ def build_transforms(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Augmentations for scaled [0, 1] cutouts; identity when ``train`` is False.
 
-    ``augmentations`` names the ops (see :data:`AUGMENTATIONS`): ``flip`` (horizontal, vertical
-    and, for cubes, z), ``rotate`` (any in-plane angle), ``elastic`` (in-plane elastic
-    deformation), ``intensity`` (brightness/contrast), ``blur``, ``noise`` and, for 3D cubes
-    only, ``section_intensity``, ``section_slip`` and ``missing_section``
-    (:mod:`synapse_ei.learn.augment`). In-plane ops act on every section of a cube alike; nothing mixes
-    z (40 nm) with the 4 nm xy plane. ``strength`` scales every op but flips and rotation, in
+    ``augmentations`` names the ops (see :data:`AUGMENTATIONS`): ``flip`` (horizontal, vertical and,
+    for cubes, z), ``rotate`` (any in-plane angle), ``elastic`` (in-plane elastic deformation),
+    ``intensity`` (brightness/contrast), ``blur``, ``noise`` and, for 3D cubes only,
+    ``section_intensity``, ``section_slip`` and ``missing_section``
+    (:mod:`synapse_ei.learn.augment`). In-plane ops act on every section of a cube alike; nothing
+    mixes z (40 nm) with the 4 nm xy plane. ``strength`` scales every op but flips and rotation, in
     magnitude and probability; 0 keeps only those two.
     """
     _check_kind(kind)

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 PRE = "pre_pt_root_id"
 #: The label prior's one feature.
 LABEL_PRIOR_FEATURE = "pre_train_inhibitory_rate"
-#: The two splits compared, as keys of the audit; "leaky" is synapse_ei.curation.splits.split_by_synapse.
+#: The two splits compared, as keys of the audit; "leaky" is
+#: synapse_ei.curation.splits.split_by_synapse.
 SPLIT_KINDS = ("neuron", "leaky")
 #: The audited models, as keys of the audit.
 ROLES = ("image_model", "connectivity", "label_prior")

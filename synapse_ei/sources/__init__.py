@@ -1,8 +1,8 @@
 """Data sources: each returns the same two tables and the path of the EM volume.
 
-``synthetic`` reads what :func:`synapse_ei.sources.synthetic.generator.synthesize` wrote, ``files`` reads
-table exports on disk, ``cave`` queries a CAVE materialization at a pinned version. Every later stage runs the same code
-whatever the source.
+``synthetic`` reads what :func:`synapse_ei.sources.synthetic.generator.synthesize` wrote, ``files``
+reads table exports on disk, ``cave`` queries a CAVE materialization at a pinned version. Every
+later stage runs the same code whatever the source.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ rule evaluate_connectivity:
 
 
 # A rule that runs a network takes a `device` param: the profiles give exactly those rules a
-# GPU (tests/test_profiles.py finds them by it).
+# GPU (tests/workflow/test_profiles.py finds them by it).
 use rule evaluate_connectivity as evaluate with:
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",

@@ -84,8 +84,8 @@ def build_resnet2d(
     """torchvision ResNet-18/50 with a one-channel stem, optionally ImageNet-initialised.
 
     ``pretrained`` (a local state-dict file or ``'imagenet'``, see
-    :mod:`synapse_ei.learn.models.pretrained`) fills every layer but the fresh two-class head; the stem
-    then sums its RGB kernels. With ``norm='group'`` each BatchNorm becomes a GroupNorm that
+    :mod:`synapse_ei.learn.models.pretrained`) fills every layer but the fresh two-class head; the
+    stem then sums its RGB kernels. With ``norm='group'`` each BatchNorm becomes a GroupNorm that
     keeps the pretrained scale and shift.
     """
     factories = {18: resnet18, 50: resnet50}

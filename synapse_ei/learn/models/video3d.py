@@ -1,7 +1,7 @@
 """3D video models from torchvision (R3D-18, MC3-18, R(2+1)D-18) with a one-channel stem.
 
 Input is (N, 1, D, H, W) with D the cube's z sections (8 in the demo, 32 at real scale). How
-each net treats the 40 nm z (checked by tests/test_models.py; D after stem, layer1..4):
+each net treats the 40 nm z (checked by tests/learn/test_models.py; D after stem, layer1..4):
 
 - R3D-18 and R(2+1)D-18: D=8 -> 8, 8, 4, 2, 1 and D=32 -> 32, 32, 16, 8, 4. The stem strides
   only in-plane, so the stem and layer1 (five convolutions spanning 3 sections each) see every

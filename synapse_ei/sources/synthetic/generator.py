@@ -5,8 +5,8 @@ voxels, ``aibs_metamodel_celltypes_v661``) and a jpeg precomputed EM volume at 8
 warts of the real tables: orphan axons without a cell-type row, glia as presynaptic segments,
 root ids listed twice and the root id 0. :func:`load` reads it back as the ``synthetic`` source.
 
-The labels are carried by the images (see :mod:`synapse_ei.sources.synthetic.render`) and, weakly, by
-connectivity: inhibitory synapses are a little smaller, target inhibitory cells a little more
+The labels are carried by the images (see :mod:`synapse_ei.sources.synthetic.render`) and, weakly,
+by connectivity: inhibitory synapses are a little smaller, target inhibitory cells a little more
 often and come in slightly larger multi-synapse connections. Each presynaptic axon has its own
 imaging signature, so splits that share neurons between train and test look better than they are.
 """

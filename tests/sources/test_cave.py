@@ -7,7 +7,6 @@ import logging
 import re
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ from cave_helpers import (
     rate_limited,
     synapse_table,
 )
+from paths import REPO
 from synapse_ei import tables
 from synapse_ei.curation import labels
 from synapse_ei.errors import DataError
@@ -397,7 +397,7 @@ def test_a_gs_image_source_becomes_a_public_https_url():
 def test_config_readme_documents_every_cave_key():
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())
     keys = schema["properties"]["dataset"]["properties"]["cave"]["properties"]
     readme = (root / "config/README.md").read_text()

@@ -1,5 +1,4 @@
-"""Training loop, checkpoint resume and inference on a tiny learnable dataset (CPU)."""
-
+"""Training loop and checkpoint resume on a tiny learnable dataset (CPU)."""
 from __future__ import annotations
 
 import os
@@ -16,15 +15,9 @@ from synapse_ei.cutout.stacks import write_stack
 from synapse_ei.errors import DataError
 from synapse_ei.learn import train as train_module, transforms
 from synapse_ei.learn.inference import load_trained, predict_cutouts
-from synapse_ei.learn.train import (
-    class_weights,
-    HISTORY_COLUMNS,
-    resolve_settings,
-    train_image_model,
-    warmup_cosine,
-)
+from synapse_ei.learn.train import class_weights, HISTORY_COLUMNS, resolve_settings, warmup_cosine
+from training_helpers import run, SETTINGS_2D
 
-SETTINGS_2D = {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "weight_decay": 0.0}
 #: Every stateful technique at once: resume must replay the EMA, sampler, mixing and schedule.
 TECHNIQUES_2D = {
     **SETTINGS_2D, "optimizer": "adam", "warmup_epochs": 1, "loss": "focal", "sampler": "balanced",
@@ -33,54 +26,8 @@ TECHNIQUES_2D = {
 }
 
 
-def write_learnable_cutouts(root: Path, n: int = 40) -> Path:
-    """Inhibitory cutouts carry a bright central blob; ids 0-23 train, 24-31 val, 32-39 test."""
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:32, :32]
-    blob = np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 40.0)
-    rows = []
-    arrays: dict[tuple[int, str], list[np.ndarray]] = {}
-    for i in range(n):
-        inhibitory = i % 4 == 0
-        image = rng.normal(110, 15, (32, 32)) + (80 * blob if inhibitory else 0)
-        patch = np.clip(image, 1, 255).astype(np.uint8)
-        cube = np.stack([patch[8:24, 8:24]] * 8)  # (Z, Y, X)
-        shard = i % 2
-        paths = {}
-        for kind, array in (("2d", patch), ("3d", cube)):
-            arrays.setdefault((shard, kind), []).append(array)
-            paths[f"path_{kind}"] = f"shards/{shard:03d}/{kind}.tif"
-        split = "train" if i < 24 else ("val" if i < 32 else "test")
-        rows.append({"id": 5000 + i, "pre_pt_root_id": 864691135123456789 + i, "split": split,
-                     "label": "inhibitory" if inhibitory else "excitatory", **paths,
-                     "stack_index": i // 2})
-    for (shard, kind), stack in arrays.items():
-        write_stack(root / f"shards/{shard:03d}/{kind}.tif", kind, np.stack(stack))
-    manifest = root / "manifest.parquet"
-    pd.DataFrame(rows).to_parquet(manifest, index=False)
-    return manifest
-
-
-@pytest.fixture(scope="module")
-def cutouts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cutouts")
-    return root, write_learnable_cutouts(root)
-
-
 class Interrupt(Exception):
     pass
-
-
-def run(cutouts, work: Path, settings=SETTINGS_2D, architecture="cnn2d", seed=5, **kwargs):
-    root, manifest = cutouts
-    return train_image_model(manifest, root, architecture, settings, work / "out", work / "ckpt",
-                             seed=seed, device="cpu", threads=1, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(cutouts, tmp_path_factory):
-    work = tmp_path_factory.mktemp("uninterrupted")
-    return work, run(cutouts, work)
 
 
 def test_training_writes_model_and_history(uninterrupted):
@@ -258,23 +205,6 @@ def test_an_interrupted_run_on_other_data_is_not_resumed(cutouts, tmp_path, chan
     epochs = []
     run(copied, tmp_path, on_epoch_end=lambda row: epochs.append(row["epoch"]))
     assert epochs == [1, 2]
-
-
-def test_predict_cutouts_gives_probabilities_for_val_and_test(cutouts, uninterrupted):
-    work, _ = uninterrupted
-    root, manifest = cutouts
-    predictions = predict_cutouts(work / "out" / "model.pt", manifest, root, device="cpu",
-                                  batch_size=5)
-    assert list(predictions.columns) == ["id", "pre_pt_root_id", "split", "label",
-                                         "prob_inhibitory"]
-    assert sorted(predictions["id"]) == list(range(5024, 5040))
-    assert predictions["pre_pt_root_id"].dtype == np.int64
-    assert predictions["prob_inhibitory"].between(0, 1).all()
-    # Deterministic (no augmentation at inference).
-    again = predict_cutouts(work / "out" / "model.pt", manifest, root, ("test",), device="cpu")
-    merged = predictions.merge(again, on="id")
-    np.testing.assert_allclose(merged["prob_inhibitory_x"], merged["prob_inhibitory_y"],
-                               rtol=1e-6)
 
 
 def test_3d_model_trains_on_a_sample_of_cubes(cutouts, tmp_path):

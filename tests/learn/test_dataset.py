@@ -1,5 +1,4 @@
-"""Manifest selection, cutout datasets, augmentations and seeded loaders."""
-
+"""Manifest selection, cutout datasets and seeded loaders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,39 +9,13 @@ import pytest
 import tifffile
 import torch
 
-from synapse_ei.cutout.stacks import write_stack
+from dataset_helpers import SIZE_2D, SIZE_3D, write_cutouts
 from synapse_ei.errors import DataError
 from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader, open_cutout
-from synapse_ei.learn.transforms import (
-    AUGMENTATIONS,
-    build_transforms,
-    NORM_MEAN,
-    NORM_STD,
-    SECTION_AUGMENTATIONS,
-    to_model_input,
-)
-
-SIZE_2D = (32, 32)  # (Y, X) as stored
-SIZE_3D = (8, 16, 16)  # (Z, Y, X) as stored
-
-
-def write_cutouts(root: Path, n: int = 12) -> Path:
-    """n cutouts (a 2D and a 3D stack) with values 40..200 and a manifest; every 4th is
-    inhibitory."""
-    rng = np.random.default_rng(0)
-    for kind, shape in (("2d", SIZE_2D), ("3d", SIZE_3D)):
-        write_stack(root / f"shards/000/{kind}.tif", kind,
-                    rng.integers(40, 201, (n, *shape), dtype=np.uint8))
-    rows = []
-    for i in range(n):
-        label = "inhibitory" if i % 4 == 0 else "excitatory"
-        split = "train" if i < n // 2 else ("val" if i < 3 * n // 4 else "test")
-        rows.append({"id": 1000 + i, "pre_pt_root_id": 864691135000000000 + i, "split": split,
-                     "label": label, "path_2d": "shards/000/2d.tif",
-                     "path_3d": "shards/000/3d.tif", "stack_index": i})
-    manifest = root / "manifest.parquet"
-    pd.DataFrame(rows).to_parquet(manifest, index=False)
-    return manifest
+from synapse_ei.learn.transforms import NORM_MEAN, NORM_STD, to_model_input
+from cutout_helpers import cut_all, stored
+from synapse_ei.cutout.gather import gather
+from synapse_ei.cutout.plan import plan_shards
 
 
 @pytest.fixture
@@ -145,69 +118,6 @@ def test_a_cutout_shape_of_the_wrong_rank_is_refused(cutouts):
         CutoutDataset(rows, root, "3d", shape=SIZE_3D[1:])
 
 
-ALL_2D = [name for name in AUGMENTATIONS if name not in SECTION_AUGMENTATIONS]
-
-
-@pytest.mark.parametrize(
-    ("kind", "shape", "augmentations"),
-    [("2d", SIZE_2D, None), ("3d", SIZE_3D, None), ("2d", SIZE_2D, ALL_2D),
-     ("3d", SIZE_3D, AUGMENTATIONS)],
-)
-def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape, augmentations):
-    root, manifest = cutouts
-    rows = load_manifest(manifest, "train", kind)
-    chosen = {} if augmentations is None else {"augmentations": augmentations}
-    transform = build_transforms(kind, train=True, strength=2.0 if chosen else 1.0, **chosen)
-    dataset = CutoutDataset(rows, root, kind, transform=transform)
-    plain = CutoutDataset(rows, root, kind)
-    torch.manual_seed(0)
-    for index in range(len(dataset)):
-        x, y = dataset[index]
-        assert x.shape == (1, *shape) and x.dtype == torch.float32
-        assert torch.isfinite(x).all()
-        assert int(y) == int(plain[index][1])
-        assert not torch.equal(x, plain[index][0].float() / 255)
-
-
-def test_2d_rotation_is_not_limited_to_right_angles():
-    image = torch.zeros(1, 15, 15)
-    image[0, 7, 7:] = 1.0  # a line from the centre to the right edge
-    transform = build_transforms("2d", train=True, strength=0.0)
-    right_angles = [torch.rot90(f, k, dims=(1, 2)) for f in (image, image.flip(2))
-                    for k in range(4)]
-    torch.manual_seed(0)
-    outputs = [transform(image) for _ in range(10)]
-    off_grid = [
-        o for o in outputs if not any(torch.allclose(o, r, atol=1e-3) for r in right_angles)
-    ]
-    assert len(off_grid) >= 5
-
-
-def test_3d_sections_share_one_in_plane_transform():
-    section = torch.rand(1, 1, 16, 16)
-    cube = section.expand(1, 8, 16, 16).clone()
-    transform = build_transforms("3d", train=True, strength=0.0)
-    torch.manual_seed(1)
-    changed = 0
-    for _ in range(6):
-        out = transform(cube)
-        assert out.shape == cube.shape
-        torch.testing.assert_close(out, out[:, :1].expand_as(out))  # all sections identical
-        changed += not torch.allclose(out, cube)
-    assert changed > 0
-
-
-def test_3d_z_flip_reverses_sections():
-    cube = torch.linspace(0.1, 0.9, 8).view(1, 8, 1, 1).expand(1, 8, 16, 16).clone()
-    transform = build_transforms("3d", train=True, strength=0.0)
-    torch.manual_seed(0)
-    orders = set()
-    for _ in range(12):
-        centre = transform(cube)[0, :, 8, 8]
-        orders.add(bool(centre[0] > centre[-1]))
-    assert orders == {True, False}
-
-
 def test_seeded_loader_order_follows_seed(cutouts):
     root, manifest = cutouts
     dataset = CutoutDataset(load_manifest(manifest, "train", "2d"), root, "2d")
@@ -220,21 +130,6 @@ def test_seeded_loader_order_follows_seed(cutouts):
     assert len(first) == 2  # num_samples bounds the epoch
     assert first == labels_and_first_pixel(3)
     assert any(labels_and_first_pixel(s) != first for s in (4, 5, 6))
-
-
-def test_section_augmentations_need_a_3d_model():
-    with pytest.raises(DataError, match=r"section_slip.*2D"):
-        build_transforms("2d", train=True, augmentations=["flip", "section_slip"])
-    with pytest.raises(DataError, match="cutout"):
-        build_transforms("3d", train=True, augmentations=["cutout"])
-    x = torch.rand(1, 4, 8, 8)
-    for nothing in ({"augmentations": []}, {"augmentations": ["noise"], "strength": 0.0}):
-        assert torch.equal(build_transforms("3d", train=True, **nothing)(x), x)
-    # A single op without any in-plane one works too.
-    torch.manual_seed(0)
-    for only in ("noise", "missing_section"):
-        out = build_transforms("3d", train=True, strength=5.0, augmentations=[only])(x)
-        assert out.shape == x.shape and not torch.equal(out, x)
 
 
 class Labelled(torch.utils.data.Dataset):
@@ -267,17 +162,18 @@ def test_balanced_sampler_draws_classes_near_half_and_half():
         make_loader(dataset, 50, 0, shuffle=True, sampler="weighted")
 
 
-@pytest.mark.parametrize(("kind", "augmentations"), [("2d", ALL_2D), ("3d", AUGMENTATIONS)])
-def test_every_augmentation_runs_on_the_device_batch(cutouts, kind, augmentations):
-    """augment_on: device applies the transforms to the uint8 batch after the copy to the device
-    (the CPU here, a GPU in training): every op keeps the shape and stays finite."""
-    root, manifest = cutouts
-    rows = load_manifest(manifest, "train", kind)
-    loader = make_loader(CutoutDataset(rows, root, kind), batch_size=4, seed=0, shuffle=True)
-    batch, _ = next(iter(loader))
-    assert batch.dtype == torch.uint8
-    transform = build_transforms(kind, train=True, strength=2.0, augmentations=augmentations)
-    torch.manual_seed(0)
-    x = to_model_input(batch, torch.device("cpu"), transform=transform)
-    assert x.shape == batch.shape and x.dtype == torch.float32 and torch.isfinite(x).all()
-    assert not torch.equal(x, to_model_input(batch, torch.device("cpu")))
+def test_the_dataset_reads_each_synapse_from_its_stack(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    manifest, _ = gather(cut_all(plan_shards(synapses, 3), path, tmp_path), tmp_path)
+    shuffled = list(np.random.default_rng(0).permutation(len(manifest)))
+    for kind in ("2d", "3d"):
+        dataset = CutoutDataset(manifest, tmp_path, kind)
+        assert len(dataset.stacks) == 3
+        expected = np.stack([stored(tmp_path, row, kind) for row in manifest.itertuples()])
+        np.testing.assert_array_equal(dataset.read_many(shuffled), expected[shuffled])
+        batch = dataset.__getitems__(shuffled)
+        for index, (x, y) in zip(shuffled, batch):
+            assert torch.equal(x[0], torch.from_numpy(expected[index]))
+            assert x.dtype == torch.uint8 and int(y) == int(dataset.labels[index])
+        preloaded = CutoutDataset(manifest, tmp_path, kind, preload=True)
+        np.testing.assert_array_equal(preloaded.read_many(shuffled), expected[shuffled])

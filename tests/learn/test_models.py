@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import resnet18, resnet50
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
+from paths import REPO
 from synapse_ei.errors import DataError
 from synapse_ei.learn.models import (
     ARCHITECTURES,
@@ -253,7 +254,7 @@ def test_pretrained_errors_name_the_file_and_the_fix(torch_home, tmp_path):
 
 
 def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
-    from test_train import write_learnable_cutouts
+    from training_helpers import write_learnable_cutouts
 
     from synapse_ei.learn.inference import load_trained, predict_cutouts
     from synapse_ei.learn.train import train_image_model
@@ -274,7 +275,7 @@ def test_group_norm_unet3d_trains_and_reloads_for_inference(tmp_path):
 
 def test_workflow_knows_the_published_weights_names():
     # common.smk keeps its own copy (the Snakefile must not import torch) to tell files from names.
-    common = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     line = next(line for line in common.splitlines() if line.startswith("PUBLISHED_NAMES = "))
     names = ast.literal_eval(line.removeprefix("PUBLISHED_NAMES = "))
     assert set(names) == PUBLISHED_NAMES

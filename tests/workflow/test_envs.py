@@ -19,7 +19,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from snakemake_helpers import REPO, workflow_rules
+from paths import REPO
+from snakemake_helpers import workflow_rules
 
 PACKAGE = "synapse_ei"
 

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from snakemake_helpers import dry_run_jobs, job_counts, network_rules, workflow_rules
+from paths import MINI, REPO
+from snakemake_helpers import dry_run_jobs, job_counts, network_rules, run_snakemake, workflow_rules
 
-REPO = Path(__file__).resolve().parents[1]
-MINI = REPO / "tests" / "config" / "mini.yaml"
 START = REPO / "tests" / "slurm" / "start_slurm.sh"
 MODELS = ["cnn2d", "r3d_18", "connectivity"]
 PREPARE = {"synthesize", "query", "label", "split", "plan_cutouts"}
@@ -32,20 +31,6 @@ SUBMITTED = re.compile(r"Job \S+ has been submitted with SLURM jobid (\d+)")
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repo's Snakefile and the mini config in ``workdir``."""
-    environment = dict(env or os.environ)
-    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
-    command = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(MINI),
-        *args,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
 
 
 # --- the profiles, merged with the workflow: no Slurm needed --------------------------------
@@ -64,7 +49,7 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
     # A dry run caps threads at --cores as a local run would (a real Slurm run does not), and
     # Hyak's conda needs a conda binary even to plan; neither touches the resources under test.
     args += ["--cores", "64", "--software-deployment-method", "env-modules"]
-    result = snakemake(tmp_path, *args)
+    result = run_snakemake(tmp_path, *args, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs, groups = dry_run_jobs(result.stdout)
 
@@ -85,7 +70,7 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
         for key, value in expected.items():
             if key != "threads":
                 assert resources[key] == value, (profile, key, resources)
-    # Only the jobs that run a network ask for a GPU (tests/test_profiles.py checks that each
+    # Only the jobs that run a network ask for a GPU (tests/workflow/test_profiles.py checks that each
     # does); a shard is a small two-CPU job (one reads, one writes).
     network = network_rules(workflow_rules(MINI, tmp_path))
     for rule, found in jobs.items():
@@ -99,7 +84,7 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
 def test_a_command_line_set_resources_replaces_the_profile_list(tmp_path: Path):
     """Why the test run below rewrites the whole profile rather than adding one override."""
     args = ["-n", "--cores", "64", "--profile", str(REPO / "profiles" / "slurm")]
-    result = snakemake(tmp_path, *args, "--set-resources", "cutout:mem_mb=1000")
+    result = run_snakemake(tmp_path, *args, "--set-resources", "cutout:mem_mb=1000", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs, _ = dry_run_jobs(result.stdout)
     assert jobs["cutout"][0]["resources"]["mem_mb"] == "1000"
@@ -155,7 +140,7 @@ def test_mini_dag_runs_through_slurm(slurm_cluster: dict, tmp_path: Path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     profile = profile_for_this_node(tmp_path)
-    result = snakemake(
+    result = run_snakemake(
         workdir,
         "--profile", str(profile),
         "--jobs", "4",
@@ -165,7 +150,8 @@ def test_mini_dag_runs_through_slurm(slurm_cluster: dict, tmp_path: Path):
         "--seconds-between-status-checks", "1",
         "--slurm-no-account",
         "--latency-wait", "5",
-        env=slurm_cluster,
+        env={**slurm_cluster, "PATH": f"{Path(sys.executable).parent}:{slurm_cluster['PATH']}"},
+        check=False,
     )  # fmt: skip
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:] + _slurm_logs_tail(workdir)
@@ -191,7 +177,7 @@ def test_mini_dag_runs_through_slurm(slurm_cluster: dict, tmp_path: Path):
     assert len(list(slurm_logs.rglob("*.log"))) == expected
 
     # The same files as a local run: a local dry run finds nothing left to do...
-    again = snakemake(workdir, "-n", "--cores", "1")
+    again = run_snakemake(workdir, "-n", "--cores", "1", check=False)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
     # ...and the results are of the same kind.
     results = workdir / "results"

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from synapse_ei.connectivity import predict_connectivity, train_connectivity
 from synapse_ei.curation.labels import label_synapses
@@ -32,8 +27,6 @@ from synapse_ei.reporting.leakage import (
 )
 from synapse_ei.sources.synthetic import generator as synthetic
 
-REPO = Path(__file__).resolve().parents[1]
-MINI = REPO / "tests" / "config" / "mini.yaml"
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 ROOT = 864691135000000000
 CLASSES = {"excitatory_neuron": "excitatory", "inhibitory_neuron": "inhibitory"}
@@ -242,35 +235,3 @@ def test_audit_refuses_splits_over_different_synapses(tmp_path):
     paths = {"neuron": tmp_path / "neuron.parquet", "leaky": tmp_path / "leaky.parquet"}
     with pytest.raises(DataError, match="leaky.parquet: holds other synapses"):
         leakage_audit(paths, paths, paths, paths, "cnn2d", "connectivity", seed=0)
-
-
-def _dry_run(tmp_path, audit: dict) -> subprocess.CompletedProcess:
-    """Plan the mini workflow with ``audit`` as its leakage_audit config."""
-    config = yaml.safe_load(MINI.read_text())
-    config["leakage_audit"] = audit
-    path = tmp_path / "audit.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(path)],
-        capture_output=True, text=True, cwd=tmp_path, check=False,
-    )
-
-
-def test_enabled_audit_plans_the_leaky_jobs_and_reuses_the_cutouts(tmp_path):
-    result = _dry_run(tmp_path, {"enabled": True, "model": "cnn2d"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
-    assert {rule: counts.get(rule) for rule in (
-        "leaky_split", "leaky_manifest", "train_leaky", "train_connectivity_leaky",
-        "evaluate_leaky", "evaluate_connectivity_leaky", "leakage_audit", "cutout", "train",
-    )} == {
-        "leaky_split": "1", "leaky_manifest": "1", "train_leaky": "1",
-        "train_connectivity_leaky": "1", "evaluate_leaky": "1",
-        "evaluate_connectivity_leaky": "1", "leakage_audit": "1",
-        "cutout": "3", "train": "2",  # the mini config's shards and models, nothing more
-    }
-    for output in ("results/audit/leakage.json", "results/audit/leaky/models/cnn2d/model.pt",
-                   "results/audit/leaky/models/connectivity/model.joblib"):
-        assert output in result.stdout
-

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snakemake_helpers import REPO, dry_run_jobs, network_rules, workflow_rules
+from paths import REPO
+from snakemake_helpers import dry_run_jobs, network_rules, run_snakemake, workflow_rules
 
 PROFILES = ["local", "slurm", "hyak"]
 CLUSTER_PROFILES = {"slurm", "hyak"}
@@ -35,17 +36,13 @@ def audited_config(name: str, tmp_path: Path) -> tuple[Path, str]:
 
 
 def dry_run(profile: str, configfile: Path, target: str, workdir: Path) -> str:
-    command = [
-        sys.executable, "-m", "snakemake", "-n",
-        "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--profile", str(REPO / "profiles" / profile), "--configfile", str(configfile),
+    result = run_snakemake(
+        workdir, "-n", "--profile", str(REPO / "profiles" / profile),
         # A dry run caps threads at --cores as a local run would (a Slurm run does not), and
         # Hyak's conda needs a conda binary even to plan; neither touches the resources.
         "--cores", "64", "--software-deployment-method", "env-modules", "--",
-        "all", target,
-    ]  # fmt: skip
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
+        "all", target, configfile=configfile, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from synapse_ei.errors import DataError
-from synapse_ei.learn.inference import predict_proba, tta_views
+from synapse_ei.learn.inference import predict_cutouts, predict_proba, tta_views
 
 
 class PixelLinear(nn.Module):
@@ -79,3 +79,20 @@ def test_rectangular_patches_get_the_four_shape_keeping_views():
 def test_unknown_mode_is_named():
     with pytest.raises(DataError, match="evaluate.tta"):
         tta_views(torch.zeros(1, 1, 4, 4), "d8")
+
+
+def test_predict_cutouts_gives_probabilities_for_val_and_test(cutouts, uninterrupted):
+    work, _ = uninterrupted
+    root, manifest = cutouts
+    predictions = predict_cutouts(work / "out" / "model.pt", manifest, root, device="cpu",
+                                  batch_size=5)
+    assert list(predictions.columns) == ["id", "pre_pt_root_id", "split", "label",
+                                         "prob_inhibitory"]
+    assert sorted(predictions["id"]) == list(range(5024, 5040))
+    assert predictions["pre_pt_root_id"].dtype == np.int64
+    assert predictions["prob_inhibitory"].between(0, 1).all()
+    # Deterministic (no augmentation at inference).
+    again = predict_cutouts(work / "out" / "model.pt", manifest, root, ("test",), device="cpu")
+    merged = predictions.merge(again, on="id")
+    np.testing.assert_allclose(merged["prob_inhibitory_x"], merged["prob_inhibitory_y"],
+                               rtol=1e-6)

@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,47 +17,23 @@ import pytest
 import tifffile
 import yaml
 
-from snakemake_helpers import job_counts
+from paths import MINI, REPO
+from snakemake_helpers import environment, job_counts, run_snakemake, snakemake_command
 from synapse_ei.evaluation.gallery import NO_GALLERY
 from volume_helpers import make_synapses, make_volume, random_centres
 
-REPO = Path(__file__).resolve().parents[1]
-MINI = REPO / "tests" / "config" / "mini.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 MODELS = ["cnn2d", "r3d_18", "connectivity"]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repo's Snakefile in ``workdir`` with the mini config."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [
-        *SNAKEMAKE,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(MINI),
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-            f"{result.stderr[-8000:]}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("mini")
-    snakemake(workdir, "--cores", "2")
+    run_snakemake(workdir, "--cores", "2")
     return workdir / "results"
 
 
 def test_dry_run_lists_every_stage(tmp_path):
-    jobs = job_counts(snakemake(tmp_path, "-n", "--cores", "2").stdout)
+    jobs = job_counts(run_snakemake(tmp_path, "-n", "--cores", "2").stdout)
     assert jobs == {
         "synthesize": 1,
         "query": 1,
@@ -80,7 +55,9 @@ def test_dry_run_lists_every_stage(tmp_path):
 
 def test_the_baseline_is_evaluated_from_the_tables_without_waiting_for_cutouts(tmp_path):
     """The connectivity baseline's evaluation is a rule of its own, with no GPU and no cutouts."""
-    plan = snakemake(tmp_path, "-n", "--cores", "2", "--", "results/eval/connectivity/metrics.json")
+    plan = run_snakemake(
+        tmp_path, "-n", "--cores", "2", "--", "results/eval/connectivity/metrics.json"
+    )
     assert job_counts(plan.stdout) == {
         "synthesize": 1, "query": 1, "label": 1, "split": 1, "train_connectivity": 1,
         "evaluate_connectivity": 1, "total": 6,
@@ -88,16 +65,14 @@ def test_the_baseline_is_evaluated_from_the_tables_without_waiting_for_cutouts(t
 
 
 def test_lint_is_clean():
-    result = subprocess.run(
-        [*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, check=False
-    )
+    result = run_snakemake(None, "--lint", configfile=None, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_invalid_config_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(MINI.read_text().replace("source: synthetic", "source: synthetc"))
-    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     message = result.stdout + result.stderr
     assert "synthetc" in message and "source" in message
@@ -111,13 +86,13 @@ def test_a_files_source_must_state_its_position_resolution(tmp_path):
     config, settings = tmp_path / "files.yaml", yaml.safe_load(MINI.read_text())
     settings["dataset"] = {"source": "files", "files": files}
     config.write_text(yaml.safe_dump(settings))
-    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
     assert result.returncode != 0
     assert "dataset.files.position_resolution is not set" in result.stdout + result.stderr
     files.update(position_resolution=[8, 8, 40], confirm_position_resolution=True)
     config.write_text(yaml.safe_dump(settings))
     assert "plan_cutouts" in job_counts(
-        snakemake(tmp_path, "-n", "--configfile", str(config)).stdout)
+        run_snakemake(tmp_path, "-n", "--configfile", str(config)).stdout)
 
 
 @pytest.mark.workflow
@@ -139,14 +114,14 @@ def test_positions_at_half_their_resolution_stop_before_any_cutout(tmp_path):
     config = tmp_path / "files.yaml"
     config.write_text(yaml.safe_dump(settings))
     plan = "results/cutouts/plan.parquet"
-    result = snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config), check=False)
+    result = run_snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config), check=False)
     assert result.returncode != 0 and not (tmp_path / plan).exists()
     said = (tmp_path / "results" / "logs" / "plan_cutouts.log").read_text()
     assert "would fit as well at [8.0, 8.0, 40.0] nm" in said
     assert "dataset.files.confirm_position_resolution: true" in said
     files["position_resolution"] = [8, 8, 40]  # the export's own: planned, no question asked
     config.write_text(yaml.safe_dump(settings))
-    snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config))
+    run_snakemake(tmp_path, "--cores", "1", plan, "--configfile", str(config))
     assert len(pd.read_parquet(tmp_path / plan)) > 0
 
 
@@ -157,7 +132,7 @@ def test_split_fractions_that_do_not_sum_to_one_stop_the_dry_run(tmp_path):
         config["split"]["fractions"] = {"train": 0.7, "val": 0.2, "test": 0.2}
 
     bad = config_with(tmp_path, "fractions.yaml", edit)
-    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
     assert "split.fractions" in said and "sum to 1.1, not 1" in said
@@ -170,7 +145,7 @@ def test_more_shards_than_the_schema_allows_are_refused_at_once(tmp_path):
         config["cutout"]["shards"] = 1025
 
     bad = config_with(tmp_path, "shards.yaml", edit)
-    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
     assert "1025 is greater than the maximum of 1024" in said and "'shards'" in said
@@ -184,7 +159,7 @@ def test_more_shards_than_synapses_stop_at_the_plan_with_both_numbers(tmp_path):
         config["cutout"]["shards"] = 400  # the mini dataset labels 302 synapses
 
     bad = config_with(tmp_path, "shards.yaml", edit)
-    result = snakemake(
+    result = run_snakemake(
         tmp_path, "--cores", "2", "results/cutouts/plan.parquet", "--configfile", str(bad),
         check=False,
     )
@@ -207,7 +182,7 @@ def test_a_tab_in_the_demo_config_names_the_file_and_line(tmp_path):
     row = next(i for i, line in enumerate(lines) if line.startswith("  source:"))
     lines[row] = "\t" + lines[row].lstrip()
     demo.write_text("".join(lines))
-    result = subprocess.run([*SNAKEMAKE, "-n"], cwd=copy, capture_output=True, text=True)
+    result = run_snakemake(None, "-n", configfile=None, cwd=copy, check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
     assert f"config/config.yaml, line {row + 1}, column 1: not valid YAML" in said
@@ -219,7 +194,7 @@ def test_pretrained_weights_for_a_model_that_has_none_are_refused_at_once(tmp_pa
     bad = tmp_path / "bad.yaml"
     bad.write_text(MINI.read_text().replace(
         "    architecture: cnn2d\n", "    architecture: cnn2d\n    pretrained: imagenet\n"))
-    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
     assert "'pretrained'" in said and "instance['models']['cnn2d']" in said
@@ -241,7 +216,7 @@ def test_a_leakage_audit_it_cannot_run_is_refused_at_once(tmp_path, audit, model
         config["models"] = {name: config["models"][name] for name in models}
 
     bad = config_with(tmp_path, "audit.yaml", edit)
-    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
     assert result.returncode != 0
     said = result.stdout + result.stderr
     assert expected in said and "leakage_audit.enabled to false" in said
@@ -304,7 +279,7 @@ def test_report_builds_offline(finished_run: Path):
     with pytest.MonkeyPatch.context() as patch:
         for key, value in offline.items():
             patch.setenv(key, value)
-        snakemake(workdir, "--report", "results/report.html")
+        run_snakemake(workdir, "--report", "results/report.html")
     text = (finished_run / "report.html").read_text()
     for category in ("Data", "Splits", "Per model", "Comparison"):
         assert f'"{category}"' in text, category
@@ -317,7 +292,7 @@ def test_report_builds_offline(finished_run: Path):
 @pytest.mark.workflow
 def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
     """The prediction target scores the synthetic orphan axons' synapses and calls each axon."""
-    snakemake(finished_run.parent, "--cores", "2", "results/predict/cnn2d/neurons.csv")
+    run_snakemake(finished_run.parent, "--cores", "2", "results/predict/cnn2d/neurons.csv")
     predict = finished_run / "predict"
     synapses = pd.read_parquet(predict / "cnn2d" / "synapses.parquet")
     neurons = pd.read_csv(predict / "cnn2d" / "neurons.csv")
@@ -348,7 +323,7 @@ def mtimes(results: Path) -> dict[Path, int]:
 # Before the tests that remove or rewrite results: these need the finished run as it was.
 def planned(workdir: Path, config: Path) -> dict[str, int]:
     """The jobs a dry run with ``config`` plans ({} for none)."""
-    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", str(config))
+    result = run_snakemake(workdir, "-n", "--cores", "2", "--configfile", str(config))
     if "Nothing to be done" in result.stdout + result.stderr:
         return {}
     return job_counts(result.stdout)
@@ -386,7 +361,7 @@ def test_a_forced_rerun_retrains_from_scratch(finished_run: Path):
     history = finished_run / "models" / "cnn2d" / "history.csv"
     first, first_log = pd.read_csv(history), log.read_text()
     # Everything again up to date afterwards, for the tests that follow.
-    snakemake(workdir, "--cores", "2", "--forcerun", "results/models/cnn2d/model.pt")
+    run_snakemake(workdir, "--cores", "2", "--forcerun", "results/models/cnn2d/model.pt")
     text = log.read_text()
     rerun = text[len(first_log):] if text.startswith(first_log) else text
     assert "is of a run that finished" in rerun and "resuming" not in rerun, rerun[-3000:]
@@ -401,7 +376,7 @@ def test_a_forced_rerun_retrains_from_scratch(finished_run: Path):
 @pytest.mark.workflow
 def test_a_second_run_from_scratch_reproduces_the_first(finished_run: Path, tmp_path: Path):
     """Same config, new directory: identical tables, splits and cutouts, and on CPU metrics."""
-    snakemake(tmp_path, "--cores", "2")
+    run_snakemake(tmp_path, "--cores", "2")
     again = tmp_path / "results"
     identical = [
         "query/synapses.parquet", "query/cell_types.parquet", "labels/synapses.parquet",
@@ -447,19 +422,19 @@ def test_a_failed_model_reruns_alone_once_fixed(finished_run: Path, tmp_path: Pa
         config["models"]["cnn2d"]["learning_rate"] = 1.0e30
 
     broken = config_with(tmp_path, "broken.yaml", explode)
-    failed = snakemake(workdir, "--cores", "2", "--configfile", str(broken), check=False)
+    failed = run_snakemake(workdir, "--cores", "2", "--configfile", str(broken), check=False)
     assert failed.returncode != 0
     train_log = (finished_run / "logs" / "train" / "cnn2d.log").read_text()
     assert "loss is nan" in train_log.lower() or "loss is inf" in train_log.lower(), train_log[-2000:]
     # Snakemake removed the failed job's outputs; the other models are still there.
     assert not (finished_run / "models" / "cnn2d" / "model.pt").exists()
 
-    fixed = snakemake(workdir, "-n", "--cores", "2").stdout
+    fixed = run_snakemake(workdir, "-n", "--cores", "2").stdout
     assert job_counts(fixed) == {
         "train": 1, "evaluate": 1, "gallery": 1, "summary": 1, "all": 1, "total": 5
     }  # fmt: skip
     assert "model=cnn2d" in fixed
-    snakemake(workdir, "--cores", "2")
+    run_snakemake(workdir, "--cores", "2")
     assert (finished_run / "eval" / "cnn2d" / "metrics.json").is_file()
     after = {path: path.stat().st_mtime_ns for path in untouched}
     changed = sorted(str(path.relative_to(finished_run)) for path in after if after[path] != untouched[path])
@@ -478,12 +453,8 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(finished_run: Path,
     config = config_with(tmp_path, "resumable.yaml", add_model)
     target = "results/models/resumable/model.pt"
     log = finished_run / "logs" / "train" / "resumable.log"
-    command = [
-        *SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(config), "--cores", "2", target,
-    ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    job = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,
+    command = snakemake_command(workdir, "--cores", "2", target, configfile=config)
+    job = subprocess.Popen(command, cwd=workdir, env=environment(), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -497,7 +468,9 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(finished_run: Path,
         job.wait(timeout=120)
     assert not (finished_run / "models" / "resumable" / "model.pt").exists()
 
-    snakemake(workdir, "--cores", "2", "--configfile", str(config), "--rerun-incomplete", target)
+    run_snakemake(
+        workdir, "--cores", "2", "--configfile", str(config), "--rerun-incomplete", target
+    )
     text = log.read_text()
     resumed = re.search(rf"resuming from .* after epoch (\d+) of {epochs}", text)
     assert resumed and int(resumed.group(1)) >= 2, text[-3000:]
@@ -524,11 +497,11 @@ def test_a_failed_shard_reruns_alone(finished_run: Path):
     for downstream in ("models", "eval", "summary"):
         shutil.rmtree(finished_run / downstream)
 
-    counts = job_counts(snakemake(workdir, "-n", "--cores", "2").stdout)
+    counts = job_counts(run_snakemake(workdir, "-n", "--cores", "2").stdout)
     assert counts["cutout"] == 1 and counts["gather_cutouts"] == 1
     assert not {"synthesize", "query", "label", "split", "plan_cutouts"} & set(counts)
 
-    snakemake(workdir, "--cores", "2", str(cutouts.relative_to(workdir) / "manifest.parquet"))
+    run_snakemake(workdir, "--cores", "2", str(cutouts.relative_to(workdir) / "manifest.parquet"))
     after = {path: path.stat().st_mtime_ns for path in before}
     assert after == before, "the shards that did not fail were rewritten"
     new_manifest = pd.read_parquet(cutouts / "manifest.parquet")
@@ -539,14 +512,10 @@ def kill_shard_mid_write(workdir: Path, shard_dir: Path, attempts: int = 5) -> N
     """Run the cutout job of ``shard_dir`` and SIGKILL its whole process group (as the OOM
     killer or a lost node does) once it has started writing its stacks but not its manifest."""
     target = str(shard_dir.relative_to(workdir))
-    command = [
-        *SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(MINI), "--cores", "1", "--rerun-incomplete", target,
-    ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = snakemake_command(workdir, "--cores", "1", "--rerun-incomplete", target)
     for _ in range(attempts):
         shutil.rmtree(shard_dir, ignore_errors=True)
-        job = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,
+        job = subprocess.Popen(command, cwd=workdir, env=environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         try:
@@ -583,19 +552,21 @@ def test_a_killed_shard_is_redone_alone(finished_run: Path):
     assert not list(killed.glob("*.tif")), "a stack of the killed job looks complete"
 
     # Snakemake knows the shard is incomplete: it refuses to trust it without being told...
-    refused = snakemake(workdir, "-n", "--cores", "2", check=False)
+    refused = run_snakemake(workdir, "-n", "--cores", "2", check=False)
     assert refused.returncode != 0
     said = refused.stdout + refused.stderr
     assert "--rerun-incomplete" in said and "results/cutouts/shards/002" in said
     # ...with --rerun-incomplete it plans that shard alone, then the gathering...
     target = str((cutouts / "manifest.parquet").relative_to(workdir))
-    counts = job_counts(snakemake(workdir, "-n", "--cores", "2", "--rerun-incomplete", target).stdout)
+    counts = job_counts(
+        run_snakemake(workdir, "-n", "--cores", "2", "--rerun-incomplete", target).stdout
+    )
     assert counts == {"cutout": 1, "gather_cutouts": 1, "total": 2}
     # ...but the killed run still holds the lock, and the message says how to remove it.
-    locked = snakemake(workdir, "--cores", "2", "--rerun-incomplete", target, check=False)
+    locked = run_snakemake(workdir, "--cores", "2", "--rerun-incomplete", target, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    snakemake(workdir, "--unlock")
-    snakemake(workdir, "--cores", "2", "--rerun-incomplete", target)
+    run_snakemake(workdir, "--unlock")
+    run_snakemake(workdir, "--cores", "2", "--rerun-incomplete", target)
 
     assert {path: path.stat().st_mtime_ns for path in others} == others
     redone = {path.relative_to(killed): path.read_bytes() for path in killed.glob("*.tif")}
@@ -608,21 +579,14 @@ def test_configfile_replaces_the_demo_config(tmp_path):
     """`--configfile` gives exactly its own models, never the demo's merged in."""
     own = tmp_path / "own.yaml"
     own.write_text(MINI.read_text().split("models:")[0] + "models:\n  only:\n    architecture: cnn2d\n")
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", "--configfile", str(own)],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )
+    result = run_snakemake(None, "-n", configfile=own)
     trained = {line.split("/")[2] for line in result.stdout.split() if line.startswith("results/models/")}
     assert trained == {"only"}
 
 
 def test_microns_config_dry_run_needs_no_network(tmp_path):
     """The real-data DAG is planned offline: nothing reads a table or the network at parse time."""
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", "--configfile", str(REPO / "config" / "microns.yaml"),
-         "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile")],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )
+    result = run_snakemake(tmp_path, "-n", configfile=REPO / "config" / "microns.yaml", cwd=REPO)
     assert "synthesize" not in result.stdout
     counts = job_counts(result.stdout)
     assert counts["cutout"] == 256 and counts["train"] == 7 and counts["evaluate"] == 7
@@ -640,7 +604,7 @@ def test_a_data_error_is_printed_on_the_console_not_only_in_the_log(tmp_path):
         }}  # fmt: skip
 
     config = config_with(tmp_path, "files.yaml", from_files)
-    result = snakemake(tmp_path, "--configfile", str(config), "--cores", "1",
+    result = run_snakemake(tmp_path, "--configfile", str(config), "--cores", "1",
                        "results/query/synapses.parquet", check=False)  # fmt: skip
     assert result.returncode != 0
     console = result.stdout + result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,25 +16,14 @@ from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from paths import MINI, REPO
+from snakemake_helpers import environment, run_snakemake, snakemake_command
 from synapse_ei import tables as tables_module
 from synapse_ei.config import check
 from synapse_ei.errors import DataError
 from synapse_ei.sources import files
 
-REPO = Path(__file__).resolve().parents[1]
-MINI = REPO / "tests" / "config" / "mini.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
-    return [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(config), *args,
-    ]  # fmt: skip
-
-
-def environment(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
 
 
 @pytest.mark.workflow
@@ -48,7 +36,7 @@ def test_a_second_run_in_the_same_directory_is_refused_with_how_to_proceed(tmp_p
     """
     profile = ["--profile", str(REPO / "profiles" / "local"), "--cores", "1"]
     first = subprocess.Popen(
-        snakemake_command(tmp_path, MINI, *profile), cwd=tmp_path, env=environment(),
+        snakemake_command(tmp_path, *profile), cwd=tmp_path, env=environment(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
@@ -60,7 +48,7 @@ def test_a_second_run_in_the_same_directory_is_refused_with_how_to_proceed(tmp_p
             time.sleep(0.1)
         assert any((tmp_path / ".snakemake" / "locks").iterdir()), "a job runs without the lock"
         second = subprocess.run(
-            snakemake_command(tmp_path, MINI, *profile), cwd=tmp_path, env=environment(),
+            snakemake_command(tmp_path, *profile), cwd=tmp_path, env=environment(),
             capture_output=True, text=True,
         )  # fmt: skip
     finally:
@@ -84,10 +72,8 @@ def test_a_planted_cave_token_appears_in_no_file_the_run_wrote(tmp_path: Path):
     path.write_text(yaml.safe_dump(config))
     workdir = tmp_path / "run"
     workdir.mkdir()
-    result = subprocess.run(
-        snakemake_command(workdir, path, "--cores", "1"), cwd=workdir,
-        env=environment(CAVE_TOKEN=token), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_snakemake(workdir, "--cores", "1", configfile=path,
+                           env=environment(CAVE_TOKEN=token), timeout=300, check=False)
     assert result.returncode != 0
     query_log = (workdir / "results" / "logs" / "query.log").read_text()
     assert "global.daf-apis.com" in query_log, query_log[-2000:]  # fails naming the server

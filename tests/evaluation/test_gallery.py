@@ -1,0 +1,70 @@
+"""The gallery of right and wrong calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation_helpers import make_predictions
+from synapse_ei.cutout.stacks import write_stack
+from synapse_ei.errors import DataError
+from synapse_ei.evaluation.gallery import gallery_examples, write_gallery
+
+
+def test_gallery_shows_the_most_confident_right_and_wrong_calls():
+    rows = [  # id, label, prob_inhibitory
+        (1, "excitatory", 0.05), (2, "excitatory", 0.30), (3, "excitatory", 0.90),
+        (4, "excitatory", 0.60), (5, "inhibitory", 0.80), (6, "inhibitory", 0.99),
+        (7, "inhibitory", 0.10), (8, "excitatory", 0.05),
+    ]
+    predictions = pd.DataFrame(
+        [(i, 100 + i, "test", label, p) for i, label, p in rows]
+        + [(9, 109, "val", "inhibitory", 0.2)],
+        columns=["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"],
+    )
+    chosen = gallery_examples(predictions, threshold=0.5, per_group=2)
+    ids = {key: group["id"].tolist() for key, group in chosen.items()}
+    assert ids == {
+        ("excitatory", True): [1, 8],  # tie at 0.95 broken by id; 2 (0.70) is left out
+        ("excitatory", False): [3, 4],  # most confidently wrong first
+        ("inhibitory", True): [6, 5],
+        ("inhibitory", False): [7],  # val synapse 9 is never shown
+    }
+
+
+@pytest.mark.parametrize("kind,shape", [("2d", (12, 12)), ("3d", (4, 10, 10))])
+def test_gallery_figure_reads_the_test_cutouts(tmp_path, kind, shape):
+    predictions = make_predictions(n_neurons=6, per_neuron=3)
+    rng = np.random.default_rng(0)
+    write_stack(tmp_path / f"shards/000/{kind}.tif", kind,
+                rng.integers(1, 255, (len(predictions), *shape), dtype=np.uint8))
+    manifest = predictions[["id", "pre_pt_root_id", "split", "label"]].assign(
+        **{f"path_{kind}": f"shards/000/{kind}.tif"}, stack_index=np.arange(len(predictions))
+    )
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    shown = write_gallery(tmp_path / "predictions.parquet", tmp_path / "manifest.parquet",
+                          tmp_path, kind, "m", tmp_path / "gallery.png", per_group=3)
+    assert (tmp_path / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    test = predictions[predictions["split"] == "test"]
+    called_inhibitory = test["prob_inhibitory"] >= 0.5
+    expected = {
+        "excitatory_right": ((test.label == "excitatory") & ~called_inhibitory).sum(),
+        "excitatory_wrong": ((test.label == "excitatory") & called_inhibitory).sum(),
+        "inhibitory_right": ((test.label == "inhibitory") & called_inhibitory).sum(),
+        "inhibitory_wrong": ((test.label == "inhibitory") & ~called_inhibitory).sum(),
+    }
+    assert shown == {name: min(3, int(count)) for name, count in expected.items()}
+
+
+def test_gallery_names_a_synapse_without_cutout(tmp_path):
+    predictions = make_predictions(n_neurons=4, per_neuron=2)
+    write_stack(tmp_path / "a.tif", "2d", np.full((1, 8, 8), 7, dtype=np.uint8))
+    manifest = predictions.iloc[:1][["id", "pre_pt_root_id", "label"]].assign(
+        split="test", path_2d="a.tif", stack_index=0)
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    with pytest.raises(DataError, match="no 2d cutout"):
+        write_gallery(tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path,
+                      "2d", "m", tmp_path / "gallery.png")
