@@ -57,15 +57,12 @@ use rule train as train_leaky with:
         f"{BENCHMARKS}/audit/train/{{model}}.tsv"
     wildcard_constraints:
         model=alternatives([AUDIT_IMAGE_MODEL] if AUDIT_IMAGE_MODEL else []),
+    # Snakemake merges `params` by name with train's: only these two differ (device stays, and
+    # with it the GPU the profiles give).
     params:
-        architecture=lambda wildcards: architecture(wildcards.model),
-        settings=lambda wildcards: config["models"][wildcards.model],
         # The cutouts of the neuron split: the leaky manifest only relabels them.
         cutout_root=os.path.dirname(rules.gather_cutouts.output.manifest),
         checkpoint_dir=lambda wildcards: f"{LEAKY}/checkpoints/{wildcards.model}",
-        seed=config["seed"],
-        device=config["train"]["device"],
-        num_workers=config["train"]["num_workers"],
 
 
 use rule train_connectivity as train_connectivity_leaky with:
@@ -129,11 +126,9 @@ use rule evaluate as evaluate_leaky with:
         f"{BENCHMARKS}/audit/evaluate/{{model}}.tsv"
     wildcard_constraints:
         model=alternatives([AUDIT_IMAGE_MODEL] if AUDIT_IMAGE_MODEL else []),
+    # Merged by name with evaluate's params: only the cutouts' folder differs.
     params:
-        architecture=lambda wildcards: architecture(wildcards.model),
         cutout_root=os.path.dirname(rules.gather_cutouts.output.manifest),
-        device=config["train"]["device"],
-        tta=config["evaluate"]["tta"],
 
 
 rule leakage_audit:

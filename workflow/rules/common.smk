@@ -26,6 +26,8 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 
 MODELS = list(config["models"])
 SHARDS = [f"{index:03d}" for index in range(config["cutout"]["shards"])]
+# The unlabelled synapses' cutouts (workflow/rules/predict.smk) have their own shard count.
+PREDICT_SHARDS = [f"{index:03d}" for index in range(config["predict"]["shards"])]
 # A cutout job reads (decodes) in one thread while another cuts and writes; tensorstore decodes
 # in as many threads as the job is given.
 CUTOUT_THREADS = 2
@@ -37,6 +39,11 @@ def architecture(model):
 
 BASELINE_MODELS = [m for m in MODELS if architecture(m) == "connectivity"]
 IMAGE_MODELS = [m for m in MODELS if architecture(m) != "connectivity"]
+
+
+def cutout_root(wildcards, input):
+    """The cutouts' folder as a param: the one that holds the rule's input manifest."""
+    return os.path.dirname(input.manifest)
 
 
 def alternatives(names):

@@ -75,7 +75,7 @@ use rule evaluate_connectivity as evaluate with:
         runtime=120,
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
-        cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
+        cutout_root=cutout_root,
         device=config["train"]["device"],
         tta=config["evaluate"]["tta"],
 
@@ -104,6 +104,6 @@ rule gallery:
         runtime=10,
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
-        cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
+        cutout_root=cutout_root,
     script:
         "../../scripts/gallery.py"

@@ -1,8 +1,6 @@
 # Prediction on unlabelled synapses (not part of `all`): ask for it with a target, e.g.
 #   snakemake --cores all results/predict/cnn2d/neurons.csv
 
-PREDICT_SHARDS = [f"{index:03d}" for index in range(config["predict"]["shards"])]
-
 
 rule plan_unlabelled:
     input:
@@ -28,7 +26,7 @@ rule plan_unlabelled:
         "../../scripts/plan_unlabelled.py"
 
 
-rule cutout_unlabelled:
+use rule cutout as cutout_unlabelled with:
     input:
         plan=rules.plan_unlabelled.output.plan,
         provenance=rules.query.output.provenance,
@@ -38,21 +36,6 @@ rule cutout_unlabelled:
         f"{LOGS}/predict/cutout/{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/predict/cutout/{{shard}}.tsv"
-    wildcard_constraints:
-        shard=r"\d+",
-    conda:
-        "../../envs/synapse-ei.yaml"
-    threads: CUTOUT_THREADS
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    params:
-        mip=config["cutout"]["mip"],
-        size_2d=config["cutout"]["size_2d"],
-        size_3d=config["cutout"]["size_3d"],
-        reader=config["cutout"]["reader"],
-    script:
-        "../../scripts/cutout.py"
 
 
 rule predict_unlabelled:

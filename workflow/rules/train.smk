@@ -20,7 +20,7 @@ rule train:
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         settings=lambda wildcards: config["models"][wildcards.model],
-        cutout_root=lambda wildcards, input: os.path.dirname(input.manifest),
+        cutout_root=cutout_root,
         # Kept outside the declared outputs: Snakemake deletes those before a rerun, and a
         # preempted or failed job must resume from its last epoch.
         checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.model}",
