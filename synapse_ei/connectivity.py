@@ -33,6 +33,7 @@ from synapse_ei.tables import (
     LABELS,
     require_columns,
     SPLITS,
+    SYNAPSE_ID_COLUMNS,
     SYNAPSE_REQUIRED,
     to_int64,
 )
@@ -47,7 +48,6 @@ CATEGORICAL_FEATURES = ["post_class"]
 OTHER, UNKNOWN = "other", "unknown"
 
 SPLIT_REQUIRED = [*SYNAPSE_REQUIRED, "label", "split"]
-ID_COLUMNS = ["id", "pre_pt_root_id", "post_pt_root_id"]
 
 
 def _check_labels(frame: pd.DataFrame, where: str) -> None:
@@ -90,8 +90,8 @@ def connectivity_features(
     """
     require_columns(split_table, SYNAPSE_REQUIRED, "split table")
     require_columns(all_synapses, SYNAPSE_REQUIRED, "query synapse table")
-    split_table = to_int64(split_table, ID_COLUMNS, "split table")
-    all_synapses = to_int64(all_synapses, ID_COLUMNS, "query synapse table")
+    split_table = to_int64(split_table, SYNAPSE_ID_COLUMNS, "split table")
+    all_synapses = to_int64(all_synapses, SYNAPSE_ID_COLUMNS, "query synapse table")
     if all_synapses["id"].duplicated().any():
         dup = all_synapses["id"][all_synapses["id"].duplicated()].iloc[0]
         raise DataError(

@@ -40,10 +40,14 @@ SYNAPSE_POINTS = ("ctr_pt_position", "pre_pt_position", "post_pt_position")
 SYNAPSE_REQUIRED = ["id", "pre_pt_root_id", "post_pt_root_id", *CTR]
 #: Columns a synapse table may have; missing ones are tolerated (real exports often lack them).
 SYNAPSE_OPTIONAL = [*PRE, *POST, "size"]
+#: The id columns of a synapse table, read as int64.
 SYNAPSE_ID_COLUMNS = ["id", "pre_pt_root_id", "post_pt_root_id"]
 
 CELL_TYPE_REQUIRED = ["pt_root_id", "cell_type"]
 CELL_TYPE_OPTIONAL = ["classification_system"]
+
+#: Columns of a predictions table: what inference returns and evaluation reads.
+PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str) -> None:

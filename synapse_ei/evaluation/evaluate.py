@@ -33,12 +33,9 @@ from synapse_ei.evaluation.metrics import (
 )
 from synapse_ei.evaluation.neurons import neuron_level
 from synapse_ei.outputs import write_json, write_parquet
-from synapse_ei.tables import INHIBITORY, LABELS
+from synapse_ei.tables import INHIBITORY, LABELS, PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
-
-
-PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
 
 
 def _counts(frame: pd.DataFrame) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader
 from synapse_ei.learn.device import autocast_for, _layout, resolve_device, to_device
 from synapse_ei.learn.models import build_model, model_options
 from synapse_ei.learn.transforms import NORM_MEAN, NORM_STD
-from synapse_ei.tables import EXCITATORY, INHIBITORY
+from synapse_ei.tables import EXCITATORY, INHIBITORY, PREDICTION_COLUMNS
 
-PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
 #: Test-time augmentation modes: 'd4', the 8 in-plane flips and rotations; 'none', one view.
 TTA_MODES = ("d4", "none")
 

@@ -31,7 +31,6 @@ from synapse_ei.evaluation.bootstrap import (  # noqa: E402
     BOOTSTRAP_SEED,
     N_BOOTSTRAP,
 )
-from synapse_ei.evaluation.evaluate import PREDICTION_COLUMNS  # noqa: E402
 from synapse_ei.evaluation.metrics import compute_metrics, DEFAULT_THRESHOLD  # noqa: E402
 from synapse_ei.outputs import atomic_path, read_json, write_json, write_text  # noqa: E402
 from synapse_ei.reporting.summary import markdown_table  # noqa: E402
@@ -39,6 +38,7 @@ from synapse_ei.tables import (  # noqa: E402
     INHIBITORY,
     LABEL_INDEX,
     LABELS,
+    PREDICTION_COLUMNS,
     require_columns,
     SPLITS,
     to_int64,
