@@ -22,6 +22,16 @@ import yaml
 from synapse_ei.errors import DataError
 
 SPLITS = ("train", "val", "test")
+#: The workflow's config schema: the one place for the config's defaults.
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def model_defaults() -> dict[str, Any]:
+    """Every setting of a ``models`` entry with its schema default (None where it has none),
+    in the schema's order."""
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    properties = schema["properties"]["models"]["additionalProperties"]["properties"]
+    return {key: spec.get("default") for key, spec in properties.items()}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

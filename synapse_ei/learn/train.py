@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import synapse_ei
-from synapse_ei.config import plain
+from synapse_ei.config import model_defaults, plain
 from synapse_ei.errors import DataError
 from synapse_ei.learn import augment, dataset, losses, transforms
 from synapse_ei.learn.device import autocast_for, _memory_format, resolve_device, to_device
@@ -47,29 +47,12 @@ from synapse_ei.tables import LABELS
 log = logging.getLogger(__name__)
 
 
-#: Used for any key missing from a model's config entry.
+#: What the model build reads (:func:`synapse_ei.learn.models.model_options`), not training.
+BUILD_KEYS = ("architecture", "norm", "pretrained")
+#: Used for any key missing from a model's config entry: the schema's defaults (the one place for
+#: them), in its order, which is the order of the settings saved in model.pt.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 32,
-    "learning_rate": 1e-3,
-    "weight_decay": 1e-4,
-    "samples_per_epoch": None,
-    "grad_clip": 1.0,
-    "augment_strength": 1.0,
-    "augmentations": list(transforms.DEFAULT_AUGMENTATIONS),
-    "optimizer": "adamw",
-    "warmup_epochs": 0,
-    "loss": "cross_entropy",
-    "focal_gamma": 2.0,
-    "focal_alpha": None,
-    "cb_beta": 0.999,
-    "sampler": "random",
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "ema_decay": None,
-    "compile": False,
-    "early_stopping_patience": None,
-    "augment_on": "auto",
+    key: value for key, value in model_defaults().items() if key not in BUILD_KEYS
 }
 OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
