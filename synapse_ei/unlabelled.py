@@ -18,6 +18,7 @@ import pandas as pd
 from synapse_ei.cutout.manifest import OK
 from synapse_ei.cutout.plan import plan_shards
 from synapse_ei.errors import DataError
+from synapse_ei.evaluation.neurons import calls_inhibitory
 from synapse_ei.outputs import atomic_path, read_json, write_json, write_parquet
 from synapse_ei.tables import (
     CELL_TYPE_REQUIRED,
@@ -135,10 +136,10 @@ def infer_neurons(predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
     ``n_synapses``: a unanimous single synapse is weak evidence. Sorted by root id.
     """
     require_columns(predictions, ["pre_pt_root_id", "prob_inhibitory"], "predictions")
-    called = predictions["prob_inhibitory"] >= threshold
+    called = calls_inhibitory(predictions["prob_inhibitory"], threshold)
     grouped = predictions.assign(_called=called).groupby("pre_pt_root_id", sort=True)
     mean = grouped["prob_inhibitory"].mean()
-    inhibitory = mean >= threshold
+    inhibitory = calls_inhibitory(mean, threshold)
     fraction_inhibitory = grouped["_called"].mean()
     neurons = pd.DataFrame(
         {

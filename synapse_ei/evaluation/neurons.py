@@ -14,6 +14,16 @@ from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD, _targets
 from synapse_ei.tables import LABELS
 
 
+#: How a neuron is called from its synapses (the evaluation and the unlabelled stage alike).
+CALL_RULE = "mean probability of inhibitory over the neuron's synapses >= threshold"
+
+
+def calls_inhibitory(mean_prob_inhibitory: Any, threshold: float) -> np.ndarray:
+    """The call of each neuron (or synapse) from its (mean) probability of inhibitory: True,
+    inhibitory, where it is at least ``threshold``."""
+    return np.asarray(mean_prob_inhibitory) >= threshold
+
+
 def neuron_table(
     labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarray, neuron_ids: np.ndarray
 ) -> pd.DataFrame:
@@ -52,7 +62,7 @@ def neuron_level(
     inhibitory is at least ``threshold``: accuracy, balanced accuracy and counts per class."""
     neurons = neuron_table(labels, prob_inhibitory, neuron_ids)
     target = _targets(neurons["label"])
-    called = (neurons["mean_prob_inhibitory"].to_numpy() >= threshold).astype(int)
+    called = calls_inhibitory(neurons["mean_prob_inhibitory"], threshold).astype(int)
     correct = called == target
     per_class = {
         name: {"neurons": int((target == index).sum()),
@@ -62,7 +72,7 @@ def neuron_level(
     both = all(counts["neurons"] > 0 for counts in per_class.values())
     return {
         "threshold": float(threshold),
-        "rule": "mean probability of inhibitory over the neuron's synapses >= threshold",
+        "rule": CALL_RULE,
         "n_neurons": int(len(neurons)),
         "accuracy": float(correct.mean()),
         "balanced_accuracy": float(balanced_accuracy_score(target, called)) if both else None,
