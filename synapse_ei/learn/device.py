@@ -32,7 +32,11 @@ def autocast_for(device: torch.device) -> Any:
     return nullcontext()
 
 
-def _memory_format(kind: str) -> torch.memory_format:
+def memory_format(device: torch.device, kind: str) -> torch.memory_format:
+    """The layout of a model or batch of input ``kind`` ('2d': N, C, H, W; '3d': N, C, D, H, W)
+    on ``device``: channels-last on CUDA, where cuDNN is fastest with it, else contiguous."""
+    if device.type != "cuda":
+        return torch.contiguous_format
     return torch.channels_last if kind == "2d" else torch.channels_last_3d
 
 
@@ -43,12 +47,4 @@ def to_device(
     """A loader batch on ``device``, augmented by ``transform`` there if given, scaled and
     normalised (:func:`transforms.to_model_input`), in channels-last layout on CUDA, where cuDNN is
     fastest with it."""
-    memory_format = _memory_format(kind) if device.type == "cuda" else None
-    return transforms.to_model_input(x, device, memory_format, transform)
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """Keep the channels-last layout :func:`to_device` chose on CUDA."""
-    if x.device.type != "cuda":
-        return torch.contiguous_format
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return transforms.to_model_input(x, device, memory_format(device, kind), transform)

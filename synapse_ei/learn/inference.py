@@ -21,7 +21,7 @@ from torch import nn
 
 from synapse_ei.errors import DataError
 from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader
-from synapse_ei.learn.device import autocast_for, _layout, resolve_device, to_device
+from synapse_ei.learn.device import autocast_for, memory_format, resolve_device, to_device
 from synapse_ei.learn.models import build_model, model_options
 from synapse_ei.learn.transforms import NORM_MEAN, NORM_STD
 from synapse_ei.tables import EXCITATORY, INHIBITORY, PREDICTION_COLUMNS
@@ -53,9 +53,11 @@ def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "d4") -> torch.
     :func:`tta_views`. ``x`` is already on the model's device."""
     total = None
     views = tta_views(x, mode)
+    # The flips and turns keep the layout to_device chose only after this.
+    layout = memory_format(x.device, "2d" if x.dim() == 4 else "3d")
     for view in views:
         with autocast_for(x.device):
-            logits = model(view.contiguous(memory_format=_layout(view)))
+            logits = model(view.contiguous(memory_format=layout))
         probabilities = torch.softmax(logits.float(), dim=1)
         total = probabilities if total is None else total + probabilities
     return total / len(views)

@@ -38,7 +38,7 @@ import synapse_ei
 from synapse_ei.config import model_defaults, plain
 from synapse_ei.errors import DataError
 from synapse_ei.learn import augment, dataset, losses, transforms
-from synapse_ei.learn.device import autocast_for, _memory_format, resolve_device, to_device
+from synapse_ei.learn.device import autocast_for, memory_format, resolve_device, to_device
 from synapse_ei.learn.ema import build_ema
 from synapse_ei.learn.models import build_model, input_kind, model_options
 from synapse_ei.outputs import atomic_path, write_json
@@ -353,7 +353,7 @@ def train_image_model(
     model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
     model = model.to(torch_device)
     if torch_device.type == "cuda":
-        model = model.to(memory_format=_memory_format(kind))
+        model = model.to(memory_format=memory_format(torch_device, kind))
     optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
                                 settings["weight_decay"])
     epochs = settings["epochs"]
