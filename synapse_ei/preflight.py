@@ -28,11 +28,10 @@ from typing import Any
 
 import yaml
 
-from synapse_ei.config import check, read_config_file
+from synapse_ei.config import SCHEMA, check, read_config_file
 from synapse_ei.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 #: A cluster command that answers slower than this is reported as failing.
 COMMAND_TIMEOUT_S = 15
 #: The network retries of the CAVE check: one, with a 1 s pause, so a dead server shows fast.
