@@ -3,9 +3,8 @@
 :func:`plan.check_positions` asks, before any cutout job, whether the positions fit the volume
 at their stated resolution; :func:`plan.plan_shards` groups neighbouring synapses so a shard's
 reads share chunks; :func:`shard.cut_shard` writes one shard's TIFF stacks, manifest and stats,
-reading every chunk the shard needs once (:func:`readers.iter_boxes`: chunks decoded in parallel
-into a bounded cache, each evicted after its last use) and skipping, with the reason in the
-manifest, synapses out of the volume's bounds, in its holes or in blank regions;
+reading every chunk the shard needs once (:func:`readers.read_shard`; the :mod:`readers`
+docstring describes the readers) and skipping, with the reason in the manifest, synapses out of the volume's bounds, in its holes or in blank regions;
 :func:`gather.gather` joins the shards and refuses a dataset with an empty split or class or too
 many skipped synapses; :func:`stacks.open_stack` is the checked reader the training data loader
 uses. :mod:`volume` opens the EM volume and converts table positions to its voxels.

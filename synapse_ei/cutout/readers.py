@@ -1,10 +1,46 @@
-"""Reading the boxes of a shard's synapses from the volume: every needed chunk once through
-cloud-volume's decoder, through tensorstore, or one read per synapse; holes and damaged
-chunks become skipped synapses with the reason."""
+"""Reading the boxes of a shard's synapses from the EM volume. This docstring is the one
+description of the cutout readers (``cutout.reader``); the README, config/README.md and
+BENCHMARKS.md point here.
+
+:func:`read_shard` picks the reader and yields ``(k, crop)`` for the ``k``-th box of the
+shard, in the given (Morton) order; ``crop(start, stop)`` returns a part of the box as a
+C-contiguous (Z, Y, X) array, the TIFF page order. Every reader writes the same bytes (tested
+on jpeg, raw and gzip volumes, with holes).
+
+- ``chunks`` (:func:`iter_boxes`): every chunk the boxes touch is decoded once by cloud-volume's
+  own decoder (:class:`~synapse_ei.cutout.volume.ChunkReader`, byte-identical to a ``vol[...]``
+  read without its per-call overhead) and kept in a cache only until the last box that needs
+  it. Chunks are decoded in waves, ``threads`` at a time (by default 1 for a local volume:
+  decoding holds the GIL for part of its time and threads add switching; 8 for a remote one,
+  whose reads wait on the network), into at most ``lru_bytes`` (raised, if need be, to what the
+  largest box touches); when the cache is full, the chunk needed again latest is dropped
+  first (Belady's rule) and read again later. A missing chunk (a hole in the volume) skips the
+  synapses that need it as ``missing_chunk``, naming the chunk, and is not asked for again.
+  Works on sharded volumes too.
+- ``tensorstore`` (:func:`iter_tensorstore_boxes`): tensorstore reads the patch and the cube of
+  :data:`TENSORSTORE_AHEAD` synapses at a time and decodes in its own threads (by default the
+  CPUs the job may use), with a chunk cache of ``lru_bytes``. It reads a missing chunk, and
+  cloud-volume's default gzip-compressed raw chunks stored as ``.gz`` files, as zeros without
+  an error, so the shard first checks which needed chunks have a file it can read: synapses
+  that need a missing chunk are skipped as ``missing_chunk`` (naming it), as with ``chunks``,
+  and a ``.gz`` chunk stops the shard, naming the synapse and the chunk. Unsharded volumes only.
+- ``auto`` (the default): ``tensorstore`` where that check finds every needed chunk readable on
+  an unsharded volume (it was measured faster, bench/cutout.py), ``chunks`` elsewhere; the
+  shard's ``stats.json`` says which ran (``"auto: tensorstore"``).
+- ``per_synapse`` (:func:`_read_box`): one cloud-volume read per synapse, no cache; the
+  reference the others are tested and benchmarked against (not a config choice).
+
+With any reader, a chunk that exists but cannot be decoded stops the shard with a
+:class:`~synapse_ei.errors.DataError` naming its file and a synapse whose box needs it (a
+broken download or copy, which fetching it again repairs), and :mod:`synapse_ei.cutout.shard`
+reads in the job's main thread while one writer thread cuts and writes, so a job asks for
+2 CPUs.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +51,13 @@ from cloudvolume import exceptions as cv_exceptions
 
 from synapse_ei.cutout.manifest import MISSING_CHUNK
 from synapse_ei.cutout.plan import _bbox_text
-from synapse_ei.cutout.volume import ChunkReader, CorruptChunk, missing_chunks, VolumeInfo
+from synapse_ei.cutout.volume import (
+    ChunkReader,
+    CorruptChunk,
+    missing_chunks,
+    open_tensorstore,
+    VolumeInfo,
+)
 from synapse_ei.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,12 +69,7 @@ DEFAULT_LRU_BYTES = 256 * 2**20
 #: cores pay off. A local volume is decoded in the calling thread: decoding holds the GIL, and
 #: threads only add switching (as cloud-volume itself does for file://).
 DEFAULT_READ_THREADS = 8
-#: How to read the boxes of each synapse: every needed chunk once through cloud-volume's decoder
-#: ("chunks"); through tensorstore, which decodes in its own threads ("tensorstore"); the
-#: faster of the two that can read the volume ("auto": tensorstore unless the volume is
-#: sharded or a needed chunk is missing or gzip-compressed); or one cloud-volume read per
-#: synapse with no cache ("per_synapse": the reference the others are tested and benchmarked
-#: against).
+#: The readers :func:`read_shard` knows (the module docstring describes them).
 READERS = ("auto", "chunks", "tensorstore", "per_synapse")
 #: Synapses whose tensorstore reads are in flight at once.
 TENSORSTORE_AHEAD = 16
@@ -110,6 +147,136 @@ def _crop_of(box: np.ndarray, origin: np.ndarray) -> Crop:
     return crop
 
 
+def read_shard(
+    reader: str,
+    vol: Any,
+    info: VolumeInfo,
+    boxes: dict[str, tuple[np.ndarray, np.ndarray]],
+    ids: Sequence[Any],
+    *,
+    lru_bytes: int = DEFAULT_LRU_BYTES,
+    threads: int | None = None,
+) -> tuple[str, ChunkReader, Iterator[tuple[int, Crop]]]:
+    """Read a shard's boxes with ``reader`` (one of :data:`READERS`, as the module docstring
+    describes them): ``boxes`` holds the ``(start, stop)`` XYZ arrays of the ``patch``, ``cube``
+    and ``union`` of each synapse, in reading order, ``ids`` its synapse ids (for messages).
+
+    Returns the reader that runs (what ``auto`` chose), the shard's :class:`ChunkReader`
+    (``decodes`` counts the chunks the ``chunks`` reader decoded) and the iterator of ``(k,
+    crop)``, ``k`` counting the boxes in the given order; ``crop`` cuts the patch or the cube of
+    box ``k``. ``threads`` is the number of decoding threads (tensorstore) or reads in flight
+    (chunks); None means the reader's default.
+    """
+    union_start, union_stop = boxes["union"]
+    chunk_reader = ChunkReader(vol, info)
+    holes: dict[int, str] = {}  # auto takes tensorstore only where no chunk is missing
+    if reader == "auto":
+        reader = _pick_reader(chunk_reader, union_start, union_stop)
+    elif reader == "tensorstore":
+        holes = _tensorstore_holes(chunk_reader, union_start, union_stop, ids)
+    if reader == "tensorstore":
+        view = open_tensorstore(info, lru_bytes,
+                                threads if threads is not None else len(os.sched_getaffinity(0)))
+        (patch_start, patch_stop), (cube_start, cube_stop) = boxes["patch"], boxes["cube"]
+        per_box = [[(patch_start[k], patch_stop[k]), (cube_start[k], cube_stop[k])]
+                   for k in range(len(ids))]
+        crops = iter_tensorstore_boxes(view, per_box, ids, info.path, holes=holes,
+                                       chunk_reader=chunk_reader)
+    elif reader == "chunks":
+        if threads is None:
+            threads = 1 if info.path.startswith("file://") else DEFAULT_READ_THREADS
+        crops = iter_boxes(chunk_reader, union_start, union_stop, ids, cache_bytes=lru_bytes,
+                           threads=threads)
+    else:
+        crops = ((k, _read_box(vol, info, union_start[k], union_stop[k], ids[k]))
+                 for k in range(len(ids)))
+    return reader, chunk_reader, crops
+
+
+class _ChunkCache:
+    """The decoded chunks of one walk over boxes (:func:`iter_boxes`): which boxes need each
+    chunk, which of them comes next, the chunks held (at most ``capacity``) and those found
+    missing (a hole: read once, never asked for again)."""
+
+    def __init__(self, needs: list[list[tuple]], capacity: int):
+        self.needs = needs
+        self.capacity = capacity
+        self.uses: dict[tuple, list[int]] = {}
+        for k, keys in enumerate(needs):
+            for key in keys:
+                self.uses.setdefault(key, []).append(k)
+        self.next_use = {key: 0 for key in self.uses}  # index into uses[key] of its next box
+        # key -> (first voxel of the chunk as plain ints, decoded chunk)
+        self.held: dict[tuple, tuple[tuple[int, int, int], np.ndarray]] = {}
+        self.missing: set[tuple] = set()
+
+    def upcoming(self, key: tuple) -> int:
+        """The next box that needs ``key`` (``len(needs)`` if none does)."""
+        position = self.next_use[key]
+        uses = self.uses[key]
+        return uses[position] if position < len(uses) else len(self.needs)
+
+    def next_wave(self, k: int, wave_new: int) -> tuple[int, set[tuple], list[tuple]]:
+        """The boxes ``[k, end)`` of the next wave, until their new chunks would exceed
+        ``wave_new`` or the cache: ``end``, every chunk they need, and the chunks to read."""
+        end, wave, new = k, set(), []
+        while end < len(self.needs):
+            keys = self.needs[end]
+            fresh = [key for key in keys
+                     if key not in self.held and key not in wave and key not in self.missing]
+            if end > k and (len(new) + len(fresh) > wave_new
+                            or len(wave | set(keys)) > self.capacity):
+                break
+            wave.update(keys)
+            new.extend(fresh)
+            end += 1
+        return end, wave, new
+
+    def make_room(self, wave: set[tuple], n_new: int) -> None:
+        """Drop chunks the wave does not need, the one needed again latest first (Belady's
+        rule), until ``n_new`` more fit."""
+        if len(self.held) + n_new > self.capacity:
+            evictable = sorted((key for key in self.held if key not in wave), key=self.upcoming)
+            while len(self.held) + n_new > self.capacity:
+                del self.held[evictable.pop()]
+
+    def crop(self, k: int, reader: ChunkReader) -> Crop:
+        """The crop of box ``k`` out of the chunks held (they must all be held or missing)."""
+        holes = [key for key in self.needs[k] if key in self.missing]
+        if holes:
+            return _skip_crop(MISSING_CHUNK, _missing_detail(reader, holes))
+        return _chunk_crop(reader.info.dtype, [self.held[key] for key in self.needs[k]])
+
+    def release(self, k: int) -> None:
+        """Box ``k`` is done: drop the chunks no later box needs."""
+        for key in self.needs[k]:
+            self.next_use[key] += 1
+            if self.upcoming(key) == len(self.needs):
+                self.held.pop(key, None)
+
+
+def _decode_wave(
+    cache: _ChunkCache, reader: ChunkReader, new: list[tuple],
+    submit: Callable[[tuple], Callable[[], np.ndarray]], boxes: range,
+    starts: np.ndarray, stops: np.ndarray, ids: Sequence[Any],
+) -> None:
+    """Read the chunks ``new`` of the wave of ``boxes``, all in flight at once, into the cache
+    (a missing one into ``cache.missing``); a corrupt one raises :class:`DataError` naming the
+    first box of the wave that needs it."""
+    pending = {key: submit(key) for key in new}
+    for key in new:
+        try:
+            chunk = pending[key]()
+        except cv_exceptions.EmptyVolumeException:
+            cache.missing.add(key)
+            continue
+        except CorruptChunk as error:
+            first = next(j for j in boxes if key in cache.needs[j])
+            raise _corrupt_chunk_error(reader.info, error.url, ids[first], starts[first],
+                                       stops[first], error.error) from error
+        cache.held[key] = (tuple(map(int, reader.chunk_box(key)[0])), chunk)
+
+
 def iter_boxes(
     reader: ChunkReader,
     starts: np.ndarray,
@@ -119,41 +286,23 @@ def iter_boxes(
     cache_bytes: int = DEFAULT_LRU_BYTES,
     threads: int = DEFAULT_READ_THREADS,
 ) -> Iterator[tuple[int, Crop]]:
-    """Yield ``(k, crop)`` for every XYZ box ``[starts[k], stops[k])``, in the given order.
+    """Yield ``(k, crop)`` for every XYZ box ``[starts[k], stops[k])``, in the given order:
+    the ``chunks`` reader of the module docstring.
 
     ``crop(start, stop)`` copies any part of box ``k`` out of the decoded chunks as a
-    C-contiguous (Z, Y, X) array (the TIFF page order). It holds the chunks it needs, so it
-    stays valid after later items (another thread may call it), at the cost of their memory.
-
-    Each chunk the boxes touch is decoded once and kept only until the last box that needs it,
-    so give the boxes in a spatially coherent order (a Morton-ordered shard). Chunks are decoded
-    in waves, ``threads`` at a time, into a cache of at most ``cache_bytes`` (raised, if need
-    be, to what the largest single box touches); if the cache fills, the chunk needed again
-    latest is dropped first (Belady's rule) and read again later, so memory stays bounded.
-    A box that needs a missing chunk (a hole in the volume) yields a crop that raises
-    :class:`SkippedSynapse` (``missing_chunk``, naming the chunk), and the chunk is not asked
-    for again; a chunk that exists but cannot be decoded raises :class:`DataError` naming its
-    file and the first synapse (from ``ids``) whose box needs it.
+    C-contiguous (Z, Y, X) array. It holds the chunks it needs, so it stays valid after later
+    items (another thread may call it), at the cost of their memory. Chunks are decoded in
+    waves of at most ``4 * threads`` new chunks, ``threads`` at a time, into a cache of at
+    most ``cache_bytes``. A box that needs a missing chunk yields a crop that raises
+    :class:`SkippedSynapse`; a chunk that exists but cannot be decoded raises
+    :class:`DataError` naming its file and the first synapse (from ``ids``) whose box needs it.
     """
     starts, stops = np.asarray(starts), np.asarray(stops)
     needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
-    uses: dict[tuple, list[int]] = {}
-    for k, keys in enumerate(needs):
-        for key in keys:
-            uses.setdefault(key, []).append(k)
-    next_use = {key: 0 for key in uses}  # index into uses[key] of its next box
     chunk_bytes = int(np.prod(reader.chunk_size)) * np.dtype(reader.info.dtype).itemsize
-    capacity = max(int(cache_bytes) // chunk_bytes, max((len(keys) for keys in needs), default=1))
+    cache = _ChunkCache(needs, max(int(cache_bytes) // chunk_bytes,
+                                   max((len(keys) for keys in needs), default=1)))
     wave_new = max(1, 4 * int(threads))  # enough reads in flight to keep every thread busy
-    # key -> (first voxel of the chunk as plain ints, decoded chunk)
-    cache: dict[tuple, tuple[tuple[int, int, int], np.ndarray]] = {}
-    missing: set[tuple] = set()  # chunks found missing: a hole, read once
-    done = len(needs)
-
-    def upcoming(key: tuple) -> int:
-        position = next_use[key]
-        return uses[key][position] if position < len(uses[key]) else done
-
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
 
         def submit(key: tuple) -> Callable[[], np.ndarray]:
@@ -163,45 +312,13 @@ def iter_boxes(
             return pool.submit(reader.read, key).result
 
         k = 0
-        while k < done:
-            # A wave: the next boxes, until their new chunks fill a wave or the cache.
-            end, wave, new = k, set(), []
-            while end < done:
-                keys = needs[end]
-                fresh = [key for key in keys
-                         if key not in cache and key not in wave and key not in missing]
-                if end > k and (len(new) + len(fresh) > wave_new
-                                or len(wave | set(keys)) > capacity):
-                    break
-                wave.update(keys)
-                new.extend(fresh)
-                end += 1
-            if len(cache) + len(new) > capacity:
-                evictable = sorted((key for key in cache if key not in wave), key=upcoming)
-                while len(cache) + len(new) > capacity:
-                    del cache[evictable.pop()]
-            pending = {key: submit(key) for key in new}  # the whole wave in flight at once
-            for key in new:
-                try:
-                    chunk = pending[key]()
-                except cv_exceptions.EmptyVolumeException:
-                    missing.add(key)
-                    continue
-                except CorruptChunk as error:
-                    first = next(j for j in range(k, end) if key in needs[j])
-                    raise _corrupt_chunk_error(reader.info, error.url, ids[first], starts[first],
-                                               stops[first], error.error) from error
-                cache[key] = (tuple(map(int, reader.chunk_box(key)[0])), chunk)
+        while k < len(needs):
+            end, wave, new = cache.next_wave(k, wave_new)
+            cache.make_room(wave, len(new))
+            _decode_wave(cache, reader, new, submit, range(k, end), starts, stops, ids)
             for j in range(k, end):
-                holes = [key for key in needs[j] if key in missing]
-                if holes:
-                    yield j, _skip_crop(MISSING_CHUNK, _missing_detail(reader, holes))
-                else:
-                    yield j, _chunk_crop(reader.info.dtype, [cache[key] for key in needs[j]])
-                for key in needs[j]:
-                    next_use[key] += 1
-                    if upcoming(key) == done:
-                        cache.pop(key, None)
+                yield j, cache.crop(j, reader)
+                cache.release(j)
             k = end
 
 
@@ -295,42 +412,16 @@ def iter_tensorstore_boxes(
 ) -> Iterator[tuple[int, Crop]]:
     """Yield ``(k, crop)`` for each ``k``, where ``crop(start, stop)`` is the XYZ box
     ``[start, stop)``, one of ``boxes[k]``, read through the tensorstore ``view`` (indexed
-    ``[z, y, x]``) as a (Z, Y, X) array; the reads of ``ahead`` synapses are in flight at once,
-    so tensorstore's threads decode while the caller writes. ``volume`` names the volume in
-    errors. Boxes ``k`` in ``holes`` (from :func:`_tensorstore_holes`) are not read: their crop
-    raises :class:`SkippedSynapse`. A read that fails raises :class:`DataError`; with
-    ``chunk_reader`` it names the chunk, found by decoding the box's chunks one by one."""
+    ``[z, y, x]``) as a (Z, Y, X) array: the ``tensorstore`` reader of the module docstring.
+    The reads of ``ahead`` synapses are in flight at once, so tensorstore's threads decode while
+    the caller writes. ``volume`` names the volume in errors. Boxes ``k`` in ``holes`` (from
+    :func:`_tensorstore_holes`) are not read: their crop raises :class:`SkippedSynapse`. A read
+    that fails raises :class:`DataError`; with ``chunk_reader`` it names the chunk, found by
+    decoding the box's chunks one by one."""
     holes = holes or {}
 
     def submit(k: int) -> dict[tuple, Any]:
-        reads: dict[tuple, Any] = {}
-        if k in holes:
-            return reads
-        for start, stop in boxes[k]:
-            (x0, y0, z0), (x1, y1, z1) = map(int, start), map(int, stop)
-            reads[(x0, y0, z0, x1, y1, z1)] = view[z0:z1, y0:y1, x0:x1].read()
-        return reads
-
-    def crop_of(k: int, reads: dict[tuple, Any]) -> Crop:
-        if k in holes:
-            return _skip_crop(MISSING_CHUNK, holes[k])
-
-        def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-            try:
-                array = reads[(*map(int, start), *map(int, stop))].result()
-            except Exception as error:  # tensorstore raises ValueError and its own errors
-                corrupt = _find_corrupt_chunk(chunk_reader, start, stop)
-                if corrupt is not None:
-                    raise _corrupt_chunk_error(chunk_reader.info, corrupt.url, ids[k], start,
-                                               stop, corrupt.error) from error
-                raise DataError(
-                    f"EM volume {volume!r}: tensorstore cannot read synapse id {ids[k]}, bbox "
-                    f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
-                    "use cutout.reader: chunks."
-                ) from error
-            return np.ascontiguousarray(array)
-
-        return crop
+        return {} if k in holes else _submit_reads(view, boxes[k])
 
     pending: deque = deque()
     upcoming = iter(range(len(boxes)))
@@ -343,7 +434,44 @@ def iter_tensorstore_boxes(
         following = next(upcoming, None)
         if following is not None:
             pending.append((following, submit(following)))
-        yield k, crop_of(k, reads)
+        if k in holes:
+            yield k, _skip_crop(MISSING_CHUNK, holes[k])
+        else:
+            yield k, _tensorstore_crop(reads, ids[k], volume, chunk_reader)
+
+
+def _submit_reads(view: Any, boxes: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[tuple, Any]:
+    """Start tensorstore reads of the XYZ ``boxes``: ``{(x0, y0, z0, x1, y1, z1): future}``."""
+    reads: dict[tuple, Any] = {}
+    for start, stop in boxes:
+        (x0, y0, z0), (x1, y1, z1) = map(int, start), map(int, stop)
+        reads[(x0, y0, z0, x1, y1, z1)] = view[z0:z1, y0:y1, x0:x1].read()
+    return reads
+
+
+def _tensorstore_crop(
+    reads: dict[tuple, Any], synapse_id: Any, volume: str, chunk_reader: ChunkReader | None
+) -> Crop:
+    """The crop of one synapse's tensorstore ``reads`` (from :func:`_submit_reads`): it waits
+    for the box asked for; a failed read raises :class:`DataError`, naming the chunk that does
+    not decode if ``chunk_reader`` finds it."""
+
+    def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        try:
+            array = reads[(*map(int, start), *map(int, stop))].result()
+        except Exception as error:  # tensorstore raises ValueError and its own errors
+            corrupt = _find_corrupt_chunk(chunk_reader, start, stop)
+            if corrupt is not None:
+                raise _corrupt_chunk_error(chunk_reader.info, corrupt.url, synapse_id, start,
+                                           stop, corrupt.error) from error
+            raise DataError(
+                f"EM volume {volume!r}: tensorstore cannot read synapse id {synapse_id}, bbox "
+                f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
+                "use cutout.reader: chunks."
+            ) from error
+        return np.ascontiguousarray(array)
+
+    return crop
 
 
 def _find_corrupt_chunk(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -35,22 +34,16 @@ from synapse_ei.cutout.plan import (
 from synapse_ei.cutout.readers import (
     Crop,
     DEFAULT_LRU_BYTES,
-    DEFAULT_READ_THREADS,
-    iter_boxes,
-    iter_tensorstore_boxes,
-    _pick_reader,
-    _read_box,
+    read_shard,
     READERS,
     SkippedSynapse,
-    _tensorstore_holes,
 )
 from synapse_ei.cutout.stacks import _shrink_stack, STACK_NAMES, _start_stack
 from synapse_ei.cutout.volume import (
-    ChunkReader,
-    open_tensorstore,
     open_volume,
     table_to_volume_voxels,
     volume_info,
+    VolumeInfo,
 )
 from synapse_ei.errors import DataError
 from synapse_ei.outputs import atomic_path, write_json, write_parquet
@@ -94,17 +87,11 @@ def cut_shard(
     Positions (``ctr_pt_position_{x,y,z}`` in table voxels of ``position_resolution`` nm) are
     converted to voxels of ``em_path`` at ``mip``. Around each centre ``c`` the patch covers
     ``size_2d`` = (X, Y) voxels of section ``c.z`` and the cube ``size_3d`` = (X, Y, Z) voxels,
-    both starting at ``c - size // 2``; the union box is read once and sliced. With ``reader``
-    "chunks" the shard's boxes are read in Morton order through :func:`iter_boxes` (each chunk
-    decoded once, ``threads`` reads in flight, by default 1 for a local volume and
-    :data:`DEFAULT_READ_THREADS` for a remote one, at most ``lru_bytes`` of decoded chunks);
-    "tensorstore" reads the patch and cube of :data:`TENSORSTORE_AHEAD` synapses at a time
-    through tensorstore (``threads`` decoding threads, by default the CPUs this job may use;
-    a chunk cache of ``lru_bytes``), after checking which chunks the shard needs have a file
-    it can read; "auto" (the default) is "tensorstore" where every needed chunk has such a
-    file on an unsharded volume, else "chunks" (``stats["reader"]`` says which); "per_synapse"
-    reads each box with its own cloud-volume call. All write the same bytes. Reading overlaps
-    cutting and writing, which one writer thread does.
+    both starting at ``c - size // 2``. The synapses are read in Morton order by ``reader``
+    (``auto``, ``chunks``, ``tensorstore`` or ``per_synapse``, with ``threads`` and at most
+    ``lru_bytes`` of decoded chunks: :mod:`synapse_ei.cutout.readers` describes them; all write
+    the same bytes, and ``stats["reader"]`` says which ran), while one writer thread cuts,
+    checks and writes.
 
     Writes the TIFF stacks ``out_dir/2d.tif`` ((N, Y, X) uint8) and ``out_dir/3d.tif``
     ((N, Z, Y, X) uint8), ``out_dir/manifest.parquet`` (every planned row + ``status``,
@@ -120,7 +107,6 @@ def cut_shard(
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    root = out_dir.parent.parent
     require_columns(plan, ["id", *CTR, "shard"], "cutout plan")
     if reader not in READERS:
         raise DataError(f"cutout reader: expected one of {list(READERS)}, got {reader!r}.")
@@ -129,37 +115,80 @@ def cut_shard(
     rows = plan[plan["shard"] == shard].reset_index(drop=True)
     manifest = _empty_manifest(rows)
     stats: dict[str, Any] = {
-        "shard": int(shard),
-        "em_path": str(em_path),
-        "mip": int(mip),
+        "shard": int(shard), "em_path": str(em_path), "mip": int(mip),
         "position_resolution": [float(value) for value in position_resolution],
-        "size_2d": patch_size.tolist(),
-        "size_3d": cube_size.tolist(),
-        "planned": len(rows),
-        "written": 0,
-        "skipped": {},
-        "reader": reader,
+        "size_2d": patch_size.tolist(), "size_3d": cube_size.tolist(), "planned": len(rows),
+        "written": 0, "skipped": {}, "reader": reader,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(rows) == 0:
         return _finish(out_dir, manifest, stats, started)
 
-    vol = open_volume(em_path, mip)
-    info = volume_info(vol)
+    vol, info = _open_em(em_path, mip)
     stats["volume_resolution"] = list(info.resolution)
     stats["volume_bounds"] = [info.bounds_start.tolist(), info.bounds_stop.tolist()]
+    check_cutout_fits(patch_size, cube_size, info)
+    boxes, todo = _boxes_to_read(rows, position_resolution, info, patch_size, cube_size)
+    ids = rows["id"].to_numpy()
+    ordered = {kind: (start[todo], stop[todo]) for kind, (start, stop) in boxes.items()}
+    used, chunk_reader, crops = read_shard(reader, vol, info, ordered, ids[todo],
+                                           lru_bytes=lru_bytes, threads=threads)
+    if reader == "auto":
+        stats["reader"] = f"auto: {used}"
+    progress = tqdm(crops, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
+                    disable=not sys.stderr.isatty())
+
+    status = np.full(len(rows), OUT_OF_BOUNDS, dtype=object)
+    detail = np.full(len(rows), "box leaves the volume bounds", dtype=object)
+    stack_index = np.full(len(rows), -1, dtype=np.int64)
+
+    def settle(outcomes: list[tuple[str, str | None]]) -> None:
+        """Record each read synapse's status and row in the stacks (the written ones count in
+        reading order), and fail on too many damaged ones (before the stacks appear)."""
+        for i, (why, more) in zip(todo, outcomes):
+            status[i], detail[i] = why, more
+        ok = status[todo] == OK
+        stack_index[todo[ok]] = np.arange(int(ok.sum()))
+        _require_few_damaged(rows, status, detail, shard, max_skipped_fraction)
+
+    stacks = {kind: out_dir / STACK_NAMES[kind] for kind in ("2d", "3d")}
+    _write_stacks(stacks, progress, ordered["patch"], ordered["cube"],
+                  {"2d": (patch_size[1], patch_size[0]), "3d": tuple(cube_size[::-1])}, settle)
+
+    _fill_manifest(manifest, status, detail, stack_index, stacks, out_dir.parent.parent)
+    ok = status == OK
+    stats["written"] = int(ok.sum())
+    skipped = pd.Series(status[~ok]).value_counts()
+    stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
+    if used == "chunks":
+        stats["chunks_decoded"] = chunk_reader.decodes
+    if stats["skipped"]:
+        log.warning("shard %s: skipped %s of %d synapses", shard, stats["skipped"], len(rows))
+    return _finish(out_dir, manifest, stats, started)
+
+
+def _open_em(em_path: str, mip: int) -> tuple[Any, VolumeInfo]:
+    """The EM volume at ``mip`` and its geometry; refuses anything but one channel of uint8."""
+    vol = open_volume(em_path, mip)
+    info = volume_info(vol)
     if info.dtype != "uint8" or int(vol.num_channels) != 1:
         raise DataError(
             f"EM volume {em_path!r}: expected single-channel uint8 image data, found "
             f"{vol.num_channels} channel(s) of {info.dtype}. Point the source at the EM image "
             "layer."
         )
-    check_cutout_fits(patch_size, cube_size, info)
+    return vol, info
 
+
+def _boxes_to_read(
+    rows: pd.DataFrame, position_resolution: Sequence[float], info: VolumeInfo,
+    patch_size: np.ndarray, cube_size: np.ndarray,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """The patch, cube and union boxes of every row (volume voxels, :func:`cutout_boxes`), and
+    the rows whose union lies inside the volume, in reading order. Refuses a shard with none
+    inside, with the likely cause."""
     centres = table_to_volume_voxels(rows[CTR].to_numpy(), position_resolution, info.resolution)
     boxes = cutout_boxes(centres, patch_size, cube_size)
-    patch_start, patch_stop = boxes["patch"]
-    cube_start, cube_stop = boxes["cube"]
     union_start, union_stop = boxes["union"]
     inside = np.all(union_start >= info.bounds_start, axis=1) & np.all(
         union_stop <= info.bounds_stop, axis=1
@@ -167,118 +196,89 @@ def cut_shard(
     if not inside.any():
         raise DataError(_outside_message(rows, centres, position_resolution, info,
                                          _cutout_extent(patch_size, cube_size)))
-
-    status = np.full(len(rows), OUT_OF_BOUNDS, dtype=object)
-    detail = np.full(len(rows), None, dtype=object)
-    detail[~inside] = "box leaves the volume bounds"
-    stack_index = np.full(len(rows), -1, dtype=np.int64)
-    ids = rows["id"].to_numpy()
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
-    todo = todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
-    holes: dict[int, str] = {}  # auto takes tensorstore only where no chunk is missing
-    if reader == "auto":
-        reader = _pick_reader(ChunkReader(vol, info), union_start[todo], union_stop[todo])
-        stats["reader"] = f"auto: {reader}"
-    elif reader == "tensorstore":
-        holes = _tensorstore_holes(ChunkReader(vol, info), union_start[todo], union_stop[todo],
-                                   ids[todo])
-    if reader == "tensorstore":
-        chunk_reader = ChunkReader(vol, info)
-        view = open_tensorstore(info, lru_bytes,
-                                threads if threads is not None else len(os.sched_getaffinity(0)))
-        boxes_of = [[(patch_start[i], patch_stop[i]), (cube_start[i], cube_stop[i])]
-                    for i in todo]
-        reads = ((todo[k], crop)
-                 for k, crop in iter_tensorstore_boxes(view, boxes_of, ids[todo], info.path,
-                                                       holes=holes, chunk_reader=chunk_reader))
-    elif reader == "chunks":
-        chunk_reader = ChunkReader(vol, info)
-        if threads is None:
-            threads = 1 if info.path.startswith("file://") else DEFAULT_READ_THREADS
-        reads = (
-            (todo[k], box)
-            for k, box in iter_boxes(
-                chunk_reader, union_start[todo], union_stop[todo], ids[todo],
-                cache_bytes=lru_bytes, threads=threads,
-            )
-        )
-    else:
-        reads = ((i, _read_box(vol, info, union_start[i], union_stop[i], ids[i])) for i in todo)
-    progress = tqdm(
-        reads, total=len(todo), desc=f"cutout shard {shard}", unit="synapse",
-        disable=not sys.stderr.isatty(),
-    )
-    stack_2d, stack_3d = (out_dir / STACK_NAMES[kind] for kind in ("2d", "3d"))
-    item_shapes = {"2d": (patch_size[1], patch_size[0]), "3d": tuple(cube_size[::-1])}
-    written = 0
-    # Reading overlaps cutting and writing: this thread reads (decodes chunks), one writer
-    # thread crops each synapse out of its chunks, checks it and appends it to the stacks (one
-    # thread, so the stack rows keep the read order). A crop holds its own chunks, so the
-    # reader may drop them from its cache meanwhile; the queue in flight is bounded. The stacks
-    # appear only once complete.
-    with atomic_path(stack_2d) as tmp_2d, atomic_path(stack_3d) as tmp_3d:
+    ids = rows["id"].to_numpy()
+    return boxes, todo[np.lexsort((ids[todo], morton_codes(union_start[todo])))]
+
+
+def _cut_and_write(
+    crop: Crop, patch: tuple[np.ndarray, np.ndarray], cube: tuple[np.ndarray, np.ndarray],
+    files: dict[str, BinaryIO],
+) -> tuple[str, str | None]:
+    """Append one synapse's patch and cube to the stacks, unless it is skipped or blank; its
+    status and why."""
+    try:
+        patch_array = crop(*patch)[0]
+        cube_array = crop(*cube)
+    except SkippedSynapse as skip:
+        return skip.reason, skip.detail
+    blank = _blank(patch_array, "2D patch") or _blank(cube_array, "3D cube")
+    if blank:
+        return BLANK, blank
+    files["2d"].write(patch_array.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout
+    files["3d"].write(cube_array.data)
+    return OK, None
+
+
+def _write_stacks(
+    stacks: dict[str, Path],
+    crops: Iterator[tuple[int, Crop]],
+    patches: tuple[np.ndarray, np.ndarray],
+    cubes: tuple[np.ndarray, np.ndarray],
+    item_shapes: dict[str, tuple[int, ...]],
+    settle: Callable[[list[tuple[str, str | None]]], None],
+) -> None:
+    """Write the stacks ``{kind: path}`` of the synapses ``crops`` yields (``(k, crop)``, ``k``
+    in reading order), cutting box ``k``'s patch ``patches[.][k]`` and cube ``cubes[.][k]``;
+    call ``settle`` with each synapse's ``(status, detail)`` in that order before the stacks
+    appear (it may raise to keep them from appearing). No synapse written: no stacks.
+
+    Reading (this thread: it decodes chunks) overlaps cutting and writing, which one writer
+    thread does, so the stack rows keep the read order. A crop holds its own chunks, so the
+    reader may drop them from its cache meanwhile; at most :data:`_WRITES_IN_FLIGHT` are
+    queued."""
+    count = len(patches[0])
+    outcomes: list[tuple[str, str | None]] = []
+    with atomic_path(stacks["2d"]) as tmp_2d, atomic_path(stacks["3d"]) as tmp_3d:
         with (
             # "r+b", not "wb": ext4 flushes a file truncated on open when it is closed.
             open(tmp_2d, "r+b") as file_2d,
             open(tmp_3d, "r+b") as file_3d,
             ThreadPoolExecutor(max_workers=1) as writer,
         ):
-            offsets = {
-                "2d": _start_stack(file_2d, "2d", (len(todo), *item_shapes["2d"])),
-                "3d": _start_stack(file_3d, "3d", (len(todo), *item_shapes["3d"])),
-            }
+            files = {"2d": file_2d, "3d": file_3d}
+            offsets = {kind: _start_stack(files[kind], kind, (count, *item_shapes[kind]))
+                       for kind in files}
             pending: deque = deque()
-
-            def cut_and_write(i: int, crop: Crop) -> tuple[str, str | None]:
-                """Append synapse ``i``'s cutouts to the stacks; its status and why."""
-                try:
-                    patch = crop(patch_start[i], patch_stop[i])[0]
-                    cube = crop(cube_start[i], cube_stop[i])
-                except SkippedSynapse as skip:
-                    return skip.reason, skip.detail
-                blank = _blank(patch, "2D patch") or _blank(cube, "3D cube")
-                if blank:
-                    return BLANK, blank
-                file_2d.write(patch.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout
-                file_3d.write(cube.data)
-                return OK, None
-
-            def settle(i: int, future: Any) -> None:
-                nonlocal written
-                status[i], detail[i] = future.result()
-                if status[i] == OK:  # futures settle in the writer's order: the stacks' rows
-                    stack_index[i] = written
-                    written += 1
-
-            for i, crop in progress:
-                pending.append((i, writer.submit(cut_and_write, i, crop)))
+            for k, crop in crops:
+                pending.append(writer.submit(_cut_and_write, crop, (patches[0][k], patches[1][k]),
+                                             (cubes[0][k], cubes[1][k]), files))
                 while len(pending) > _WRITES_IN_FLIGHT:
-                    settle(*pending.popleft())
-            while pending:
-                settle(*pending.popleft())
-        _require_few_damaged(rows, status, detail, shard, max_skipped_fraction)
-        if 0 < written < len(todo):
-            _shrink_stack(tmp_2d, "2d", offsets["2d"], (written, *item_shapes["2d"]))
-            _shrink_stack(tmp_3d, "3d", offsets["3d"], (written, *item_shapes["3d"]))
+                    outcomes.append(pending.popleft().result())
+            outcomes.extend(future.result() for future in pending)
+        settle(outcomes)
+        written = sum(status == OK for status, _ in outcomes)
+        if 0 < written < count:
+            for kind, tmp in (("2d", tmp_2d), ("3d", tmp_3d)):
+                _shrink_stack(tmp, kind, offsets[kind], (written, *item_shapes[kind]))
     if written == 0:  # every synapse skipped: no stack, as for an empty shard
-        stack_2d.unlink()
-        stack_3d.unlink()
+        for path in stacks.values():
+            path.unlink()
 
+
+def _fill_manifest(
+    manifest: pd.DataFrame, status: np.ndarray, detail: np.ndarray, stack_index: np.ndarray,
+    stacks: dict[str, Path], root: Path,
+) -> None:
+    """Set the manifest's ``status``, ``skip_detail``, stack paths (relative to ``root``) and
+    ``stack_index`` (-1 for a synapse not written)."""
     ok = status == OK
     manifest["status"] = status
     manifest["skip_detail"] = detail
-    for kind, stack in (("2d", stack_2d), ("3d", stack_3d)):
+    for kind, stack in stacks.items():
         manifest[f"path_{kind}"] = np.where(ok, stack.relative_to(root).as_posix(), None)
     manifest["stack_index"] = pd.Series(stack_index, dtype="Int64").where(ok)
-    stats["written"] = int(ok.sum())
-    skipped = pd.Series(status[~ok]).value_counts()
-    stats["skipped"] = {str(reason): int(count) for reason, count in skipped.items()}
-    if reader == "chunks":
-        stats["chunks_decoded"] = chunk_reader.decodes
-    if stats["skipped"]:
-        log.warning("shard %s: skipped %s of %d synapses", shard, stats["skipped"], len(rows))
-    return _finish(out_dir, manifest, stats, started)
 
 
 def _require_few_damaged(

@@ -101,11 +101,13 @@ def test_jpeg_cutouts_keep_the_decoded_values_unstretched(jpeg_volume, tmp_path)
         assert cube.min() > 0 or cube.max() < 255
 
 
-def _shard_files(shard_dir: Path) -> dict[str, bytes]:
+def _shard_files(shard_dir: Path, suffixes=(".tif",)) -> dict[str, bytes]:
+    """The bytes of a shard's outputs: its stacks, and with ``.parquet`` its manifest (whose
+    ``skip_detail`` depends on the reader where synapses are skipped)."""
     return {
         path.relative_to(shard_dir).as_posix(): path.read_bytes()
         for path in sorted(shard_dir.rglob("*"))
-        if path.suffix == ".tif"
+        if path.suffix in suffixes
     }
 
 
@@ -349,7 +351,8 @@ def test_the_tensorstore_reader_writes_the_bytes_of_the_chunk_reader(tmp_path, e
         stats = cut_shard(plan, 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D, out,
                           reader=reader, threads=2)
         assert stats["written"] == 16 and stats["reader"] == reader
-        written[reader] = _shard_files(out)
+        written[reader] = _shard_files(out, (".tif", ".parquet"))
+    assert set(written["chunks"]) == {"2d.tif", "3d.tif", "manifest.parquet"}
     assert written["tensorstore"] == written["chunks"]
 
 
@@ -363,7 +366,7 @@ def test_the_auto_reader_takes_tensorstore_only_where_it_reads_every_chunk(tmp_p
             out = tmp_path / name / reader / "shards" / "000"
             stats = cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D,
                               SIZE_3D, out, reader=reader)
-            written[name, reader] = _shard_files(out)
+            written[name, reader] = _shard_files(out, (".tif", ".parquet"))
         assert stats["reader"] == "chunks"
         assert json.loads((tmp_path / name / "auto/shards/000/stats.json").read_text())[
             "reader"] == f"auto: {chosen}"
