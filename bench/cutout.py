@@ -19,7 +19,8 @@ built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x
 
 Each is run ``--rounds`` times, interleaved, and keeps its best wall and CPU time: on a shared
 machine the load of others comes and goes, and CPU seconds (this process, all threads) are the
-steadier measure. Prints cutouts per wall and per CPU second and the ratios; ``--json`` also
+steadier measure. Prints cutouts per wall and per CPU second and the ratios (of the best times,
+and the workflow's against the decode bound within each round, for the spread); ``--json`` also
 writes them to a file.
 """
 
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         "write": (len(plan), lambda out: write_only(out, len(plan))),
     }
     best = {name: [np.inf, np.inf] for name in methods}
+    rounds: list[dict] = []  # each round's (wall, cpu) per method: the ratios' spread
     for _ in range(args.rounds):
+        rounds.append({})
         for name, (_, run) in methods.items():
             out = Path(tempfile.mkdtemp(dir=args.dir))
             try:
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+            rounds[-1][name] = (wall, cpu)
 
     result: dict = {
         "synapses": len(plan), "naive_sample": len(naive_plan), "volume_shape": list(shape),
@@ -204,6 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
                 rates["decode_bound"] / rates["workflow_chunks"], 2),
             "workflow_speedup_over_chunks_reader": round(
                 rates["workflow"] / rates["workflow_chunks"], 2),
+            # Workflow time over decode-bound time within each round (the same load for both).
+            "slowdown_vs_decode_bound_per_round": [
+                round(times["workflow"][index] / times["decode_bound"][index], 2)
+                for times in rounds],
         }
     print(f"{result['synapses']} synapses, {len(needed)} chunks needed, "
           f"{result['chunks_decoded_by_chunks_reader']} decoded by the chunks reader; workflow "
@@ -218,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"    workflow vs naive {row['speedup_over_naive']:.2f}x faster; vs decode bound "
               f"{row['slowdown_vs_decode_bound']:.2f}x slower; vs decode bound + write "
               f"{row['slowdown_vs_decode_bound_plus_write']:.2f}x slower")
+        print(f"    workflow vs decode bound in each round: "
+              f"{', '.join(f'{value:.2f}x' for value in row['slowdown_vs_decode_bound_per_round'])}")
         print(f"    chunks reader vs decode bound "
               f"{row['chunks_reader_slowdown_vs_decode_bound']:.2f}x slower; workflow "
               f"{row['workflow_speedup_over_chunks_reader']:.2f}x faster than it")
