@@ -62,8 +62,8 @@ _WRITES_IN_FLIGHT = 32
 def _blank(array: np.ndarray, kind: str) -> str | None:
     """What a manifest row says of a constant cutout (the volume holds no image there: such a
     cutout is skipped, never trained on), or None. EM varies within a row, so the first row
-    settles almost every cutout without a pass over all of it (a full min and max took ~10% of
-    a shard's CPU time, bench/cutout.py)."""
+    settles almost every cutout without a pass over all of it (a full min and max took ~4% of
+    a shard's CPU time, bench/cutout.py; BENCHMARKS.md)."""
     row = array.reshape(-1, array.shape[-1])[0]
     if row.min() != row.max():
         return None
