@@ -38,8 +38,9 @@ from tqdm import tqdm
 import synapse_ei
 from synapse_ei.config import model_defaults, plain
 from synapse_ei.errors import DataError
-from synapse_ei.learn import augment, dataset, losses, transforms
+from synapse_ei.learn import augment, dataset, distributed, losses, transforms
 from synapse_ei.learn.device import autocast_for, memory_format, resolve_device, to_device
+from synapse_ei.learn.distributed import World
 from synapse_ei.learn.ema import build_ema
 from synapse_ei.learn.models import build_model, input_kind, model_options
 from synapse_ei.outputs import atomic_path, write_json
@@ -50,10 +51,14 @@ log = logging.getLogger(__name__)
 
 #: What the model build reads (:func:`synapse_ei.learn.models.model_options`), not training.
 BUILD_KEYS = ("architecture", "norm", "pretrained")
+#: How many processes train the model (one per GPU): a setting only when above 1, so a
+#: one-process run's settings, checkpoints and model.pt are those of before the key existed.
+LAUNCH_KEYS = ("gpus",)
 #: Used for any key missing from a model's config entry: the schema's defaults (the one place for
 #: them), in its order, which is the order of the settings saved in model.pt.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    key: value for key, value in model_defaults().items() if key not in BUILD_KEYS
+    key: value for key, value in model_defaults().items()
+    if key not in BUILD_KEYS + LAUNCH_KEYS
 }
 OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
@@ -109,6 +114,11 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
                         "set one of them (leave focal_alpha out with the balanced sampler).")
     merged["augmentations"] = [str(name) for name in merged["augmentations"]]
     merged["compile"] = bool(merged["compile"])
+    gpus = merged.pop("gpus", None)
+    if gpus is not None and int(gpus) != 1:
+        if int(gpus) < 1:
+            raise DataError(f"models: setting 'gpus' is {gpus!r}; it must be >= 1.")
+        merged["gpus"] = int(gpus)
     return merged
 
 
@@ -326,18 +336,21 @@ def load_data(manifest_path: str | Path, cutout_root: str | Path, kind: str, set
 
 
 def make_loaders(data: TrainingData, settings: Mapping, seed: int, num_workers: int,
-                 device: torch.device) -> tuple[DataLoader, DataLoader, int]:
-    """The train loader (``samples_per_epoch`` a pass, sampler of the settings), the val loader
-    and the number of train samples an epoch."""
+                 device: torch.device, world: World = World(),
+                 ) -> tuple[DataLoader, DataLoader, int]:
+    """The train loader (``samples_per_epoch`` a pass, sampler of the settings; this process's
+    share of each batch), the val loader and the number of train samples an epoch."""
     batch_size = settings["batch_size"]
     per_epoch = min(settings["samples_per_epoch"] or len(data.train_set), len(data.train_set))
     train_loader = dataset.make_loader(
         data.train_set, batch_size, seed, shuffle=True, num_workers=num_workers,
         num_samples=per_epoch,
-        # BatchNorm cannot train on a final batch of one sample.
-        drop_last=per_epoch % batch_size == 1, pin_memory=device.type == "cuda",
-        sampler=settings["sampler"],
+        # BatchNorm cannot train on a final batch of one sample (on any of the processes).
+        drop_last=0 < per_epoch % batch_size < max(2, world.size),
+        pin_memory=device.type == "cuda", sampler=settings["sampler"],
     )
+    if world.size > 1:
+        train_loader = distributed.shard_loader(train_loader, world)
     val_loader = dataset.make_loader(data.val_set, batch_size, seed + 1, shuffle=False,
                                      num_workers=num_workers, pin_memory=device.type == "cuda")
     return train_loader, val_loader, per_epoch
@@ -359,9 +372,14 @@ class Training:
 
 
 def build_training(architecture: str, settings: Mapping, train_labels: np.ndarray,
-                   steps_per_epoch: int, device: torch.device, kind: str) -> Training:
-    """Model, optimizer, per-step schedule, loss and EMA of ``settings`` on ``device``."""
+                   steps_per_epoch: int, device: torch.device, kind: str,
+                   world: World = World()) -> Training:
+    """Model, optimizer, per-step schedule, loss and EMA of ``settings`` on ``device``; with
+    several processes the training steps run a DDP copy (gradients averaged over them)."""
     model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
+    if world.size > 1 and device.type == "cuda":
+        # Batch statistics over the global batch, as one process computes them.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=memory_format(device, kind))
@@ -376,8 +394,12 @@ def build_training(architecture: str, settings: Mapping, train_labels: np.ndarra
     ).to(device)
     ema = build_ema(model, settings["ema_decay"]) if settings["ema_decay"] else None
     scored = ema.module if ema is not None else model
-    forward = (compile_for_training(model, device, architecture) if settings["compile"]
-               else model)
+    stepped = model
+    if world.size > 1:
+        stepped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = (compile_for_training(stepped, device, architecture) if settings["compile"]
+               else stepped)
     return Training(model, optimizer, scheduler, criterion, ema, scored, forward)
 
 
@@ -409,8 +431,9 @@ class Progress:
 
 
 def save_checkpoint(path: Path, fingerprint: Mapping[str, Any], training: Training,
-                    progress: Progress, generator: torch.Generator) -> None:
-    """``last.pt``, atomically: all a resume needs to go on as if never stopped."""
+                    progress: Progress, rng: Any) -> None:
+    """``last.pt``, atomically: all a resume needs to go on as if never stopped (``rng``: the
+    random states, :func:`_rng_state`; with several processes, theirs in rank order)."""
     with atomic_path(path) as tmp:
         torch.save({
             "format": CHECKPOINT_FORMAT,
@@ -425,20 +448,21 @@ def save_checkpoint(path: Path, fingerprint: Mapping[str, Any], training: Traini
             "best_score": progress.best_score,
             "best_epoch": progress.best_epoch,
             "best_state": progress.best_state,
-            "rng": _rng_state(generator),
+            "rng": rng,
         }, tmp)
 
 
-def resume(checkpoint: Mapping[str, Any], training: Training,
-           generator: torch.Generator) -> Progress:
-    """Load a checkpoint (of :func:`_load_checkpoint`) into ``training`` and the RNGs; its
-    progress."""
+def resume(checkpoint: Mapping[str, Any], training: Training, generator: torch.Generator,
+           world: World = World()) -> Progress:
+    """Load a checkpoint (of :func:`_load_checkpoint`) into ``training`` and the RNGs (this
+    process's); its progress."""
     training.model.load_state_dict(checkpoint["model"])
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     training.scheduler.load_state_dict(checkpoint["scheduler"])
     if training.ema is not None:
         training.ema.load_state_dict(checkpoint["ema"])
-    _restore_rng(checkpoint["rng"], generator)
+    _restore_rng(checkpoint["rng"][world.rank] if world.size > 1 else checkpoint["rng"],
+                 generator)
     return Progress(checkpoint["run"], checkpoint["best_state"], list(checkpoint["history"]),
                     checkpoint["best_score"], checkpoint["best_epoch"])
 
@@ -562,13 +586,35 @@ def _image_kind(architecture: str) -> str:
     return kind
 
 
-def _use_device(device: str, threads: int | None) -> torch.device:
+def _on_device(device: torch.device, threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(int(threads))
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its kernels
-    return torch_device
+
+
+def over_ranks(result: EpochResult, world: World) -> EpochResult:
+    """An epoch of every process as one: summed loss and samples, all labels and predictions
+    (what one process training on the global batches records)."""
+    if world.size == 1:
+        return result
+    loss_sum, seen = distributed.sum_over_ranks(result.loss_sum, result.seen)
+    parts = distributed.gather((result.truth, result.predicted), world)
+    return EpochResult(loss_sum, int(seen), np.concatenate([truth for truth, _ in parts]),
+                       np.concatenate([predicted for _, predicted in parts]), result.seconds)
+
+
+def validate(training: Training, loader: DataLoader, data: TrainingData, device: torch.device,
+             world: World) -> dict[str, float]:
+    """:func:`evaluate` of the scored weights on the val split; with several processes rank 0
+    validates and tells the others, so all take the same best-epoch and stopping decisions."""
+    scores = evaluate(training.scored, loader, data.weights, device, data.kind) \
+        if world.main else None
+    if world.size > 1:
+        shared = [scores]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        scores = shared[0]
+    return scores
 
 
 def train_image_model(
@@ -593,17 +639,47 @@ def train_image_model(
     resumes after its epoch (an interrupted job); otherwise training starts from scratch.
     ``on_epoch_end`` receives each epoch's history row (after the checkpoint is saved).
     Returns the history.
+
+    With ``gpus: N`` (N > 1) in ``settings``, N processes train data-parallel, one per GPU (on
+    a CPU ``device``, N CPU processes with the gloo backend), each on 1/N of every batch and
+    ``threads // N`` threads (:mod:`synapse_ei.learn.distributed`); ``on_epoch_end`` then runs
+    in rank 0's process and must pickle.
     """
-    out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_dir) / "last.pt"
     kind = _image_kind(architecture)
     settings = resolve_settings(plain(settings))
-    torch_device = _use_device(device, threads)
-    data = load_data(manifest_path, cutout_root, kind, settings, torch_device)
+    torch_device = resolve_device(device)
+    arguments = dict(
+        manifest_path=manifest_path, cutout_root=cutout_root, architecture=architecture,
+        kind=kind, settings=settings, out_dir=Path(out_dir),
+        checkpoint_path=Path(checkpoint_dir) / "last.pt", seed=seed, num_workers=num_workers,
+        on_epoch_end=on_epoch_end,
+    )
+    gpus = settings.get("gpus", 1)
+    if gpus == 1:
+        return run_training(world=World(), device=torch_device, threads=threads, **arguments)
+    distributed.check_processes(gpus, settings["batch_size"], torch_device, architecture)
+    return distributed.launch(run_training, gpus, torch_device,
+                              threads=None if threads is None else max(1, threads // gpus),
+                              **arguments)
+
+
+def run_training(
+    manifest_path: str | Path, cutout_root: str | Path, architecture: str, kind: str,
+    settings: dict[str, Any], out_dir: Path, checkpoint_path: Path, seed: int,
+    num_workers: int, threads: int | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None, world: World, device: torch.device,
+) -> pd.DataFrame:
+    """The training of :func:`train_image_model` in one of ``world.size`` processes (resolved
+    settings); rank 0 writes the checkpoints, model.pt and the history."""
+    _on_device(device, threads)
+    data = load_data(manifest_path, cutout_root, kind, settings, device)
     seed_everything(seed)
-    train_loader, val_loader, per_epoch = make_loaders(data, settings, seed, num_workers,
-                                                       torch_device)
+    train_loader, val_loader, per_epoch = make_loaders(data, settings, seed, num_workers, device,
+                                                       world)
     training = build_training(architecture, settings, data.train_set.labels, len(train_loader),
-                              torch_device, kind)
+                              device, kind, world)
+    if world.size > 1:  # the same weights everywhere, but each process its own dropout draws
+        seed_everything(seed + 7919 * world.rank)
     fingerprint = _fingerprint(
         architecture, settings, seed, data.shape, len(data.train_set), len(data.val_set),
         data_digest(pd.concat([data.train_rows, data.val_rows], ignore_index=True), data.root,
@@ -611,12 +687,12 @@ def train_image_model(
     progress = Progress(uuid.uuid4().hex, _cpu_weights(training.scored))
     checkpoint = _load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
-        progress = resume(checkpoint, training, train_loader.generator)
+        progress = resume(checkpoint, training, train_loader.generator, world)
         log.info("%s: resuming from %s after epoch %d of %d", architecture, checkpoint_path,
                  progress.epoch, settings["epochs"])
     log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s, augmented in "
              "the %s", architecture, len(data.train_set), per_epoch, len(data.val_set), kind,
-             data.shape, torch_device, "loader" if data.device_transform is None else "device")
+             data.shape, device, "loader" if data.device_transform is None else "device")
 
     for epoch in range(progress.epoch + 1, settings["epochs"] + 1):
         if _stopped_early(progress.history, progress.best_epoch,
@@ -627,16 +703,20 @@ def train_image_model(
             break
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        result = train_one_epoch(training, train_loader, settings, torch_device, data, epoch,
-                                 architecture, checkpoint_path)
-        scores = evaluate(training.scored, val_loader, data.weights, torch_device, kind)
+        result = over_ranks(train_one_epoch(training, train_loader, settings, device, data,
+                                            epoch, architecture, checkpoint_path), world)
+        scores = validate(training, val_loader, data, device, world)
         row = history_row(epoch, result, scores, lr, time.perf_counter() - started)
         progress.record(row, training.scored)
-        save_checkpoint(checkpoint_path, fingerprint, training, progress, train_loader.generator)
-        _log_epoch(architecture, settings["epochs"], row)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-
+        rng = _rng_state(train_loader.generator)
+        rng = distributed.gather(rng, world) if world.size > 1 else rng
+        if world.main:
+            save_checkpoint(checkpoint_path, fingerprint, training, progress, rng)
+            _log_epoch(architecture, settings["epochs"], row)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+    if not world.main:
+        return pd.DataFrame(progress.history, columns=HISTORY_COLUMNS)
     frame = save_model(out_dir, architecture, data, settings, progress, seed)
     write_json(checkpoint_path.parent / FINISHED_NAME,
                {"run": progress.run_id, "model": str(out_dir / "model.pt")})

@@ -1,3 +1,8 @@
+def model_gpus(wildcards):
+    """The GPUs a model's training job asks for: its `gpus` (data-parallel when above 1)."""
+    return int(config["models"][wildcards.model].get("gpus", 1))
+
+
 rule train:
     input:
         manifest=rules.gather_cutouts.output.manifest,
@@ -17,6 +22,8 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
+        # The job is one task: its script starts one training process per GPU.
+        gpu=model_gpus,
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         settings=lambda wildcards: config["models"][wildcards.model],
