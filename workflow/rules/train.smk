@@ -1,8 +1,3 @@
-def model_gpus(wildcards):
-    """The GPUs a model's training job asks for: its `gpus` (data-parallel when above 1)."""
-    return int(config["models"][wildcards.model].get("gpus", 1))
-
-
 rule train:
     input:
         manifest=rules.gather_cutouts.output.manifest,
@@ -22,8 +17,8 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
-        # The job is one task: its script starts one training process per GPU.
-        gpu=model_gpus,
+        # The model's `gpus`; one task, whose script starts a training process per GPU.
+        gpu=lambda wildcards: int(config["models"][wildcards.model].get("gpus", 1)),
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         settings=lambda wildcards: config["models"][wildcards.model],
