@@ -1,6 +1,7 @@
 """Training throughput on a GPU, and the share of each step spent waiting for data.
 
 Usage: ``python bench/train_gpu.py [--models r3d_18 mc3_18 resnet50] [--steps 50] [--workers 8]``
+and, for data-parallel scaling, ``python bench/train_gpu.py --ddp [--models r3d_18]``.
 
 Writes random stored cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32, as the cutout stage
 writes them, a TIFF stack per kind: see bench/loader.py), then for each model trains ``--steps``
@@ -10,6 +11,13 @@ training augmentations in the loader or on the device as ``--augment-on`` says) 
 and channels_last memory, after ``--warmup`` steps. Reports training samples/s, the share of wall
 time spent waiting on the loader (goal: under 5%) and the peak GPU memory. ``--device cpu`` with a
 few steps checks that the script runs where there is no GPU (in float32); its numbers mean nothing.
+
+``--ddp`` instead measures data-parallel scaling through the training itself
+(:func:`synapse_ei.learn.train.train_image_model` with ``gpus: N``, for N = 1, 2, 4, ... and all
+the machine's GPUs): ``--batch-size`` samples per GPU (the global batch grows with N),
+``--steps`` steps an epoch, two epochs; the second epoch's samples/s of the history, the
+speed-up over one GPU and the efficiency (speed-up / N). ``--device cpu --gpus 2`` runs it with
+CPU processes (gloo), to check the script; those numbers mean nothing either.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from synapse_ei.learn.dataset import CutoutDataset, make_loader
 from synapse_ei.learn.device import to_device
 from synapse_ei.learn.models import build_model, input_kind
+from synapse_ei.learn.train import train_image_model
 from synapse_ei.learn.transforms import build_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
@@ -81,6 +90,45 @@ def measure(model_name: str, manifest, root: Path, args) -> dict:
             "peak_memory_gib": None if peak is None else round(peak, 2)}
 
 
+def process_counts(available: int) -> list[int]:
+    """1, 2, 4, ... up to ``available``, and ``available`` itself."""
+    counts = [n for n in (2 ** k for k in range(available.bit_length())) if n <= available]
+    return sorted(set(counts) | {available})
+
+
+def measure_ddp(model_name: str, manifest, root: Path, args) -> dict:
+    """Samples/s of the training's second epoch on 1, 2, 4, ... GPUs; speed-up and efficiency."""
+    available = args.gpus or torch.cuda.device_count()
+    split = manifest.assign(split=["val" if i % 8 == 0 else "train" for i in range(len(manifest))])
+    split.to_parquet(root / "manifest.parquet", index=False)
+    rows = {}
+    for n in process_counts(available):
+        settings = {"architecture": model_name, "epochs": 2, "batch_size": args.batch_size * n,
+                    "samples_per_epoch": args.steps * args.batch_size * n, "gpus": n,
+                    "augment_on": args.augment_on, "learning_rate": 1e-4}
+        work = root / f"{model_name}-{n}"
+        history = train_image_model(root / "manifest.parquet", root, model_name, settings,
+                                    work / "out", work / "ckpt", seed=0, device=args.device,
+                                    num_workers=args.workers,
+                                    threads=max(1, args.workers) * n)
+        rows[n] = {"samples_per_second": round(float(history["samples_per_second"].iloc[-1]), 1)}
+    one = rows[1]["samples_per_second"]
+    for n, row in rows.items():
+        row["speedup"] = round(row["samples_per_second"] / one, 2)
+        row["efficiency"] = round(row["speedup"] / n, 2)
+    return {"kind": input_kind(model_name), "gpus": rows}
+
+
+def report_ddp(results: dict, args) -> None:
+    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"{device}: data-parallel training, batch {args.batch_size} per GPU, {args.steps} "
+          f"steps an epoch, {args.workers} loader workers per GPU (second epoch):")
+    for name, result in results.items():
+        for n, row in result["gpus"].items():
+            print(f"  {name:<12} {n} GPU(s) {row['samples_per_second']:8.1f} samples/s  "
+                  f"speed-up {row['speedup']:.2f}  efficiency {row['efficiency']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["r3d_18", "mc3_18", "resnet50"])
@@ -93,15 +141,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--augment-on", choices=["loader", "device"], default="device")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--ddp", action="store_true",
+                        help="measure data-parallel scaling over 1, 2, 4, ... GPUs instead")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="with --ddp: the most GPUs (processes) to use (default: all)")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
 
     root = Path(tempfile.mkdtemp(prefix="synapse-ei-train-", dir=args.dir))
     try:
         manifest = write_cutouts(root, args.cutouts)
-        results = {name: measure(name, manifest, root, args) for name in args.models}
+        bench = measure_ddp if args.ddp else measure
+        results = {name: bench(name, manifest, root, args) for name in args.models}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.ddp:
+        report_ddp(results, args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return results
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     precision = "bf16" if args.device == "cuda" else "float32"
     print(f"{device}, batch {args.batch_size}, {args.workers} loader workers, {precision}, "

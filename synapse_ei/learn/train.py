@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from tqdm import tqdm
 import synapse_ei
 from synapse_ei.config import model_defaults, plain
 from synapse_ei.errors import DataError
-from synapse_ei.learn import augment, dataset, losses, transforms
+from synapse_ei.learn import augment, dataset, distributed, losses, transforms
 from synapse_ei.learn.device import autocast_for, memory_format, resolve_device, to_device
+from synapse_ei.learn.distributed import World
 from synapse_ei.learn.ema import build_ema
 from synapse_ei.learn.models import build_model, input_kind, model_options
 from synapse_ei.outputs import atomic_path, write_json
@@ -49,10 +51,14 @@ log = logging.getLogger(__name__)
 
 #: What the model build reads (:func:`synapse_ei.learn.models.model_options`), not training.
 BUILD_KEYS = ("architecture", "norm", "pretrained")
+#: How many processes train the model (one per GPU): a setting only when above 1, so a
+#: one-process run's settings, checkpoints and model.pt are those of before the key existed.
+LAUNCH_KEYS = ("gpus",)
 #: Used for any key missing from a model's config entry: the schema's defaults (the one place for
 #: them), in its order, which is the order of the settings saved in model.pt.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    key: value for key, value in model_defaults().items() if key not in BUILD_KEYS
+    key: value for key, value in model_defaults().items()
+    if key not in BUILD_KEYS + LAUNCH_KEYS
 }
 OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
@@ -108,6 +114,11 @@ def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
                         "set one of them (leave focal_alpha out with the balanced sampler).")
     merged["augmentations"] = [str(name) for name in merged["augmentations"]]
     merged["compile"] = bool(merged["compile"])
+    gpus = merged.pop("gpus", None)
+    if gpus is not None and int(gpus) != 1:
+        if int(gpus) < 1:
+            raise DataError(f"models: setting 'gpus' is {gpus!r}; it must be >= 1.")
+        merged["gpus"] = int(gpus)
     return merged
 
 
@@ -288,6 +299,324 @@ def _finished_run(checkpoint_dir: Path) -> str | None:
         return None
 
 
+@dataclass
+class TrainingData:
+    """The cutouts of one training run: the two splits, their shape, and where augmentation runs."""
+
+    kind: str
+    root: Path
+    shape: tuple[int, ...]
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+    train_set: dataset.CutoutDataset
+    val_set: dataset.CutoutDataset
+    #: The augmentation applied on the device to whole batches; None when the loader applies it.
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    #: Inverse class frequencies of the train split (the validation loss weighs by them).
+    weights: torch.Tensor
+
+
+def load_data(manifest_path: str | Path, cutout_root: str | Path, kind: str, settings: Mapping,
+              device: torch.device) -> TrainingData:
+    """The manifest's train and val cutouts of ``kind``, preloaded into memory when small."""
+    train_rows = dataset.load_manifest(manifest_path, "train", kind)
+    val_rows = dataset.load_manifest(manifest_path, "val", kind)
+    root = Path(cutout_root)
+    shape = dataset.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
+    preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
+    transform = transforms.build_transforms(kind, True, settings["augment_strength"],
+                                            settings["augmentations"])
+    on_device = settings["augment_on"] == "device" or (
+        settings["augment_on"] == "auto" and device.type == "cuda")
+    train_set = dataset.CutoutDataset(train_rows, root, kind, None if on_device else transform,
+                                      shape=shape, preload=preload)
+    val_set = dataset.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
+    return TrainingData(kind, root, shape, train_rows, val_rows, train_set, val_set,
+                        transform if on_device else None, class_weights(train_set.labels))
+
+
+def make_loaders(data: TrainingData, settings: Mapping, seed: int, num_workers: int,
+                 device: torch.device, world: World = World(),
+                 ) -> tuple[DataLoader, DataLoader, int]:
+    """The train loader (``samples_per_epoch`` a pass, sampler of the settings; this process's
+    share of each batch), the val loader and the number of train samples an epoch."""
+    batch_size = settings["batch_size"]
+    per_epoch = min(settings["samples_per_epoch"] or len(data.train_set), len(data.train_set))
+    train_loader = dataset.make_loader(
+        data.train_set, batch_size, seed, shuffle=True, num_workers=num_workers,
+        num_samples=per_epoch,
+        # BatchNorm cannot train on a final batch of one sample (on any of the processes).
+        drop_last=0 < per_epoch % batch_size < max(2, world.size),
+        pin_memory=device.type == "cuda", sampler=settings["sampler"],
+    )
+    if world.size > 1:
+        train_loader = distributed.shard_loader(train_loader, world)
+    val_loader = dataset.make_loader(data.val_set, batch_size, seed + 1, shuffle=False,
+                                     num_workers=num_workers, pin_memory=device.type == "cuda")
+    return train_loader, val_loader, per_epoch
+
+
+@dataclass
+class Training:
+    """The model and everything a training step updates."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    ema: Any
+    #: What validation, the best weights and model.pt use: the EMA's copy when there is one.
+    scored: nn.Module
+    #: The training steps' forward (compiled or the model itself).
+    forward: Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_training(architecture: str, settings: Mapping, train_labels: np.ndarray,
+                   steps_per_epoch: int, device: torch.device, kind: str,
+                   world: World = World()) -> Training:
+    """Model, optimizer, per-step schedule, loss and EMA of ``settings`` on ``device``; with
+    several processes the training steps run a DDP copy (gradients averaged over them)."""
+    model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
+    if world.size > 1 and device.type == "cuda":
+        # Batch statistics over the global batch, as one process computes them.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=memory_format(device, kind))
+    optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
+                                settings["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        settings["epochs"] * steps_per_epoch, settings["warmup_epochs"] * steps_per_epoch))
+    criterion = losses.build_loss(
+        settings["loss"], np.bincount(train_labels, minlength=len(LABELS)),
+        balanced_sampler=settings["sampler"] == "balanced", focal_gamma=settings["focal_gamma"],
+        focal_alpha=settings["focal_alpha"], cb_beta=settings["cb_beta"],
+    ).to(device)
+    ema = build_ema(model, settings["ema_decay"]) if settings["ema_decay"] else None
+    scored = ema.module if ema is not None else model
+    stepped = model
+    if world.size > 1:
+        stepped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = (compile_for_training(stepped, device, architecture) if settings["compile"]
+               else stepped)
+    return Training(model, optimizer, scheduler, criterion, ema, scored, forward)
+
+
+def _cpu_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class Progress:
+    """Where a run stands: its id, the finished epochs' history and the best epoch so far."""
+
+    run_id: str
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+
+    @property
+    def epoch(self) -> int:
+        """The last finished epoch (0 before the first)."""
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    def record(self, row: dict[str, Any], scored: nn.Module) -> None:
+        """Append an epoch's history row; keep ``scored``'s weights if it is the best yet."""
+        self.history.append(row)
+        if row["val_balanced_accuracy"] > self.best_score:
+            self.best_score, self.best_epoch = row["val_balanced_accuracy"], row["epoch"]
+            self.best_state = _cpu_weights(scored)
+
+
+def save_checkpoint(path: Path, fingerprint: Mapping[str, Any], training: Training,
+                    progress: Progress, rng: Any) -> None:
+    """``last.pt``, atomically: all a resume needs to go on as if never stopped (``rng``: the
+    random states, :func:`_rng_state`; with several processes, theirs in rank order)."""
+    with atomic_path(path) as tmp:
+        torch.save({
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "run": progress.run_id,
+            "epoch": progress.epoch,
+            "model": training.model.state_dict(),
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "ema": training.ema.state_dict() if training.ema is not None else None,
+            "history": progress.history,
+            "best_score": progress.best_score,
+            "best_epoch": progress.best_epoch,
+            "best_state": progress.best_state,
+            "rng": rng,
+        }, tmp)
+
+
+def resume(checkpoint: Mapping[str, Any], training: Training, generator: torch.Generator,
+           world: World = World()) -> Progress:
+    """Load a checkpoint (of :func:`_load_checkpoint`) into ``training`` and the RNGs (this
+    process's); its progress."""
+    training.model.load_state_dict(checkpoint["model"])
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    training.scheduler.load_state_dict(checkpoint["scheduler"])
+    if training.ema is not None:
+        training.ema.load_state_dict(checkpoint["ema"])
+    _restore_rng(checkpoint["rng"][world.rank] if world.size > 1 else checkpoint["rng"],
+                 generator)
+    return Progress(checkpoint["run"], checkpoint["best_state"], list(checkpoint["history"]),
+                    checkpoint["best_score"], checkpoint["best_epoch"])
+
+
+def augmented_batch(x: torch.Tensor, y: torch.Tensor, settings: Mapping, device: torch.device,
+                    kind: str, device_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loaded batch on ``device``, augmented there (``device_transform``) and mixed (MixUp/
+    CutMix): the model input, the labels and the (soft) targets. The one call into
+    augmentation of the training steps."""
+    x, y = to_device(x, device, kind, device_transform), y.to(device)
+    x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings["mixup"],
+                                  settings["cutmix"])
+    return x, y, target
+
+
+@dataclass
+class EpochResult:
+    """A training epoch's summed loss, sample count, labels and predictions (as trained)."""
+
+    loss_sum: float
+    seen: int
+    truth: np.ndarray
+    predicted: np.ndarray
+    seconds: float
+
+
+def train_one_epoch(training: Training, loader: DataLoader, settings: Mapping,
+                    device: torch.device, data: TrainingData, epoch: int, architecture: str,
+                    checkpoint_path: Path) -> EpochResult:
+    """One pass over ``loader``: a clipped optimizer step, schedule step and EMA update a batch."""
+    training.model.train()
+    started = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    truths, predictions = [], []
+    batches = tqdm(loader, desc=f"{architecture} epoch {epoch}/{settings['epochs']}",
+                   unit="batch", leave=False, disable=not sys.stderr.isatty())
+    for batch, (x, y) in enumerate(batches):
+        x, y, target = augmented_batch(x, y, settings, device, data.kind, data.device_transform)
+        with autocast_for(device):
+            logits = training.forward(x)
+        loss = training.criterion(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise RuntimeError(
+                f"{architecture}: loss is {loss.item()} at epoch {epoch}, batch {batch}; "
+                f"stopped. {checkpoint_path} keeps the last good epoch. Lower the "
+                "learning_rate or check the cutouts for corrupt values."
+            )
+        training.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(training.model.parameters(), settings["grad_clip"])
+        training.optimizer.step()
+        training.scheduler.step()
+        if training.ema is not None:
+            training.ema.update_parameters(training.model)
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+        truths.append(y.cpu().numpy())
+        predictions.append(logits.detach().argmax(dim=1).cpu().numpy())
+    return EpochResult(loss_sum, seen, np.concatenate(truths), np.concatenate(predictions),
+                       time.perf_counter() - started)
+
+
+def history_row(epoch: int, result: EpochResult, scores: Mapping[str, float], lr: float,
+                seconds: float) -> dict[str, Any]:
+    """An epoch's row of history.csv (:data:`HISTORY_COLUMNS`)."""
+    # On the augmented (and mixed) batches as trained, against each cutout's own label.
+    return {
+        "epoch": epoch,
+        "train_loss": result.loss_sum / max(result.seen, 1),
+        "train_accuracy": float(accuracy_score(result.truth, result.predicted)),
+        "train_balanced_accuracy": float(balanced_accuracy_score(result.truth, result.predicted)),
+        "val_loss": scores["loss"],
+        "val_accuracy": scores["accuracy"],
+        "val_balanced_accuracy": scores["balanced_accuracy"],
+        "lr": lr,
+        "seconds": seconds,
+        "samples_per_second": (result.seen / result.seconds if result.seconds > 0
+                               else float("nan")),
+    }
+
+
+def save_model(out_dir: Path, architecture: str, data: TrainingData, settings: Mapping,
+               progress: Progress, seed: int) -> pd.DataFrame:
+    """``model.pt`` (the best epoch's weights and what inference needs) and ``history.csv``."""
+    frame = pd.DataFrame(progress.history, columns=HISTORY_COLUMNS)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({
+            "architecture": architecture,
+            "input_kind": data.kind,
+            "state_dict": progress.best_state,
+            "settings": settings,
+            "normalisation": {
+                "scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD,
+            },
+            "cutout_shape": list(data.shape),
+            "class_names": list(LABELS),
+            "best_epoch": progress.best_epoch,
+            "best_val_balanced_accuracy": progress.best_score,
+            "seed": int(seed),
+        }, tmp)
+    with atomic_path(out_dir / "history.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def _log_epoch(architecture: str, epochs: int, row: Mapping[str, Any]) -> None:
+    log.info(
+        "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.3f val_bacc %.3f lr %.2e "
+        "%.1f s (%.1f samples/s)", architecture, row["epoch"], epochs, row["train_loss"],
+        row["val_loss"], row["val_accuracy"], row["val_balanced_accuracy"], row["lr"],
+        row["seconds"], row["samples_per_second"],
+    )
+
+
+def _image_kind(architecture: str) -> str:
+    kind = input_kind(architecture)
+    if kind not in transforms.KINDS:
+        raise DataError(f"models: {architecture!r} reads {kind}, not images; train it with "
+                        "synapse_ei.connectivity.")
+    return kind
+
+
+def _on_device(device: torch.device, threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its kernels
+
+
+def over_ranks(result: EpochResult, world: World) -> EpochResult:
+    """An epoch of every process as one: summed loss and samples, all labels and predictions
+    (what one process training on the global batches records)."""
+    if world.size == 1:
+        return result
+    loss_sum, seen = distributed.sum_over_ranks(result.loss_sum, result.seen)
+    parts = distributed.gather((result.truth, result.predicted), world)
+    return EpochResult(loss_sum, int(seen), np.concatenate([truth for truth, _ in parts]),
+                       np.concatenate([predicted for _, predicted in parts]), result.seconds)
+
+
+def validate(training: Training, loader: DataLoader, data: TrainingData, device: torch.device,
+             world: World) -> dict[str, float]:
+    """:func:`evaluate` of the scored weights on the val split; with several processes rank 0
+    validates and tells the others, so all take the same best-epoch and stopping decisions."""
+    scores = evaluate(training.scored, loader, data.weights, device, data.kind) \
+        if world.main else None
+    if world.size > 1:
+        shared = [scores]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        scores = shared[0]
+    return scores
+
+
 def train_image_model(
     manifest_path: str | Path,
     cutout_root: str | Path,
@@ -310,196 +639,87 @@ def train_image_model(
     resumes after its epoch (an interrupted job); otherwise training starts from scratch.
     ``on_epoch_end`` receives each epoch's history row (after the checkpoint is saved).
     Returns the history.
+
+    With ``gpus: N`` (N > 1) in ``settings``, N processes train data-parallel, one per GPU (on
+    a CPU ``device``, N CPU processes with the gloo backend), each on 1/N of every batch and
+    ``threads // N`` threads (:mod:`synapse_ei.learn.distributed`); ``on_epoch_end`` then runs
+    in rank 0's process and must pickle.
     """
-    out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_dir) / "last.pt"
-    kind = input_kind(architecture)
-    if kind not in transforms.KINDS:
-        raise DataError(f"models: {architecture!r} reads {kind}, not images; train it with "
-                        "synapse_ei.connectivity.")
+    kind = _image_kind(architecture)
     settings = resolve_settings(plain(settings))
-    if threads is not None:
-        torch.set_num_threads(int(threads))
     torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its kernels
-
-    train_rows = dataset.load_manifest(manifest_path, "train", kind)
-    val_rows = dataset.load_manifest(manifest_path, "val", kind)
-    root = Path(cutout_root)
-    shape = dataset.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
-    preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
-    transform = transforms.build_transforms(kind, True, settings["augment_strength"],
-                                      settings["augmentations"])
-    on_device = settings["augment_on"] == "device" or (
-        settings["augment_on"] == "auto" and torch_device.type == "cuda")
-    device_transform = transform if on_device else None
-    train_set = dataset.CutoutDataset(train_rows, root, kind, None if on_device else transform,
-                                   shape=shape, preload=preload)
-    val_set = dataset.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
-    weights = class_weights(train_set.labels)
-
-    seed_everything(seed)
-    batch_size = settings["batch_size"]
-    per_epoch = min(settings["samples_per_epoch"] or len(train_set), len(train_set))
-    train_loader = dataset.make_loader(
-        train_set, batch_size, seed, shuffle=True, num_workers=num_workers, num_samples=per_epoch,
-        # BatchNorm cannot train on a final batch of one sample.
-        drop_last=per_epoch % batch_size == 1, pin_memory=torch_device.type == "cuda",
-        sampler=settings["sampler"],
+    arguments = dict(
+        manifest_path=manifest_path, cutout_root=cutout_root, architecture=architecture,
+        kind=kind, settings=settings, out_dir=Path(out_dir),
+        checkpoint_path=Path(checkpoint_dir) / "last.pt", seed=seed, num_workers=num_workers,
+        on_epoch_end=on_epoch_end,
     )
-    val_loader = dataset.make_loader(val_set, batch_size, seed + 1, shuffle=False,
-                                  num_workers=num_workers, pin_memory=torch_device.type == "cuda")
+    gpus = settings.get("gpus", 1)
+    if gpus == 1:
+        return run_training(world=World(), device=torch_device, threads=threads, **arguments)
+    distributed.check_processes(gpus, settings["batch_size"], torch_device, architecture)
+    return distributed.launch(run_training, gpus, torch_device,
+                              threads=None if threads is None else max(1, threads // gpus),
+                              **arguments)
 
-    model = build_model(architecture, num_classes=len(LABELS), **model_options(settings))
-    model = model.to(torch_device)
-    if torch_device.type == "cuda":
-        model = model.to(memory_format=memory_format(torch_device, kind))
-    optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
-                                settings["weight_decay"])
-    epochs = settings["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        epochs * len(train_loader), settings["warmup_epochs"] * len(train_loader)))
-    criterion = losses.build_loss(
-        settings["loss"], np.bincount(train_set.labels, minlength=len(LABELS)),
-        balanced_sampler=settings["sampler"] == "balanced", focal_gamma=settings["focal_gamma"],
-        focal_alpha=settings["focal_alpha"], cb_beta=settings["cb_beta"],
-    ).to(torch_device)
-    # Validation, the best weights and model.pt use the averaged copy when there is one.
-    ema = build_ema(model, settings["ema_decay"]) if settings["ema_decay"] else None
-    scored = ema.module if ema is not None else model
-    forward = (compile_for_training(model, torch_device, architecture) if settings["compile"]
-               else model)
 
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch = -math.inf, 0
-    best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
-    start_epoch = 1
+def run_training(
+    manifest_path: str | Path, cutout_root: str | Path, architecture: str, kind: str,
+    settings: dict[str, Any], out_dir: Path, checkpoint_path: Path, seed: int,
+    num_workers: int, threads: int | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None, world: World, device: torch.device,
+) -> pd.DataFrame:
+    """The training of :func:`train_image_model` in one of ``world.size`` processes (resolved
+    settings); rank 0 writes the checkpoints, model.pt and the history."""
+    _on_device(device, threads)
+    data = load_data(manifest_path, cutout_root, kind, settings, device)
+    seed_everything(seed)
+    train_loader, val_loader, per_epoch = make_loaders(data, settings, seed, num_workers, device,
+                                                       world)
+    training = build_training(architecture, settings, data.train_set.labels, len(train_loader),
+                              device, kind, world)
+    if world.size > 1:  # the same weights everywhere, but each process its own dropout draws
+        seed_everything(seed + 7919 * world.rank)
     fingerprint = _fingerprint(
-        architecture, settings, seed, shape, len(train_set), len(val_set),
-        data_digest(pd.concat([train_rows, val_rows], ignore_index=True), root, kind))
-    run_id = uuid.uuid4().hex
+        architecture, settings, seed, data.shape, len(data.train_set), len(data.val_set),
+        data_digest(pd.concat([data.train_rows, data.val_rows], ignore_index=True), data.root,
+                    kind))
+    progress = Progress(uuid.uuid4().hex, _cpu_weights(training.scored))
     checkpoint = _load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
-        run_id = checkpoint["run"]
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        history = list(checkpoint["history"])
-        best_score, best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
-        best_state = checkpoint["best_state"]
-        _restore_rng(checkpoint["rng"], train_loader.generator)
-        start_epoch = checkpoint["epoch"] + 1
+        progress = resume(checkpoint, training, train_loader.generator, world)
         log.info("%s: resuming from %s after epoch %d of %d", architecture, checkpoint_path,
-                 checkpoint["epoch"], epochs)
+                 progress.epoch, settings["epochs"])
     log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s, augmented in "
-             "the %s", architecture, len(train_set), per_epoch, len(val_set), kind, shape,
-             torch_device, "device" if on_device else "loader")
+             "the %s", architecture, len(data.train_set), per_epoch, len(data.val_set), kind,
+             data.shape, device, "loader" if data.device_transform is None else "device")
 
-    patience = settings["early_stopping_patience"]
-    for epoch in range(start_epoch, epochs + 1):
-        if _stopped_early(history, best_epoch, patience):
+    for epoch in range(progress.epoch + 1, settings["epochs"] + 1):
+        if _stopped_early(progress.history, progress.best_epoch,
+                          settings["early_stopping_patience"]):
             log.info("%s: stopping early after epoch %d: no better val balanced accuracy than "
-                     "epoch %d's in %d epochs", architecture, history[-1]["epoch"], best_epoch,
-                     patience)
+                     "epoch %d's in %d epochs", architecture, progress.epoch,
+                     progress.best_epoch, settings["early_stopping_patience"])
             break
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        truths, predictions = [], []
-        batches = tqdm(train_loader, desc=f"{architecture} epoch {epoch}/{epochs}", unit="batch",
-                       leave=False, disable=not sys.stderr.isatty())
-        for batch, (x, y) in enumerate(batches):
-            x, y = to_device(x, torch_device, kind, device_transform), y.to(torch_device)
-            x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings["mixup"],
-                                          settings["cutmix"])
-            with autocast_for(torch_device):
-                logits = forward(x)
-            loss = criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"{architecture}: loss is {loss.item()} at epoch {epoch}, batch {batch}; "
-                    f"stopped. {checkpoint_path} keeps the last good epoch. Lower the "
-                    "learning_rate or check the cutouts for corrupt values."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            truths.append(y.cpu().numpy())
-            predictions.append(logits.detach().argmax(dim=1).cpu().numpy())
-        train_seconds = time.perf_counter() - started
-        scores = evaluate(scored, val_loader, weights, torch_device, kind)
-        # On the augmented (and mixed) batches as trained, against each cutout's own label.
-        truth, predicted = np.concatenate(truths), np.concatenate(predictions)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": float(accuracy_score(truth, predicted)),
-            "train_balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
-            "val_loss": scores["loss"],
-            "val_accuracy": scores["accuracy"],
-            "val_balanced_accuracy": scores["balanced_accuracy"],
-            "lr": lr,
-            "seconds": time.perf_counter() - started,
-            "samples_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
-        }
-        history.append(row)
-        if scores["balanced_accuracy"] > best_score:
-            best_score, best_epoch = scores["balanced_accuracy"], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save({
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "run": run_id,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "history": history,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "rng": _rng_state(train_loader.generator),
-            }, tmp)
-        log.info(
-            "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.3f val_bacc %.3f lr %.2e "
-            "%.1f s (%.1f samples/s)", architecture, epoch, epochs, row["train_loss"],
-            row["val_loss"], row["val_accuracy"], row["val_balanced_accuracy"], lr,
-            row["seconds"], row["samples_per_second"],
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-
-    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({
-            "architecture": architecture,
-            "input_kind": kind,
-            "state_dict": best_state,
-            "settings": settings,
-            "normalisation": {
-                "scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD,
-            },
-            "cutout_shape": list(shape),
-            "class_names": list(LABELS),
-            "best_epoch": best_epoch,
-            "best_val_balanced_accuracy": best_score,
-            "seed": int(seed),
-        }, tmp)
-    with atomic_path(out_dir / "history.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        result = over_ranks(train_one_epoch(training, train_loader, settings, device, data,
+                                            epoch, architecture, checkpoint_path), world)
+        scores = validate(training, val_loader, data, device, world)
+        row = history_row(epoch, result, scores, lr, time.perf_counter() - started)
+        progress.record(row, training.scored)
+        rng = _rng_state(train_loader.generator)
+        rng = distributed.gather(rng, world) if world.size > 1 else rng
+        if world.main:
+            save_checkpoint(checkpoint_path, fingerprint, training, progress, rng)
+            _log_epoch(architecture, settings["epochs"], row)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+    if not world.main:
+        return pd.DataFrame(progress.history, columns=HISTORY_COLUMNS)
+    frame = save_model(out_dir, architecture, data, settings, progress, seed)
     write_json(checkpoint_path.parent / FINISHED_NAME,
-               {"run": run_id, "model": str(out_dir / "model.pt")})
+               {"run": progress.run_id, "model": str(out_dir / "model.pt")})
     log.info("%s: best epoch %d (val balanced accuracy %.3f); wrote %s", architecture,
-             best_epoch, best_score, out_dir / "model.pt")
+             progress.best_epoch, progress.best_score, out_dir / "model.pt")
     return frame

@@ -46,3 +46,14 @@ def run(cutouts, work: Path, settings=SETTINGS_2D, architecture="cnn2d", seed=5,
     root, manifest = cutouts
     return train_image_model(manifest, root, architecture, settings, work / "out", work / "ckpt",
                              seed=seed, device="cpu", threads=1, **kwargs)
+
+
+class Interrupted(Exception):
+    """What :func:`stop_after_first_epoch` raises: a job killed after its first epoch."""
+
+
+def stop_after_first_epoch(row) -> None:
+    """An ``on_epoch_end`` that stops training after epoch 1; a module-level function, so the
+    spawned processes of a data-parallel run can unpickle it."""
+    if row["epoch"] == 1:
+        raise Interrupted(f"stopped after epoch {row['epoch']}")

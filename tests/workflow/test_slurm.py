@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -194,3 +195,43 @@ def _slurm_logs_tail(workdir: Path) -> str:
     """The end of each Slurm job log, for a failure message."""
     logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     return "".join(f"\n--- {path}\n{path.read_text()[-1500:]}" for path in logs)
+
+
+def _numbers(resources: dict[str, str]) -> dict[str, object]:
+    """A dry run's printed resources with the integers as integers, as the plugin gets them."""
+    return {key: int(value) if value.isdigit() else value for key, value in resources.items()}
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+@pytest.mark.parametrize("profile", ["slurm", "hyak"])
+def test_a_multi_gpu_model_is_one_sbatch_task_with_its_gpus(profile: str, tmp_path: Path):
+    """`gpus: 4` on a model: its train job gets --gpus=4, the profile's CPUs and memory, and one
+    task (its script starts the 4 processes); the other model keeps one GPU. The sbatch line is
+    the one snakemake-executor-plugin-slurm builds from the planned job's resources."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    config = yaml.safe_load(MINI.read_text())
+    config["models"]["cnn2d"]["gpus"] = 4
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    args = ["-n", "--profile", str(REPO / "profiles" / profile), "--cores", "64",
+            "--software-deployment-method", "env-modules"]
+    result = run_snakemake(tmp_path, *args, configfile=configfile, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs, _ = dry_run_jobs(result.stdout)
+    assert sorted(job["resources"]["gpu"] for job in jobs["train"]) == ["1", "4"]
+    train = next(job for job in jobs["train"] if job["resources"]["gpu"] == "4")
+    resources = _numbers(train["resources"])
+    job = SimpleNamespace(resources=_Resources(resources), threads=train["threads"])
+    params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "train",
+              "account": "", "partition": "", "workdir": str(tmp_path)}
+    sbatch = get_submit_command(job, params) + set_gres_string(job)  # as the plugin submits
+    expected = EXPECTED_TRAIN[profile]
+    assert " --gpus=4" in sbatch, sbatch
+    assert f" --cpus-per-task={expected['threads']}" in sbatch, sbatch
+    assert f" --mem {expected['mem_mb']}" in sbatch and f" -t {expected['runtime']}" in sbatch
+    assert "--ntasks" not in sbatch, sbatch  # one task: srun -n1 runs the job's script once

@@ -17,6 +17,8 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
+        # The model's `gpus`; one task, whose script starts a training process per GPU.
+        gpu=lambda wildcards: int(config["models"][wildcards.model].get("gpus", 1)),
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         settings=lambda wildcards: config["models"][wildcards.model],
