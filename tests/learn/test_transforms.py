@@ -94,3 +94,20 @@ def test_every_augmentation_runs_on_the_device_batch(cutouts, kind, augmentation
     torch.manual_seed(0)
     in_loader = transform(batch)
     torch.testing.assert_close(on_device, to_model_input(in_loader, torch.device("cpu")))
+
+
+def test_loader_workers_replay_the_same_augmented_batches(cutouts):
+    """augment_on: loader with workers: each worker augments whole batches with draws seeded
+    from the loader's seed, so the same seed gives the same batches and another seed others."""
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", "3d")
+    augmented = CutoutDataset(rows, root, "3d", transform=build_transforms("3d", train=True))
+
+    def batches(seed):
+        loader = make_loader(augmented, batch_size=3, seed=seed, shuffle=True, num_workers=1)
+        return [x for x, _ in loader]
+
+    first = batches(0)
+    assert all(x.dtype == torch.float32 and x.shape[1:] == (1, *SIZE_3D) for x in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, batches(0)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, batches(1)))
