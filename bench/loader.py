@@ -1,16 +1,17 @@
 """Training input throughput: samples per second delivered from stored cutouts.
 
-Usage: ``python bench/loader.py [--cutouts 512] [--batch-size 64] [--workers 0 2] [--kinds 2d 3d]``
+Usage: ``python bench/loader.py [--cutouts 512] [--batch-size 64] [--workers 0 2]
+[--kinds 2d 3d] [--aug-samples 256] [--threads 2]``
 
 Writes ``--cutouts`` random uint8 cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32) as
 the cutout stage writes them (a shard's TIFF stack per kind), then measures, side by side in
 one run and for each kind:
 
-- ``read one``: :meth:`synapse_ei.learn.dataset.CutoutDataset.read`, the checked read alone, one cutout
-  at a time;
+- ``read one``: :meth:`synapse_ei.learn.dataset.CutoutDataset.read`, the checked read alone,
+  one cutout at a time;
 - ``loader``: batches from :func:`synapse_ei.learn.dataset.make_loader` over a
-  :class:`~synapse_ei.learn.dataset.CutoutDataset`, as training reads them (uint8 batches, one slice of
-  the memory-mapped stack per cutout), no augmentation;
+  :class:`~synapse_ei.learn.dataset.CutoutDataset`, as training reads them (uint8 batches, one
+  slice of the memory-mapped stack per cutout), no augmentation;
 - ``per-sample aug``: the default training augmentations as they ran before issue 17, for
   comparison: torchvision v2 ops on each cutout in turn (flips, any-angle rotation, brightness/
   contrast, noise; a cube's sections as a batch of one parameter set; z flip);

@@ -280,7 +280,8 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
     alpha = 10.0 * sigma
     noise = torch.rand(count, 2, height, width, generator=fields, device=device, dtype=dtype)
     field = gaussian_blur2d(noise * 2 - 1, kernel, (sigma, sigma), "reflect")
-    field = field * alpha / torch.tensor([width, height], device=device, dtype=dtype).view(1, 2, 1, 1)
+    sides = torch.tensor([width, height], device=device, dtype=dtype).view(1, 2, 1, 1)
+    field = field * alpha / sides
     return field.permute(0, 2, 3, 1)
 
 

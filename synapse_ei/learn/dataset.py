@@ -152,9 +152,9 @@ class CutoutDataset(Dataset):
     :func:`synapse_ei.cutout.shard.cut_shard` writes them; the stacks are memory-mapped. ``x`` is
     (1, H, W) or (1, D, H, W): without a ``transform`` the raw uint8 values, so batches stay
     small until :func:`to_model_input` scales and normalises them on the device; with one,
-    float32 in [0, 1] after the transform, which takes the whole batch (see
-    :func:`build_transforms`), so augmentations work in the raw intensity range. ``shape`` is the on-disk shape of one cutout ((Y, X) or
-    (Z, Y, X)); by default the first stack's. ``preload`` reads every cutout once into memory
+    float32 in [0, 1] after the transform, which takes the whole raw batch (see
+    :func:`build_transforms`), so augmentations work in the raw intensity range. ``shape`` is
+    the on-disk shape of one cutout ((Y, X) or (Z, Y, X)); by default the first stack's. ``preload`` reads every cutout once into memory
     (small sets: nothing is re-read per epoch). A batch is read in one call (``__getitems__``,
     which the DataLoader calls): one copy per cutout from the page cache into the batch.
     """
