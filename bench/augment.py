@@ -1,14 +1,15 @@
 """Cost of each training augmentation per cutout, beside the default set, in one run.
 
-Usage: ``python bench/augment.py [--repeats 50] [--threads 1] [--sizes demo microns]``
+Usage: ``python bench/augment.py [--repeats 20] [--batch 16] [--threads 1] [--sizes demo microns]``
 
 For each kind (2D patch, 3D cube) and size (``demo``: 64x64 and 8x32x32 as config/config.yaml
 cuts them; ``microns``: 256x256 and 32x128x128 as config/microns.yaml does), times
-:func:`synapse_ei.learn.transforms.build_transforms` with the default augmentations, with each single
-augmentation (``augment_strength`` 1, so every random op fires at its configured odds), and with
-all of them, on one random scaled cutout; then :func:`synapse_ei.learn.augment.mix_batch` (MixUp,
+:func:`synapse_ei.learn.transforms.build_transforms` with the default augmentations (the
+schema's), with each single augmentation (``augment_strength`` 1, so every random op fires at its
+configured odds), and with all of them, on a batch of ``--batch`` random scaled cutouts (the
+augmentations take whole batches); then :func:`synapse_ei.learn.augment.mix_batch` (MixUp,
 CutMix) on a batch of 32. Prints milliseconds per cutout and the ratio to the default set: the
-price a data-loader worker pays for switching an op on.
+price the loader (or the device) pays for switching an op on.
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ import time
 
 import torch
 
-from synapse_ei.learn.augment import mix_batch
+from synapse_ei.config import model_defaults
+from synapse_ei.learn.augment import AUGMENTATIONS, mix_batch, SECTION_AUGMENTATIONS
 from synapse_ei.learn.losses import one_hot
-from synapse_ei.learn.transforms import (
-    AUGMENTATIONS,
-    build_transforms,
-    DEFAULT_AUGMENTATIONS,
-    SECTION_AUGMENTATIONS,
-)
+from synapse_ei.learn.transforms import build_transforms
 
 SIZES = {"demo": {"2d": (64, 64), "3d": (8, 32, 32)},
          "microns": {"2d": (256, 256), "3d": (32, 128, 128)}}
@@ -41,7 +38,8 @@ def per_call_ms(function, x: torch.Tensor, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
@@ -50,13 +48,14 @@ def main() -> None:
     print(f"{'size':8} {'kind':4} {'augmentations':34} {'ms/cutout':>10} {'x default':>10}")
     for size in args.sizes:
         for kind, shape in SIZES[size].items():
-            x = torch.rand(1, *shape)
+            x = torch.rand(args.batch, 1, *shape)
             names = [n for n in AUGMENTATIONS if kind == "3d" or n not in SECTION_AUGMENTATIONS]
-            variants = {"default": list(DEFAULT_AUGMENTATIONS), **{n: [n] for n in names},
-                        "all": names}
+            variants = {"default": list(model_defaults()["augmentations"]),
+                        **{n: [n] for n in names}, "all": names}
             base = None
             for label, chosen in variants.items():
-                ms = per_call_ms(build_transforms(kind, True, 1.0, chosen), x, args.repeats)
+                ms = per_call_ms(build_transforms(kind, True, 1.0, chosen), x,
+                                 args.repeats) / args.batch
                 base = base or ms
                 print(f"{size:8} {kind:4} {label:34} {ms:10.3f} {ms / base:10.2f}")
             batch = torch.rand(32, 1, *shape)

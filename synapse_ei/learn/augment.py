@@ -1,12 +1,20 @@
-"""EM-specific augmentations: section defects for 3D cubes, and MixUp/CutMix for batches.
+"""The training augmentations, applied to a whole batch at once, and MixUp/CutMix.
+
+:class:`BatchAugmentation` takes a scaled [0, 1] batch, (N, 1, H, W) patches or (N, 1, D, H, W)
+cubes, on the CPU (after the loader reads it) or on the training device (after the copy), and
+draws every random parameter per sample from one ``torch.Generator``. The geometric ops (flips,
+any-angle in-plane rotation, elastic deformation, section slip) are composed into one sampling
+grid per cutout and applied by a single bilinear ``grid_sample`` over the batch: every output
+pixel is interpolated once, however many ops are on. A cube's sections are the channels of that
+call, so they share the sample's in-plane grid (nothing mixes z, 40 nm, with the 4 nm plane); a
+slipped section is resampled from the input with its grid shifted. The pointwise ops
+(brightness/contrast, per-section intensity, Gaussian noise) are one fused affine map plus noise
+and one clamp; the blur is kornia's batched Gaussian with a sigma per sample.
 
 Serial-section EM has defects a 2D library does not model: a section's brightness differs from
 its neighbours', a section slips a few pixels against the stack, a section is lost (the aligner
-then repeats a neighbour, or leaves it blank). The section ops below take a scaled [0, 1] cube
-(1, D, H, W) and change one or all sections;
-:func:`synapse_ei.learn.transforms.build_transforms` composes them with the torchvision v2
-in-plane ops. They draw from torch's global generator, like v2, so
-a seeded loader (and its workers) replays them exactly.
+then repeats a neighbour, or leaves it blank); ``section_intensity``, ``section_slip`` and
+``missing_section`` model them.
 
 :func:`mix_batch` mixes a batch with a shuffled copy of itself. The synapse sits at the cutout's
 centre, so CutMix boxes stay in the margin around it and MixUp keeps each cutout's own weight at
@@ -16,118 +24,302 @@ least one half; the soft targets are mixed with the same weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torchvision.transforms import v2
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 
 #: CutMix never pastes into the central box spanning this fraction of each in-plane side.
 CUTMIX_CENTRE_FRACTION = 0.5
-#: Grey level (on the [0, 1] scale) of blank sections and of pixels shifted in from outside.
+#: Grey level (on the [0, 1] scale) of blank sections and of pixels moved in from outside.
 MID_GREY = 0.5
+#: Ops that change z sections, for 3D cubes only.
+SECTION_AUGMENTATIONS = ("section_intensity", "section_slip", "missing_section")
+#: Every augmentation a model's config may name (the schema lists the same names).
+AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SECTION_AUGMENTATIONS)
+#: Ops that move pixels; they share one sampling grid.
+GEOMETRIC = ("flip", "rotate", "elastic", "section_slip")
+#: Kernel size of the ``blur`` op (torchvision's GaussianBlur(5) before the batched version).
+BLUR_KERNEL = 5
 
 
-def _chance(p: float) -> bool:
-    return bool(torch.rand(()) < p)
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Raw uint8 values as a new float32 tensor in [0, 1] (``x / 255``), what augmentations see."""
+    return x.float().div_(255.0)
 
 
-def _uniform(low: float, high: float, size: tuple[int, ...] = ()) -> torch.Tensor:
-    return low + (high - low) * torch.rand(size)
+def _uniform(generator: torch.Generator, low: float, high: float, size) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)
 
 
-class InPlaneElastic(nn.Module):
-    """torchvision's v2.ElasticTransform with a smoothing that fits small cutouts.
+def _chance(generator: torch.Generator, p: float, n: int) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < p
 
-    torchvision's default field (alpha 50, sigma 5) moves pixels by about a pixel: membranes
-    bend without tearing. Its smoothing kernel (8 sigma + 1 pixels) must fit inside the image,
-    so smaller cutouts get a smaller sigma and a proportionally smaller alpha (the same
-    displacement). ``strength`` scales alpha.
+
+@dataclass
+class Draw:
+    """The random parameters of one batch, one row per sample (drawn on the CPU).
+
+    Angles are in radians: sample i's content turns by ``angle[i]`` (from +x towards +y in the
+    (x, y) pixel frame, y pointing down) after the flips. A ``slip_section``,
+    ``missing_section`` of -1 means none; ``missing_step`` 0 means a blank section, +1/-1 a copy
+    of that neighbour. ``blur_sigma`` 0 means no blur; ``elastic`` says which samples deform.
     """
 
-    def __init__(self, strength: float = 1.0, fill: float = MID_GREY) -> None:
-        super().__init__()
-        self.strength, self.fill = strength, fill
-        self._by_sigma: dict[float, v2.ElasticTransform] = {}
+    flip_x: torch.Tensor
+    flip_y: torch.Tensor
+    flip_z: torch.Tensor
+    angle: torch.Tensor
+    elastic: torch.Tensor
+    blur_sigma: torch.Tensor
+    brightness: torch.Tensor  # (N,) factors
+    contrast: torch.Tensor  # (N,) factors about each section's mean
+    section_contrast: torch.Tensor  # (N, S) factors about mid-grey
+    section_brightness: torch.Tensor  # (N, S) offsets
+    slip_section: torch.Tensor
+    slip_shift: torch.Tensor  # (N, 2): whole pixels (dx, dy)
+    missing_section: torch.Tensor
+    missing_step: torch.Tensor
+    noise_sigma: float
+    seed: int  # of the device generator that draws the noise and the elastic fields
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sigma = min(5.0, (min(x.shape[-2:]) - 1) / 8)
-        if sigma not in self._by_sigma:
-            self._by_sigma[sigma] = v2.ElasticTransform(alpha=10.0 * sigma * self.strength,
-                                                        sigma=sigma, fill=self.fill)
-        return self._by_sigma[sigma](x)
 
+class BatchAugmentation:
+    """The augmentations ``augmentations`` of a model for ``kind`` ('2d'/'3d') at ``strength``.
 
-class SectionIntensity(nn.Module):
-    """With probability ``p``, give every section its own contrast and brightness change.
-
-    Section d becomes ``(x_d - 0.5) * c_d + 0.5 + b_d`` with ``c_d`` in ``1 +- contrast`` and
-    ``b_d`` in ``+- brightness``, clipped to [0, 1]; contrast pivots on mid-grey.
+    ``strength`` scales every op but flips and rotation, in magnitude and probability; 0 keeps
+    only those two. Magnitudes and odds (at strength 1): flips in x, y (and z for cubes) with
+    odds 1/2 each; rotation by any angle; elastic deformation of about a pixel (torchvision's
+    field: uniform noise smoothed by a Gaussian of sigma ``min(5, (side - 1) / 8)`` px, alpha
+    10 sigma) with odds 1/2; brightness and contrast factors in 1 +- 0.15 (contrast about each
+    section's mean); blur with sigma in [0.1, 1] px, odds 0.3; per-section contrast 1 +- 0.1
+    about mid-grey and brightness +- 0.05, odds 1/2; one section slipped by up to 3 whole pixels,
+    odds 0.3; one section lost (a neighbour's copy or blank mid-grey), odds 0.2; Gaussian noise
+    of sigma 0.03. Results are clipped to [0, 1]; pixels moved in from outside are mid-grey.
+    Picklable, so DataLoader workers can run it.
     """
 
-    def __init__(self, contrast: float, brightness: float, p: float = 0.5) -> None:
-        super().__init__()
-        self.contrast, self.brightness, self.p = contrast, brightness, p
+    def __init__(self, kind: str, augmentations: Collection[str], strength: float = 1.0) -> None:
+        self.kind, self.strength = kind, float(strength)
+        s = self.strength
+        chosen = set(augmentations)
+        always = {"flip", "rotate"}  # strength never turns these off
+        self.ops = frozenset(op for op in chosen if op in always or s > 0)
+        if kind != "3d":
+            self.ops -= set(SECTION_AUGMENTATIONS)
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _chance(self.p):
-            return x
-        depth = x.shape[-3]
-        contrast = _uniform(1 - self.contrast, 1 + self.contrast, (depth, 1, 1)).to(x)
-        brightness = _uniform(-self.brightness, self.brightness, (depth, 1, 1)).to(x)
-        return ((x - MID_GREY) * contrast + MID_GREY + brightness).clamp(0.0, 1.0)
+    def __repr__(self) -> str:
+        return (f"BatchAugmentation({self.kind!r}, {sorted(self.ops)}, "
+                f"strength={self.strength})")
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x`` (raw uint8, or float in [0, 1]) augmented, as a new float tensor in [0, 1] of
+        the same shape (uint8 input is scaled by :func:`to_unit_range` first). Without a
+        ``generator``, one is seeded from torch's global generator (each DataLoader worker's
+        is seeded from the loader's, the main process's by the training seed), so a seeded run
+        replays every draw."""
+        if not self.ops:
+            return to_unit_range(x) if x.dtype == torch.uint8 else x
+        if generator is None:
+            generator = torch.Generator().manual_seed(
+                int(torch.randint(2**62, (), dtype=torch.int64)))
+        return self.apply(x, self.draw(x.shape, generator))
+
+    def draw(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> Draw:
+        """The random parameters for a batch of ``shape``, drawn from ``generator``."""
+        n, height, width = shape[0], shape[-2], shape[-1]
+        sections = shape[2] if len(shape) == 5 else 1
+        s, ops, g = self.strength, self.ops, generator
+        none = torch.zeros(n, dtype=torch.bool)
+        flips = _chance(g, 0.5, (3, n)) if "flip" in ops else torch.zeros(3, n, dtype=torch.bool)
+        angle = (_uniform(g, -math.pi, math.pi, n) if "rotate" in ops
+                 else torch.zeros(n))
+        elastic = _chance(g, min(1.0, 0.5 * s), n) if "elastic" in ops else none
+        brightness, contrast = torch.ones(n), torch.ones(n)
+        if "intensity" in ops:
+            brightness = _uniform(g, max(0.0, 1 - 0.15 * s), 1 + 0.15 * s, n)
+            contrast = _uniform(g, max(0.0, 1 - 0.15 * s), 1 + 0.15 * s, n)
+        blur_sigma = torch.zeros(n)
+        if "blur" in ops:
+            fire = _chance(g, min(1.0, 0.3 * s), n)
+            blur_sigma = torch.where(fire, _uniform(g, 0.1, max(0.1, 1.0 * s), n), 0.0)
+        section_contrast, section_brightness = torch.ones(n, sections), torch.zeros(n, sections)
+        if "section_intensity" in ops:
+            fire = _chance(g, 0.5, n).view(n, 1)
+            section_contrast = torch.where(
+                fire, _uniform(g, 1 - 0.1 * s, 1 + 0.1 * s, (n, sections)), 1.0)
+            section_brightness = torch.where(
+                fire, _uniform(g, -0.05 * s, 0.05 * s, (n, sections)), 0.0)
+        slip_section, slip_shift = torch.full((n,), -1), torch.zeros(n, 2, dtype=torch.int64)
+        if "section_slip" in ops:
+            fire = _chance(g, min(1.0, 0.3 * s), n)
+            slip_section = torch.where(fire, torch.randint(sections, (n,), generator=g), -1)
+            # A whole-pixel shift of up to `most` along x and y, never (0, 0).
+            most = max(1, round(3 * s))
+            side = 2 * most + 1
+            k = torch.randint(side * side - 1, (n,), generator=g)
+            k = k + (k >= side * side // 2)
+            slip_shift = torch.stack([k % side - most, k // side - most], dim=1)
+        missing_section, missing_step = torch.full((n,), -1), torch.zeros(n, dtype=torch.int64)
+        if "missing_section" in ops and sections >= 2:
+            fire = _chance(g, min(1.0, 0.2 * s), n)
+            missing_section = torch.where(fire, torch.randint(sections, (n,), generator=g), -1)
+            blank = _chance(g, 0.5, n)
+            step = torch.where(_chance(g, 0.5, n), 1, -1)
+            step = torch.where(missing_section == 0, 1, step)
+            step = torch.where(missing_section == sections - 1, -1, step)
+            missing_step = torch.where(blank, 0, step)
+        return Draw(
+            flip_x=flips[0], flip_y=flips[1], flip_z=flips[2] & (sections > 1), angle=angle,
+            elastic=elastic, blur_sigma=blur_sigma, brightness=brightness, contrast=contrast,
+            section_contrast=section_contrast, section_brightness=section_brightness,
+            slip_section=slip_section, slip_shift=slip_shift, missing_section=missing_section,
+            missing_step=missing_step, noise_sigma=0.03 * s if "noise" in ops else 0.0,
+            seed=int(torch.randint(2**62, (), generator=g, dtype=torch.int64)),
+        )
+
+    def apply(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """``x`` (N, 1, H, W) or (N, 1, D, H, W), raw uint8 or float in [0, 1], augmented with
+        the parameters ``draw``: a new float tensor in [0, 1] (``x`` is left as it was)."""
+        n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        planes = x.reshape(n, -1, height, width)  # a cube's sections as channels
+        device = x.device
+        # The large random fields (noise, elastic) are drawn where the batch is.
+        fields = torch.Generator(device=device).manual_seed(draw.seed)
+        owned = False
+        if bool(draw.flip_z.any()):
+            # The z flip reorders whole sections, exactly; on raw uint8 it is a cheap copy.
+            sections = planes.shape[1]
+            order = torch.arange(sections).repeat(n, 1)
+            order[draw.flip_z] = order[draw.flip_z].flip(1)
+            order += sections * torch.arange(n).view(n, 1)
+            planes = planes.reshape(n * sections, height, width).index_select(
+                0, order.flatten().to(device)).view(n, sections, height, width)
+            owned = True
+        if planes.dtype == torch.uint8:
+            planes, owned = to_unit_range(planes), True
+        elif not owned:
+            planes = planes.clone()  # every later step works in place
+        out = _resample(planes, draw, fields) if self.ops & set(GEOMETRIC) else planes
+        blurred = _rows(draw.blur_sigma > 0, device)
+        if len(blurred):
+            sigma = draw.blur_sigma.to(device)[blurred]
+            out[blurred] = gaussian_blur2d(out[blurred], BLUR_KERNEL,
+                                           torch.stack([sigma, sigma], dim=1), "reflect")
+        _lose_sections(out, draw)
+        _pointwise(out, draw, fields, self._scratch(out) if draw.noise_sigma > 0 else None)
+        return out.reshape(x.shape)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused buffer of ``like``'s shape for the noise: a fresh CPU allocation of a batch
+        of cubes (tens of MB) faults its pages in at every call and costs about as much as
+        drawing the noise itself."""
+        key = (like.shape, like.dtype, like.device)
+        if key not in self._buffers:
+            self._buffers = {key: torch.empty_like(like)}  # one at a time: shapes are fixed
+        return self._buffers[key]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_buffers": {}}
 
 
-class SectionSlip(nn.Module):
-    """With probability ``p``, shift one section in-plane by up to ``max_shift`` pixels.
-
-    The shift is a whole number of pixels along y and x (not both zero); pixels moved in from
-    outside the cutout are mid-grey.
-    """
-
-    def __init__(self, max_shift: int, p: float = 0.3) -> None:
-        super().__init__()
-        self.max_shift, self.p = max(1, int(max_shift)), p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _chance(self.p):
-            return x
-        depth, height, width = x.shape[-3:]
-        section = int(torch.randint(depth, ()))
-        dy, dx = 0, 0
-        while dy == 0 and dx == 0:
-            dy, dx = (int(v) for v in torch.randint(-self.max_shift, self.max_shift + 1, (2,)))
-        out = x.clone()
-        shifted = torch.full_like(x[..., section, :, :], MID_GREY)
-        # Output pixel (y, x) takes input pixel (y - dy, x - dx) where that lies inside.
-        src_y = slice(max(0, -dy), height - max(0, dy))
-        dst_y = slice(max(0, dy), height + min(0, dy))
-        src_x = slice(max(0, -dx), width - max(0, dx))
-        dst_x = slice(max(0, dx), width + min(0, dx))
-        shifted[..., dst_y, dst_x] = x[..., section, src_y, src_x]
-        out[..., section, :, :] = shifted
-        return out
+def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.nonzero(mask).flatten().to(device)
 
 
-class MissingSection(nn.Module):
-    """With probability ``p``, replace one section by a neighbour's copy or by blank mid-grey."""
+def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torch.Tensor:
+    """One bilinear resampling of (N, S, H, W) ``planes`` (changed: this owns them) through
+    each sample's composed grid: flips, rotation and elastic field shared by its sections, a
+    shift for a slipped section."""
+    n, sections, height, width = planes.shape
+    device = planes.device
+    cos, sin = draw.angle.cos(), draw.angle.sin()
+    fx, fy = 1.0 - 2.0 * draw.flip_x.float(), 1.0 - 2.0 * draw.flip_y.float()
+    # Output pixel p (from the centre, in px) reads input pixel F R(-angle) p: the content turns
+    # by +angle after the flips F. affine_grid works in [-1, 1] coordinates: A -> S^-1 A S.
+    pixel = torch.stack([fx * cos, fx * sin, -fy * sin, fy * cos], dim=1).view(n, 2, 2)
+    half = torch.tensor([width / 2, height / 2])
+    normalised = pixel * half.view(1, 1, 2) / half.view(1, 2, 1)
+    theta = torch.cat([normalised, torch.zeros(n, 2, 1)], dim=2).to(device, planes.dtype)
+    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    deformed = _rows(draw.elastic, device)
+    if len(deformed):
+        grid[deformed] += _elastic_field(len(deformed), height, width, fields, device,
+                                         planes.dtype)
+    # Sampling x - mid-grey with zero padding fills pixels from outside with mid-grey.
+    planes.sub_(MID_GREY)
+    out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    slipped = _rows(draw.slip_section >= 0, device)
+    if len(slipped):
+        cpu_rows = slipped.cpu()
+        section = draw.slip_section[cpu_rows].to(device)
+        # The slipped section's output pixel p reads where p - shift would: grid - A shift.
+        shift = draw.slip_shift[cpu_rows].float() * 2 / torch.tensor([width, height])
+        delta = (normalised[cpu_rows] @ shift.unsqueeze(-1)).squeeze(-1)
+        moved_grid = grid[slipped] - delta.to(device, grid.dtype).view(-1, 1, 1, 2)
+        moved = F.grid_sample(planes[slipped, section].unsqueeze(1), moved_grid, mode="bilinear",
+                              padding_mode="zeros", align_corners=False)
+        out[slipped, section] = moved[:, 0]
+    return out.add_(MID_GREY)
 
-    def __init__(self, p: float = 0.2) -> None:
-        super().__init__()
-        self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        depth = x.shape[-3]
-        if depth < 2 or not _chance(self.p):
-            return x
-        section = int(torch.randint(depth, ()))
-        out = x.clone()
-        if _chance(0.5):
-            out[..., section, :, :] = MID_GREY
-        else:
-            step = 1 if section == 0 else (-1 if section == depth - 1 else
-                                           (1 if _chance(0.5) else -1))
-            out[..., section, :, :] = x[..., section + step, :, :]
-        return out
+def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
+                   device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(count, H, W, 2) displacements in [-1, 1] grid units: torchvision's elastic field
+    (uniform noise smoothed by a Gaussian, times alpha / side), with a sigma that fits the
+    cutout (the kernel spans 8 sigma + 1 px) and ``alpha = 10 sigma`` (about a pixel's move)."""
+    sigma = min(5.0, (min(height, width) - 1) / 8)
+    kernel = int(8 * sigma + 1)
+    kernel += 1 - kernel % 2
+    alpha = 10.0 * sigma
+    noise = torch.rand(count, 2, height, width, generator=fields, device=device, dtype=dtype)
+    field = gaussian_blur2d(noise * 2 - 1, kernel, (sigma, sigma), "reflect")
+    sides = torch.tensor([width, height], device=device, dtype=dtype).view(1, 2, 1, 1)
+    field = field * alpha / sides
+    return field.permute(0, 2, 3, 1)
+
+
+def _lose_sections(planes: torch.Tensor, draw: Draw) -> None:
+    """In place: each lost section becomes blank mid-grey or a copy of its neighbour."""
+    lost = _rows(draw.missing_section >= 0, planes.device)
+    if not len(lost):
+        return
+    cpu_rows = lost.cpu()
+    section = draw.missing_section[cpu_rows]
+    step = draw.missing_step[cpu_rows]
+    copies = planes[lost, (section + step).to(planes.device)]
+    blank = (step == 0).to(planes.device).view(-1, 1, 1)
+    planes[lost, section.to(planes.device)] = torch.where(blank, MID_GREY, copies)
+
+
+def _pointwise(planes: torch.Tensor, draw: Draw, fields: torch.Generator,
+               noise: torch.Tensor | None) -> None:
+    """In place: brightness, contrast about each section's mean and the per-section intensity
+    as one affine map ``x * scale + offset`` per section, then the noise, then one clip to
+    [0, 1] (torchvision clipped after each op; the difference is in the clipped tails)."""
+    n, sections = planes.shape[:2]
+    device, dtype = planes.device, planes.dtype
+    brightness = draw.brightness.view(n, 1, 1, 1).to(device, dtype)
+    contrast = draw.contrast.view(n, 1, 1, 1).to(device, dtype)
+    scale = brightness * contrast
+    offset = torch.zeros(n, 1, 1, 1, device=device, dtype=dtype)
+    if bool((draw.contrast != 1).any()):
+        offset = brightness * planes.mean(dim=(-2, -1), keepdim=True) * (1 - contrast)
+    section_contrast = draw.section_contrast.view(n, sections, 1, 1).to(device, dtype)
+    scale = section_contrast * scale
+    offset = (section_contrast * offset + MID_GREY * (1 - section_contrast)
+              + draw.section_brightness.view(n, sections, 1, 1).to(device, dtype))
+    if bool((scale != 1).any()) or bool((offset != 0).any()):  # else skip two passes
+        planes.mul_(scale).add_(offset)
+    if draw.noise_sigma > 0 and noise is not None:
+        planes.add_(noise.normal_(generator=fields), alpha=draw.noise_sigma)
+    planes.clamp_(0.0, 1.0)
 
 
 def _beta(alpha: float) -> float:

@@ -27,7 +27,7 @@ from torch.utils.data import (
 from synapse_ei.cutout.manifest import rerun_shard
 from synapse_ei.cutout.stacks import open_stack, STACK_AXES
 from synapse_ei.errors import DataError
-from synapse_ei.learn.transforms import _check_kind, to_unit_range
+from synapse_ei.learn.transforms import _check_kind
 from synapse_ei.tables import LABEL_INDEX, require_columns, SPLITS, to_int64
 
 #: Manifest columns every image stage relies on.
@@ -152,9 +152,9 @@ class CutoutDataset(Dataset):
     :func:`synapse_ei.cutout.shard.cut_shard` writes them; the stacks are memory-mapped. ``x`` is
     (1, H, W) or (1, D, H, W): without a ``transform`` the raw uint8 values, so batches stay
     small until :func:`to_model_input` scales and normalises them on the device; with one,
-    float32 in [0, 1] after the transform (see :func:`build_transforms`), so augmentations work
-    in the raw intensity range. ``shape`` is the on-disk shape of one cutout ((Y, X) or
-    (Z, Y, X)); by default the first stack's. ``preload`` reads every cutout once into memory
+    float32 in [0, 1] after the transform, which takes the whole raw batch (see
+    :func:`build_transforms`), so augmentations work in the raw intensity range. ``shape`` is
+    the on-disk shape of one cutout ((Y, X) or (Z, Y, X)); by default the first stack's. ``preload`` reads every cutout once into memory
     (small sets: nothing is re-read per epoch). A batch is read in one call (``__getitems__``,
     which the DataLoader calls): one copy per cutout from the page cache into the batch.
     """
@@ -240,7 +240,7 @@ class CutoutDataset(Dataset):
         x = torch.from_numpy(self.read_many(indices)).unsqueeze(1)  # (B, 1, ...)
         y = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
         if self.transform is not None:
-            x = torch.stack([self.transform(to_unit_range(item)) for item in x])
+            x = self.transform(x)  # the whole raw batch at once, to [0, 1] floats
         return StackedSamples(x, y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,68 +1,263 @@
-"""Section defects for 3D cubes and MixUp/CutMix around an intact centre."""
+"""The batched augmentations, op by op, and MixUp/CutMix around an intact centre."""
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from synapse_ei.learn.augment import (
+    AUGMENTATIONS,
+    BatchAugmentation,
     centre_margins,
     MID_GREY,
-    MissingSection,
     mix_batch,
-    SectionIntensity,
-    SectionSlip,
+    SECTION_AUGMENTATIONS,
 )
 from synapse_ei.learn.losses import one_hot
 
-
-def cube(depth: int = 6, size: int = 12) -> torch.Tensor:
-    """(1, D, H, W) in [0, 1], every section distinct."""
-    return torch.rand(1, depth, size, size, generator=torch.Generator().manual_seed(0))
+OPS_2D = [name for name in AUGMENTATIONS if name not in SECTION_AUGMENTATIONS]
 
 
-def test_section_intensity_changes_sections_independently():
-    x = torch.full((1, 4, 8, 8), 0.6)
-    torch.manual_seed(0)
-    out = SectionIntensity(contrast=0.2, brightness=0.1, p=1.0)(x)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    assert 0.0 <= out.min() and out.max() <= 1.0
-    means = out.mean(dim=(-2, -1)).flatten()
-    assert len(set(means.tolist())) == 4  # each section its own change
-    torch.testing.assert_close(out, out[..., :1, :1].expand_as(out))  # uniform within a section
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_section_slip_shifts_exactly_one_section():
-    x = cube()
-    torch.manual_seed(1)
-    out = SectionSlip(max_shift=2, p=1.0)(x)
-    changed = [d for d in range(x.shape[1]) if not torch.equal(out[0, d], x[0, d])]
-    assert len(changed) == 1
-    d = changed[0]
-    # The section's content reappears shifted by at most 2 px; edges come in mid-grey.
-    found = [
-        (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-        if torch.equal(out[0, d, 2:-2, 2:-2], x[0, d, 2 - dy:10 - dy, 2 - dx:10 - dx])
-    ]
-    assert found and found != [(0, 0)]
-    assert (out[0, d] == MID_GREY).any()
+def cubes(n: int = 4, depth: int = 6, size: int = 16) -> torch.Tensor:
+    """(N, 1, D, H, W) in [0.1, 0.9], every section distinct."""
+    return 0.1 + 0.8 * torch.rand(n, 1, depth, size, size, generator=seeded(0))
+
+
+def only(op: str, kind: str = "3d", strength: float = 1.0) -> BatchAugmentation:
+    return BatchAugmentation(kind, [op], strength)
+
+
+def still(augmentation: BatchAugmentation, shape, **changes):
+    """A draw for ``shape`` that leaves the batch as it is but for ``changes``."""
+    draw = BatchAugmentation(augmentation.kind, [], 1.0).draw(shape, seeded())
+    return replace(draw, **changes) if changes else draw
+
+
+@pytest.mark.parametrize(("kind", "shape"), [("2d", (5, 1, 24, 24)), ("3d", (5, 1, 6, 24, 24))])
+@pytest.mark.parametrize("raw", [False, True])
+def test_every_op_keeps_shape_dtype_range_and_leaves_the_input(kind, shape, raw):
+    names = OPS_2D if kind == "2d" else list(AUGMENTATIONS)
+    x = torch.randint(20, 236, shape, dtype=torch.uint8, generator=seeded(1))
+    x = x if raw else x.float() / 255
+    before = x.clone()
+    for name in [*[[n] for n in names], names]:
+        out = BatchAugmentation(kind, name, strength=4.0)(x, seeded(2))
+        assert out.shape == x.shape and out.dtype == torch.float32, name
+        assert 0.0 <= out.min() and out.max() <= 1.0, name
+        scaled = x.float() / 255 if raw else x
+        assert not torch.allclose(out, scaled), name
+        assert torch.equal(x, before), name
+
+
+def test_no_ops_only_scales():
+    x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    nothing = BatchAugmentation("2d", [], 1.0)
+    assert not nothing
+    torch.testing.assert_close(nothing(x), x.float() / 255)
+    floats = x.float() / 255
+    assert nothing(floats) is floats
+    # Strength 0 keeps flips and rotation only; section ops need cubes.
+    assert BatchAugmentation("3d", AUGMENTATIONS, 0.0).ops == {"flip", "rotate"}
+    assert BatchAugmentation("2d", AUGMENTATIONS, 1.0).ops == set(OPS_2D)
+
+
+def test_draws_are_seeded_and_per_sample():
+    x = torch.full((8, 1, 4, 16, 16), 0.5)
+    x[..., 3:8, 2:5] = 0.9  # an asymmetric bar: every flip or rotation moves it
+    augmentation = BatchAugmentation("3d", AUGMENTATIONS, 1.0)
+    first = augmentation(x, seeded(3))
+    assert torch.equal(first, augmentation(x, seeded(3)))
+    assert not torch.equal(first, augmentation(x, seeded(4)))
+    assert len({tuple(sample.flatten().tolist()) for sample in first}) == len(x)
+    # Without a generator the draw follows torch's global one (a seeded run replays it).
+    torch.manual_seed(5)
+    again = augmentation(x)
+    torch.manual_seed(5)
+    assert torch.equal(again, augmentation(x))
+
+
+def test_the_odds_and_ranges_of_the_draws():
+    augmentation = BatchAugmentation("3d", AUGMENTATIONS, 1.0)
+    draw = augmentation.draw((4000, 1, 8, 32, 32), seeded(6))
+    for flag, odds in ((draw.flip_x, 0.5), (draw.flip_y, 0.5), (draw.flip_z, 0.5),
+                       (draw.elastic, 0.5), (draw.blur_sigma > 0, 0.3),
+                       (draw.slip_section >= 0, 0.3), (draw.missing_section >= 0, 0.2),
+                       ((draw.section_contrast != 1).any(dim=1), 0.5)):
+        assert abs(flag.float().mean().item() - odds) < 0.03
+    assert -math.pi <= draw.angle.min() < -3.0 and 3.0 < draw.angle.max() <= math.pi
+    assert ((0.85 <= draw.brightness) & (draw.brightness <= 1.15)).all()
+    slipped = draw.slip_shift[draw.slip_section >= 0]
+    assert slipped.abs().max() == 3 and (slipped.abs().sum(dim=1) > 0).all()
+    assert draw.noise_sigma == pytest.approx(0.03)
+
+
+def _bar_angle(image: torch.Tensor) -> float:
+    """Direction (radians, x right, y down) from the centre to the bright bar's centroid."""
+    weight = (image - MID_GREY).clamp(min=0)
+    height, width = image.shape
+    ys, xs = torch.meshgrid(torch.arange(height) - (height - 1) / 2,
+                            torch.arange(width) - (width - 1) / 2, indexing="ij")
+    return math.atan2((weight * ys).sum().item(), (weight * xs).sum().item())
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_the_rotation_angle_is_recovered_from_a_synthetic_pattern(kind):
+    size = 65
+    image = torch.full((size, size), MID_GREY)
+    image[31:34, 36:60] = 1.0  # a bar from near the centre towards +x
+    shape = (12, 1, size, size) if kind == "2d" else (12, 1, 3, size, size)
+    x = image.expand(shape).clone()
+    augmentation = only("rotate", kind)
+    draw = augmentation.draw(shape, seeded(7))
+    assert not (draw.flip_x | draw.flip_y).any()
+    out = augmentation.apply(x, draw)
+    for i, angle in enumerate(draw.angle.tolist()):
+        planes = out[i].reshape(-1, size, size)
+        for plane in planes:  # every section turned alike
+            error = (_bar_angle(plane) - angle + math.pi) % (2 * math.pi) - math.pi
+            assert abs(error) < math.radians(1.5)
+    assert (draw.angle.abs() % (math.pi / 2) > 0.1).any()  # not only right angles
+
+
+def test_flips_are_exact_mirrors():
+    x = cubes()
+    augmentation = BatchAugmentation("3d", ["flip"], 1.0)
+    n = len(x)
+    yes, no = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    for changes, expected in (({"flip_x": yes}, x.flip(-1)), ({"flip_y": yes}, x.flip(-2)),
+                              ({"flip_z": yes}, x.flip(2)),
+                              ({"flip_x": yes, "flip_y": yes, "flip_z": yes},
+                               x.flip(-1, -2, 2))):
+        draw = still(augmentation, x.shape, **{"flip_x": no, "flip_y": no, "flip_z": no,
+                                               **changes})
+        torch.testing.assert_close(augmentation.apply(x, draw), expected, atol=1e-5, rtol=0)
+
+
+def test_cube_sections_share_one_in_plane_transform():
+    section = torch.rand(4, 1, 1, 20, 20, generator=seeded(8))
+    cube = section.expand(4, 1, 8, 20, 20).clone()
+    geometric = BatchAugmentation("3d", ["flip", "rotate", "elastic"], 1.0)
+    out = geometric(cube, seeded(9))
+    torch.testing.assert_close(out, out[:, :, :1].expand_as(out))
+    assert not torch.allclose(out, cube)
+
+
+def test_the_centre_stays_at_the_centre():
+    """Every geometric op turns, mirrors or deforms about the cutout's centre, where the
+    synapse is: a blob there stays there (within the elastic field's pixel and a slip)."""
+    size = 33
+    ys, xs = torch.meshgrid(torch.arange(size) - 16.0, torch.arange(size) - 16.0,
+                            indexing="ij")
+    blob = MID_GREY + 0.5 * torch.exp(-(xs**2 + ys**2) / (2 * 3.0**2))
+    x = blob.expand(16, 1, 4, size, size).clone()
+    augmentation = BatchAugmentation("3d", ["flip", "rotate", "elastic", "section_slip"], 1.0)
+    out = augmentation(x, seeded(10))
+    weight = (out - MID_GREY).clamp(min=0)
+    total = weight.sum(dim=(-2, -1))
+    cy = (weight * ys).sum(dim=(-2, -1)) / total
+    cx = (weight * xs).sum(dim=(-2, -1)) / total
+    distance = (cx**2 + cy**2).sqrt()
+    assert distance.max() <= 3.0 * math.sqrt(2) + 0.5  # a slipped section: up to 3 px each way
+    assert distance.median() < 1.0
+
+
+def test_section_slip_shifts_one_section_by_whole_pixels():
+    x = cubes()
+    augmentation = only("section_slip")
+    draw = still(augmentation, x.shape, slip_section=torch.tensor([2, -1, 0, 5]),
+                 slip_shift=torch.tensor([[2, -1], [1, 1], [-3, 0], [0, 2]]))
+    out = augmentation.apply(x, draw)
+    for i, (section, (dx, dy)) in enumerate(zip([2, -1, 0, 5], [(2, -1), (1, 1), (-3, 0),
+                                                                (0, 2)])):
+        for d in range(x.shape[2]):
+            if d != section:
+                torch.testing.assert_close(out[i, 0, d], x[i, 0, d], atol=1e-5, rtol=0)
+        if section < 0:
+            continue
+        # Output pixel (y, x) shows input pixel (y - dy, x - dx); edges come in mid-grey.
+        moved = out[i, 0, section]
+        shifted = torch.roll(x[i, 0, section], shifts=(dy, dx), dims=(0, 1))
+        torch.testing.assert_close(moved[3:-3, 3:-3], shifted[3:-3, 3:-3], atol=1e-5, rtol=0)
+        edge = moved[:, 0] if dx > 0 else (moved[:, -1] if dx < 0 else
+                                            (moved[0] if dy > 0 else moved[-1]))
+        torch.testing.assert_close(edge, torch.full_like(edge, MID_GREY), atol=1e-5, rtol=0)
 
 
 def test_missing_section_is_a_neighbour_or_blank():
-    x = cube()
-    kinds = set()
-    for seed in range(12):
-        torch.manual_seed(seed)
-        out = MissingSection(p=1.0)(x)
-        changed = [d for d in range(x.shape[1]) if not torch.equal(out[0, d], x[0, d])]
-        assert len(changed) == 1
-        d = changed[0]
-        if torch.all(out[0, d] == MID_GREY):
-            kinds.add("blank")
-        else:
-            neighbours = [x[0, n] for n in (d - 1, d + 1) if 0 <= n < x.shape[1]]
-            assert any(torch.equal(out[0, d], n) for n in neighbours)
-            kinds.add("neighbour")
-    assert kinds == {"blank", "neighbour"}
+    x = cubes()
+    augmentation = only("missing_section")
+    draw = still(augmentation, x.shape, missing_section=torch.tensor([0, 3, 5, -1]),
+                 missing_step=torch.tensor([1, 0, -1, 0]))
+    out = augmentation.apply(x, draw)
+    changed = [[d for d in range(6) if not torch.equal(out[i, 0, d], x[i, 0, d])]
+               for i in range(4)]
+    assert changed == [[0], [3], [5], []]
+    assert torch.equal(out[0, 0, 0], x[0, 0, 1])
+    assert torch.all(out[1, 0, 3] == MID_GREY)
+    assert torch.equal(out[2, 0, 5], x[2, 0, 4])
+    draw = only("missing_section", strength=5.0).draw(x.shape, seeded(11))
+    assert (draw.missing_section >= 0).all()
+    steps = draw.missing_step[draw.missing_section == 0]
+    assert (steps >= 0).all()  # the first section copies the second, never a section -1
+
+
+def test_section_intensity_changes_sections_independently():
+    x = torch.full((2, 1, 4, 8, 8), 0.6)
+    augmentation = only("section_intensity")
+    draw = augmentation.draw(x.shape, seeded(12))
+    draw = replace(draw, section_contrast=torch.tensor([[1.1, 0.9, 1.0, 1.05]] * 2),
+                   section_brightness=torch.tensor([[0.05, -0.05, 0.0, 0.02]] * 2))
+    out = augmentation.apply(x, draw)
+    expected = (0.6 - MID_GREY) * torch.tensor([1.1, 0.9, 1.0, 1.05]) + MID_GREY + torch.tensor(
+        [0.05, -0.05, 0.0, 0.02])
+    torch.testing.assert_close(out[:, 0, :, 3, 3], expected.expand(2, 4))
+    torch.testing.assert_close(out, out[..., :1, :1].expand_as(out))  # uniform in a section
+
+
+def test_intensity_scales_brightness_and_contrast_about_the_mean():
+    x = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    augmentation = only("intensity", "2d")
+    draw = replace(augmentation.draw(x.shape, seeded(13)), brightness=torch.tensor([1.1, 1.0]),
+                   contrast=torch.tensor([1.0, 0.5]))
+    out = augmentation.apply(x, draw)
+    torch.testing.assert_close(out[0], x[0] * 1.1)
+    torch.testing.assert_close(out[1], (x[1] - 0.5) * 0.5 + 0.5)
+
+
+def test_noise_has_the_configured_spread():
+    x = torch.full((4, 1, 8, 64, 64), 0.5)
+    out = only("noise", strength=2.0)(x, seeded(14))
+    assert (out - x).std().item() == pytest.approx(0.06, rel=0.03)
+    assert abs((out - x).mean().item()) < 0.002
+
+
+def test_blur_smooths_the_samples_that_draw_it():
+    x = torch.rand(3, 1, 4, 24, 24, generator=seeded(15))
+    augmentation = only("blur", strength=1.0)
+    draw = replace(augmentation.draw(x.shape, seeded(16)),
+                   blur_sigma=torch.tensor([0.0, 0.5, 1.0]))
+    out = augmentation.apply(x, draw)
+    assert torch.equal(out[0], x[0])
+    spreads = [out[i].std().item() for i in range(3)]
+    assert spreads[0] > spreads[1] > spreads[2]
+
+
+def test_elastic_moves_pixels_by_about_a_pixel():
+    size = 64
+    ramp = torch.linspace(0, 1, size).view(1, 1, 1, size).expand(8, 1, size, size).clone()
+    augmentation = only("elastic", "2d")
+    draw = replace(augmentation.draw(ramp.shape, seeded(17)),
+                   elastic=torch.ones(8, dtype=torch.bool))
+    out = augmentation.apply(ramp, draw)
+    # On a ramp of 1/63 per pixel, the value change is the x displacement in pixels / 63.
+    moved = ((out - ramp)[..., 8:-8, 8:-8].abs() * (size - 1))
+    assert 0.1 < moved.mean().item() < 2.0 and moved.max().item() < 6.0
 
 
 @pytest.mark.parametrize("shape", [(6, 1, 16, 16), (6, 1, 4, 16, 16)])

@@ -276,7 +276,7 @@ def test_device_augmentation_draws_each_sample_its_own_transform():
 FORMER_DEFAULTS = {
     "epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "weight_decay": 1e-4,
     "samples_per_epoch": None, "grad_clip": 1.0, "augment_strength": 1.0,
-    "augmentations": list(transforms.DEFAULT_AUGMENTATIONS), "optimizer": "adamw",
+    "augmentations": ["flip", "rotate", "intensity", "noise"], "optimizer": "adamw",
     "warmup_epochs": 0, "loss": "cross_entropy", "focal_gamma": 2.0, "focal_alpha": None,
     "cb_beta": 0.999, "sampler": "random", "mixup": 0.0, "cutmix": 0.0, "ema_decay": None,
     "compile": False, "early_stopping_patience": None, "augment_on": "auto",

@@ -1,4 +1,4 @@
-"""The transforms: fixed scaling, every augmentation on the loader and on the device."""
+"""The transforms: fixed scaling, the configured augmentations on the loader and on the device."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ import torch
 
 from dataset_helpers import SIZE_2D, SIZE_3D, write_cutouts
 from synapse_ei.errors import DataError
+from synapse_ei.learn.augment import AUGMENTATIONS, SECTION_AUGMENTATIONS
 from synapse_ei.learn.dataset import CutoutDataset, load_manifest, make_loader
-from synapse_ei.learn.transforms import (
-    AUGMENTATIONS,
-    build_transforms,
-    SECTION_AUGMENTATIONS,
-    to_model_input,
-)
+from synapse_ei.learn.transforms import build_transforms, to_model_input
+
 
 @pytest.fixture
 def cutouts(tmp_path):
@@ -44,43 +41,22 @@ def test_augmentations_keep_shape_dtype_label(cutouts, kind, shape, augmentation
         assert not torch.equal(x, plain[index][0].float() / 255)
 
 
-def test_2d_rotation_is_not_limited_to_right_angles():
-    image = torch.zeros(1, 15, 15)
-    image[0, 7, 7:] = 1.0  # a line from the centre to the right edge
-    transform = build_transforms("2d", train=True, strength=0.0)
-    right_angles = [torch.rot90(f, k, dims=(1, 2)) for f in (image, image.flip(2))
-                    for k in range(4)]
-    torch.manual_seed(0)
-    outputs = [transform(image) for _ in range(10)]
-    off_grid = [
-        o for o in outputs if not any(torch.allclose(o, r, atol=1e-3) for r in right_angles)
-    ]
-    assert len(off_grid) >= 5
+def test_the_default_augmentations_are_the_schemas():
+    """build_transforms without names uses the schema's models.<name>.augmentations default."""
+    from synapse_ei.config import model_defaults
+
+    assert sorted(build_transforms("3d", train=True).ops) == sorted(
+        model_defaults()["augmentations"])
+    assert not build_transforms("3d", train=False)
 
 
-def test_3d_sections_share_one_in_plane_transform():
-    section = torch.rand(1, 1, 16, 16)
-    cube = section.expand(1, 8, 16, 16).clone()
-    transform = build_transforms("3d", train=True, strength=0.0)
-    torch.manual_seed(1)
-    changed = 0
-    for _ in range(6):
-        out = transform(cube)
-        assert out.shape == cube.shape
-        torch.testing.assert_close(out, out[:, :1].expand_as(out))  # all sections identical
-        changed += not torch.allclose(out, cube)
-    assert changed > 0
+def test_the_schema_lists_every_augmentation():
+    import yaml
+    from synapse_ei.config import SCHEMA
 
-
-def test_3d_z_flip_reverses_sections():
-    cube = torch.linspace(0.1, 0.9, 8).view(1, 8, 1, 1).expand(1, 8, 16, 16).clone()
-    transform = build_transforms("3d", train=True, strength=0.0)
-    torch.manual_seed(0)
-    orders = set()
-    for _ in range(12):
-        centre = transform(cube)[0, :, 8, 8]
-        orders.add(bool(centre[0] > centre[-1]))
-    assert orders == {True, False}
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    entry = schema["properties"]["models"]["additionalProperties"]["properties"]
+    assert entry["augmentations"]["items"]["enum"] == list(AUGMENTATIONS)
 
 
 def test_section_augmentations_need_a_3d_model():
@@ -88,7 +64,7 @@ def test_section_augmentations_need_a_3d_model():
         build_transforms("2d", train=True, augmentations=["flip", "section_slip"])
     with pytest.raises(DataError, match="cutout"):
         build_transforms("3d", train=True, augmentations=["cutout"])
-    x = torch.rand(1, 4, 8, 8)
+    x = torch.rand(2, 1, 4, 8, 8)
     for nothing in ({"augmentations": []}, {"augmentations": ["noise"], "strength": 0.0}):
         assert torch.equal(build_transforms("3d", train=True, **nothing)(x), x)
     # A single op without any in-plane one works too.
@@ -100,8 +76,9 @@ def test_section_augmentations_need_a_3d_model():
 
 @pytest.mark.parametrize(("kind", "augmentations"), [("2d", ALL_2D), ("3d", AUGMENTATIONS)])
 def test_every_augmentation_runs_on_the_device_batch(cutouts, kind, augmentations):
-    """augment_on: device applies the transforms to the uint8 batch after the copy to the device
-    (the CPU here, a GPU in training): every op keeps the shape and stays finite."""
+    """augment_on: device applies the augmentations to the whole uint8 batch after the copy to
+    the device (the CPU here, a GPU in training): every op keeps the shape and stays finite, and
+    the loader path (the dataset's batch read) gives the same batch for the same draw."""
     root, manifest = cutouts
     rows = load_manifest(manifest, "train", kind)
     loader = make_loader(CutoutDataset(rows, root, kind), batch_size=4, seed=0, shuffle=True)
@@ -112,3 +89,25 @@ def test_every_augmentation_runs_on_the_device_batch(cutouts, kind, augmentation
     x = to_model_input(batch, torch.device("cpu"), transform=transform)
     assert x.shape == batch.shape and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert not torch.equal(x, to_model_input(batch, torch.device("cpu")))
+    torch.manual_seed(0)
+    on_device = to_model_input(batch, torch.device("cpu"), transform=transform)
+    torch.manual_seed(0)
+    in_loader = transform(batch)
+    torch.testing.assert_close(on_device, to_model_input(in_loader, torch.device("cpu")))
+
+
+def test_loader_workers_replay_the_same_augmented_batches(cutouts):
+    """augment_on: loader with workers: each worker augments whole batches with draws seeded
+    from the loader's seed, so the same seed gives the same batches and another seed others."""
+    root, manifest = cutouts
+    rows = load_manifest(manifest, "train", "3d")
+    augmented = CutoutDataset(rows, root, "3d", transform=build_transforms("3d", train=True))
+
+    def batches(seed):
+        loader = make_loader(augmented, batch_size=3, seed=seed, shuffle=True, num_workers=1)
+        return [x for x, _ in loader]
+
+    first = batches(0)
+    assert all(x.dtype == torch.float32 and x.shape[1:] == (1, *SIZE_3D) for x in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, batches(0)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, batches(1)))
