@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -128,18 +129,21 @@ def plot_synapses_needed(curves: dict[str, pd.DataFrame], path: Path, title: str
     model (name -> :func:`synapse_ei.evaluation.sufficiency.synapses_needed` table), with its
     interval band; the ``all`` point is drawn apart at the right."""
     figure, axes = plt.subplots(figsize=(5.6, 4.0))
+    ks = sorted({int(k) for curve in curves.values() for k in curve["k"] if k != "all"}) or [1]
+    at_all = ks[-1] * 2  # where the "all" stars stand, right of the largest k
     for name, curve in curves.items():
         finite = curve[(curve["k"] != "all") & curve["balanced_accuracy"].notna()]
         k = finite["k"].astype(int)
         line, = axes.plot(k, finite["balanced_accuracy"], marker="o", label=name)
-        axes.fill_between(k, finite["ci_low"], finite["ci_high"], alpha=0.15,
-                          color=line.get_color())
-        every = curve[curve["k"] == "all"]
-        if not every.empty and np.isfinite(every["balanced_accuracy"].iloc[0]):
-            axes.scatter([k.max() * 2 if len(k) else 1], every["balanced_accuracy"], marker="*",
-                         s=90, color=line.get_color())
+        axes.fill_between(k, finite["ci_low"].astype(float), finite["ci_high"].astype(float),
+                          alpha=0.15, color=line.get_color())
+        every = curve[curve["k"] == "all"]["balanced_accuracy"].astype(float)
+        if not every.empty and np.isfinite(every.iloc[0]):
+            axes.scatter([at_all], every, marker="*", s=90, color=line.get_color())
     axes.axhline(0.5, linestyle="--", color="grey", label="chance")
     axes.set_xscale("log")
+    axes.set_xticks([*ks, at_all], [*map(str, ks), "all"])
+    axes.minorticks_off()
     axes.set_xlabel("synapses per call, k (star: all of the neuron's test synapses)")
     axes.set_ylabel("neuron balanced accuracy (tuned threshold)")
     axes.set_ylim(0, 1.05)
@@ -148,9 +152,14 @@ def plot_synapses_needed(curves: dict[str, pd.DataFrame], path: Path, title: str
     _save(figure, path)
 
 
+BREAKDOWN_TITLES = {"cell_type": "presynaptic cell type", "synapse_size": "synapse size",
+                    "depth_um": "depth (µm)"}
+
+
 def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
     """Neuron recall per cell type, synapse-size bin and depth bin (one panel each), per true
-    class, with 95% Wilson intervals over neurons; the neuron count is written on each bar."""
+    class, with 95% Wilson intervals over neurons; the neuron count is written at each bar's
+    foot."""
     groupings = list(dict.fromkeys(table["grouping"])) or ["cell_type"]
     figure, panels = plt.subplots(1, len(groupings), figsize=(4.6 * len(groupings), 3.8),
                                   squeeze=False)
@@ -162,10 +171,18 @@ def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
             of_label = rows[rows["label"] == label].set_index("group").reindex(groups)
             series[label] = (of_label["neuron_recall"], of_label["ci_low"], of_label["ci_high"])
         interval_bars(axes, groups, series)
+        neurons = {label: rows[rows["label"] == label].set_index("group").reindex(groups)[
+            "n_neurons"] for label in LABELS}
+        bars = [c for c in axes.containers if isinstance(c, BarContainer)]
+        for container, label in zip(bars, LABELS):
+            for bar, count in zip(container, neurons[label].astype(float)):
+                if np.isfinite(count):  # the neurons behind the bar, at its foot
+                    axes.text(bar.get_x() + bar.get_width() / 2, 0.02, f"{int(count)}",
+                              ha="center", va="bottom", fontsize="x-small", color="white")
         axes.tick_params(axis="x", labelrotation=35, labelsize="small")
         axes.axhline(0.5, linestyle="--", color="grey")
         axes.set_ylim(0, 1.1)
-        axes.set_title(grouping.replace("_", " "))
+        axes.set_title(BREAKDOWN_TITLES.get(grouping, grouping))
     panels[0][0].set_ylabel("neuron recall (tuned threshold)")
     panels[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle(f"{model_name}: which test neurons are called right")
