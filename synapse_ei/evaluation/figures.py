@@ -10,7 +10,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -158,8 +157,8 @@ BREAKDOWN_TITLES = {"cell_type": "presynaptic cell type", "synapse_size": "synap
 
 def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
     """Neuron recall per cell type, synapse-size bin and depth bin (one panel each), per true
-    class, with 95% Wilson intervals over neurons; the neuron count is written at each bar's
-    foot."""
+    class, with 95% Wilson intervals over neurons (the neurons and synapses behind each bar are
+    in the table beside it)."""
     groupings = list(dict.fromkeys(table["grouping"])) or ["cell_type"]
     figure, panels = plt.subplots(1, len(groupings), figsize=(4.6 * len(groupings), 3.8),
                                   squeeze=False)
@@ -171,14 +170,6 @@ def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
             of_label = rows[rows["label"] == label].set_index("group").reindex(groups)
             series[label] = (of_label["neuron_recall"], of_label["ci_low"], of_label["ci_high"])
         interval_bars(axes, groups, series)
-        neurons = {label: rows[rows["label"] == label].set_index("group").reindex(groups)[
-            "n_neurons"] for label in LABELS}
-        bars = [c for c in axes.containers if isinstance(c, BarContainer)]
-        for container, label in zip(bars, LABELS):
-            for bar, count in zip(container, neurons[label].astype(float)):
-                if np.isfinite(count):  # the neurons behind the bar, at its foot
-                    axes.text(bar.get_x() + bar.get_width() / 2, 0.02, f"{int(count)}",
-                              ha="center", va="bottom", fontsize="x-small", color="white")
         axes.tick_params(axis="x", labelrotation=35, labelsize="small")
         axes.axhline(0.5, linestyle="--", color="grey")
         axes.set_ylim(0, 1.1)

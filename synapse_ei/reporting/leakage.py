@@ -243,9 +243,9 @@ def _read_split_tables(split_paths: Mapping[str, str | Path]) -> dict[str, pd.Da
 
 def _from_metrics(model: str, paths: Mapping[str, str | Path]) -> dict[str, Any]:
     """A trained model's comparison, read from its evaluate stages under both splits."""
-    return _compare(
-        model, {kind: scores_from_metrics(read_json(path), str(path)) for kind, path in paths.items()}
-    )
+    return _compare(model, {
+        kind: scores_from_metrics(read_json(path), str(path)) for kind, path in paths.items()
+    })
 
 
 def leakage_audit(
