@@ -34,7 +34,8 @@ def _ranks_within_neuron(neuron_of_synapse: np.ndarray, n_draws: int,
                          rng: np.random.Generator) -> np.ndarray:
     """For each draw (rows) a random order of every neuron's synapses: the rank of each synapse
     among its neuron's. Taking the synapses of rank < k is a draw of k without replacement."""
-    keys = neuron_of_synapse[None, :] + rng.random((n_draws, len(neuron_of_synapse)))
+    # Half of [0, 1): neuron + 0.99999... can round up to the next neuron's index.
+    keys = neuron_of_synapse[None, :] + 0.5 * rng.random((n_draws, len(neuron_of_synapse)))
     order = np.argsort(keys, axis=1, kind="stable")
     counts = np.bincount(neuron_of_synapse)
     first = np.cumsum(counts) - counts

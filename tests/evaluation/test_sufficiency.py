@@ -70,3 +70,16 @@ def test_expected_accuracy_takes_the_largest_k_reached():
     curve = pd.DataFrame({"k": ["2", "5", "all"], "balanced_accuracy": [0.7, 0.9, 0.95]})
     assert expected_accuracy([1, 2, 4, 5, 500], curve)[1:].tolist() == [0.7, 0.7, 0.9, 0.9]
     assert np.isnan(expected_accuracy([1], curve)[0])
+
+
+def test_a_draw_never_leaves_its_neuron():
+    """A random key next to 1 must not sort a synapse among the next neuron's."""
+    from synapse_ei.evaluation import sufficiency
+
+    class Keys:
+        def random(self, shape):
+            return np.array([[0.0, 1 - 2.0**-53, 0.0, 0.0]])
+
+    # Neuron 2's synapse comes first; 1 + (1 - 2**-53) rounds to 2.0 in float64.
+    ranks = sufficiency._ranks_within_neuron(np.array([2, 1, 1, 0]), 1, Keys())
+    assert ranks[0][0] == 0 and sorted(ranks[0][1:3]) == [0, 1] and ranks[0][3] == 0
