@@ -30,38 +30,33 @@ CURVE_COLUMNS = ["k", "n_neurons", "n_inhibitory_neurons", "n_excitatory_neurons
 _CHUNK_ENTRIES = 2_000_000
 
 
-def _ranks_within_neuron(neuron_of_synapse: np.ndarray, n_draws: int,
-                         rng: np.random.Generator) -> np.ndarray:
-    """For each draw (rows) a random order of every neuron's synapses: the rank of each synapse
-    among its neuron's. Taking the synapses of rank < k is a draw of k without replacement."""
+def _shuffled_within_neuron(neuron_of_synapse: np.ndarray, n_draws: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """For each draw (rows) the synapses ordered by neuron, in a random order within each
+    neuron: the first k of a neuron's run are a draw of k without replacement."""
     # Half of [0, 1): neuron + 0.99999... can round up to the next neuron's index.
     keys = neuron_of_synapse[None, :] + 0.5 * rng.random((n_draws, len(neuron_of_synapse)))
-    order = np.argsort(keys, axis=1, kind="stable")
-    counts = np.bincount(neuron_of_synapse)
-    first = np.cumsum(counts) - counts
-    ranks = np.empty_like(order)
-    rows = np.arange(n_draws)[:, None]
-    ranks[rows, order] = np.arange(len(neuron_of_synapse))[None, :] - first[
-        neuron_of_synapse[order]]
-    return ranks
+    return np.argsort(keys, axis=1, kind="stable")
 
 
 def _expected_correct(prob, neuron_of_synapse, inhibitory, threshold, ks, n_draws, seed):
-    """Per k: the share of the draws in which each neuron's k-synapse call is right."""
-    n_neurons = len(inhibitory)
+    """Per k: the share of the draws in which each neuron's k-synapse call is right (neurons
+    with fewer than k synapses get a meaningless value; the caller leaves them out)."""
+    counts = np.bincount(neuron_of_synapse, minlength=len(inhibitory))
+    first = np.cumsum(counts) - counts
     rng = np.random.default_rng(seed)
-    correct = {k: np.zeros(n_neurons) for k in ks}
+    correct = {k: np.zeros(len(inhibitory)) for k in ks}
     chunk = max(1, min(n_draws, _CHUNK_ENTRIES // max(len(prob), 1)))
     for start in range(0, n_draws, chunk):
         size = min(chunk, n_draws - start)
-        ranks = _ranks_within_neuron(neuron_of_synapse, size, rng)
-        cell = np.arange(size)[:, None] * n_neurons + neuron_of_synapse[None, :]
+        order = _shuffled_within_neuron(neuron_of_synapse, size, rng)
+        # running[:, j]: the sum of the first j shuffled probabilities, so a neuron's first k
+        # sum to running[first + k] - running[first], for every k at once.
+        running = np.zeros((size, len(prob) + 1))
+        np.cumsum(prob[order], axis=1, out=running[:, 1:])
         for k in ks:
-            taken = ranks < k
-            total = np.bincount(cell[taken], np.broadcast_to(prob, ranks.shape)[taken],
-                                minlength=size * n_neurons).reshape(size, n_neurons)
-            right = calls_inhibitory(total / k, threshold) == inhibitory[None, :]
-            correct[k] += right.sum(axis=0)
+            total = running[:, first + np.minimum(k, counts)] - running[:, first]
+            correct[k] += (calls_inhibitory(total / k, threshold) == inhibitory[None, :]).sum(0)
     return {k: values / n_draws for k, values in correct.items()}
 
 

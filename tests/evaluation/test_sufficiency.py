@@ -81,5 +81,5 @@ def test_a_draw_never_leaves_its_neuron():
             return np.array([[0.0, 1 - 2.0**-53, 0.0, 0.0]])
 
     # Neuron 2's synapse comes first; 1 + (1 - 2**-53) rounds to 2.0 in float64.
-    ranks = sufficiency._ranks_within_neuron(np.array([2, 1, 1, 0]), 1, Keys())
-    assert ranks[0][0] == 0 and sorted(ranks[0][1:3]) == [0, 1] and ranks[0][3] == 0
+    order = sufficiency._shuffled_within_neuron(np.array([2, 1, 1, 0]), 1, Keys())
+    assert order[0][0] == 3 and sorted(order[0][1:3]) == [1, 2] and order[0][3] == 0
