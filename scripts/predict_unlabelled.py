@@ -13,6 +13,10 @@ predict_unlabelled(
     synapses_out=snakemake.output.synapses,
     neurons_out=snakemake.output.neurons,
     stats_out=snakemake.output.stats,
+    provenance_path=snakemake.input.provenance,
+    cave_out={"table": snakemake.output.cave_table, "csv": snakemake.output.cave_csv,
+              "meta": snakemake.output.cave_meta},
+    model_name=snakemake.wildcards.model,
     device=snakemake.params.device,
     tta=snakemake.params.tta,
 )

@@ -4,10 +4,7 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.reporting.summary import comparison_curves, summarize, summary_figure, write_summary
+from synapse_ei.reporting.summary import run_summary  # noqa: E402
 
-table = summarize(dict(zip(snakemake.params.models, snakemake.input.metrics)))
-write_summary(table, snakemake.output.csv, snakemake.output.markdown, snakemake.output.html)
-summary_figure(table, snakemake.output.figure)
-comparison_curves(dict(zip(snakemake.params.models, snakemake.input.predictions)),
-                  snakemake.output.curves)
+run_summary(snakemake.params.models, snakemake.input.metrics, snakemake.input.predictions,
+            dict(snakemake.output.items()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,3 +60,46 @@ def test_each_neuron_is_called_from_its_mean_probability():
     # Neuron 9: 0.35 < 0.4 is excitatory, its only synapse agrees.
     assert row.loc[9, "predicted_label"] == "excitatory" and row.loc[9, "confidence"] == 1.0
     assert (neurons["threshold"] == 0.4).all()
+
+
+def test_each_call_gets_the_accuracy_expected_at_its_synapse_count():
+    predictions = pd.DataFrame({
+        "pre_pt_root_id": [7] * 4 + [9] + [3] * 60,
+        "prob_inhibitory": [0.9, 0.8, 0.7, 0.1, 0.35] + [0.2] * 60,
+    })  # fmt: skip
+    curve = pd.DataFrame({"k": ["1", "3", "50", "all"],
+                          "balanced_accuracy": [0.6, 0.75, 0.95, 0.9]})
+    neurons = infer_neurons(predictions, 0.4, curve).set_index("pre_pt_root_id")
+    # 4 synapses reach k = 3; 1 reaches k = 1; 60 reach k = 50 (not the "all" row).
+    assert neurons["expected_accuracy"].to_dict() == {3: 0.95, 7: 0.75, 9: 0.6}
+    assert infer_neurons(predictions, 0.4)["expected_accuracy"].isna().all()
+
+
+def test_cave_table_holds_one_point_per_axon_in_cave_voxels(tmp_path):
+    from synapse_ei.unlabelled import cave_calls, CAVE_COLUMNS, write_cave_calls
+
+    predictions = pd.DataFrame({"pre_pt_root_id": [7, 7, 9], "prob_inhibitory": [0.9, 0.7, 0.1]})
+    neurons = infer_neurons(predictions, 0.5)
+    manifest = pd.DataFrame({
+        "id": [12, 11, 30], "pre_pt_root_id": [7, 7, 9],
+        # Table positions in 8 x 8 x 40 nm voxels: CAVE's 4 x 4 x 40 doubles x and y.
+        "pre_pt_position_x": [100, 50, 7], "pre_pt_position_y": [200, 60, 8],
+        "pre_pt_position_z": [3, 4, 5],
+    })  # fmt: skip
+    calls = cave_calls(neurons, manifest, "cnn2d", (8, 8, 40))
+    assert list(calls.columns) == CAVE_COLUMNS
+    assert calls["pt_root_id"].tolist() == [7, 9]
+    assert calls["pt_position"].tolist() == [[100, 120, 4], [14, 16, 5]]  # synapse 11 for 7
+    assert calls["cell_type"].tolist() == ["inhibitory", "excitatory"]
+    assert calls["prob_inhibitory"].tolist() == pytest.approx([0.8, 0.1])
+    assert calls["n_synapses"].tolist() == [2, 1]
+    write_cave_calls(calls, tmp_path / "c.parquet", tmp_path / "c.csv", tmp_path / "c.json",
+                     {"source": "cave", "materialization_version": 1300}, "cnn2d", 0.5)
+    meta = json.loads((tmp_path / "c.json").read_text())
+    assert meta["materialization_version"] == 1300 and meta["schema"] == "cell_type_local"
+    assert pd.read_csv(tmp_path / "c.csv")["pt_position"].tolist() == ["[100, 120, 4]",
+                                                                       "[14, 16, 5]"]
+    assert pd.read_parquet(tmp_path / "c.parquet")["pt_position"].map(list).tolist() == [
+        [100, 120, 4], [14, 16, 5]]
+    with pytest.raises(DataError, match="point per axon"):
+        cave_calls(neurons, manifest[["id", "pre_pt_root_id"]], "cnn2d", (4, 4, 40))

@@ -22,46 +22,45 @@ N_BOOTSTRAP = 1000
 BOOTSTRAP_SEED = 0
 
 
-def _neuron_weighted_scores(
-    draws: np.ndarray,
-    target: np.ndarray,
-    prob: np.ndarray,
-    neuron_of_synapse: np.ndarray,
-    threshold: float,
-    n_bins: int = N_CALIBRATION_BINS,
-) -> dict[str, np.ndarray]:
-    """Every bootstrapped score for each row of ``draws`` (times each neuron was drawn).
+def _per_neuron(neuron_of_synapse: np.ndarray, n_neurons: int, mask: np.ndarray,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """Per neuron: how many synapses in ``mask`` it has (or the sum of their ``weights``)."""
+    kept = None if weights is None else weights[mask]
+    return np.bincount(neuron_of_synapse[mask], kept, minlength=n_neurons).astype(float)
 
-    Synapse-level scores equal sklearn's with ``sample_weight`` = the draw count of each
-    synapse's neuron, computed for many resamples at once: sklearn's per-call overhead would
-    dominate 1000 calls. ROC-AUC is the Mann-Whitney statistic over distinct scores, ties
-    counting one half; PR-AUC is sklearn's average precision (precision at each distinct score
-    times the recall gained there). Neuron-level scores weigh each neuron by its draw count.
-    """
+
+def _threshold_scores(draws, target, called, neuron_of_synapse) -> dict[str, np.ndarray]:
+    """Accuracy and balanced accuracy of the synapse calls, each synapse weighed by its
+    neuron's draw count, plus the weighted class totals."""
+    n_neurons = draws.shape[1]
+    count = lambda mask: draws @ _per_neuron(neuron_of_synapse, n_neurons, mask)  # noqa: E731
+    positives, negatives = count(target == 1), count(target == 0)
+    true_positive, true_negative = count((target == 1) & called), count((target == 0) & ~called)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": (true_positive + true_negative) / (positives + negatives),
+            "balanced_accuracy": (true_positive / positives + true_negative / negatives) / 2,
+            "positives": positives,
+            "negatives": negatives,
+        }
+
+
+def _ranking_scores(draws, target, prob, neuron_of_synapse, positives, negatives):
+    """ROC-AUC (the Mann-Whitney statistic over distinct scores, ties counting one half) and
+    PR-AUC (sklearn's average precision: precision at each distinct score times the recall
+    gained there), each synapse weighed by its neuron's draw count."""
     n_neurons = draws.shape[1]
     values, value_of_synapse = np.unique(prob, return_inverse=True)
-    called = prob >= threshold
 
-    def per_neuron(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        kept = None if weights is None else weights[mask]
-        return np.bincount(neuron_of_synapse[mask], kept, minlength=n_neurons).astype(float)
-
-    positives, negatives = draws @ per_neuron(target == 1), draws @ per_neuron(target == 0)
-    true_positive = draws @ per_neuron((target == 1) & called)
-    true_negative = draws @ per_neuron((target == 0) & ~called)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = (true_positive + true_negative) / (positives + negatives)
-        balanced = (true_positive / positives + true_negative / negatives) / 2
-
-    def by_value(mask: np.ndarray) -> sparse.csr_matrix:
-        # neurons x distinct scores: how many synapses of the class each neuron has at each score
-        return sparse.csr_matrix(
+    def at_value(mask: np.ndarray) -> np.ndarray:
+        # resamples x distinct scores: weighted synapses of the class at each score
+        by_value = sparse.csr_matrix(
             (np.ones(int(mask.sum())), (neuron_of_synapse[mask], value_of_synapse[mask])),
             shape=(n_neurons, len(values)),
         )
+        return np.asarray((by_value.T @ draws.T).T)
 
-    positive_at = np.asarray((by_value(target == 1).T @ draws.T).T)
-    negative_at = np.asarray((by_value(target == 0).T @ draws.T).T)
+    positive_at, negative_at = at_value(target == 1), at_value(target == 0)
     negative_below = np.cumsum(negative_at, axis=1) - negative_at
     # Synapses scoring at or above each distinct score (the score as a threshold).
     positive_from = np.cumsum(positive_at[:, ::-1], axis=1)[:, ::-1]
@@ -72,42 +71,53 @@ def _neuron_weighted_scores(
         )
         precision = np.where(positive_at > 0, positive_from / (positive_from + negative_from), 0)
         pr_auc = (positive_at * precision).sum(axis=1) / positives
+    return auc, pr_auc
 
-    # Calibration: per bin, |sum of probabilities - number of inhibitory synapses| / N.
+
+def _calibration_scores(draws, target, prob, neuron_of_synapse, n_bins, n_synapses):
+    """Expected calibration error: per bin, |sum of probabilities - inhibitory synapses|,
+    summed and divided by the synapse count (all weighed by draw counts)."""
+    n_neurons = draws.shape[1]
     bin_of_synapse = _calibration_bin(prob, n_bins)
     gap = np.zeros(len(draws))
     for index in range(n_bins):
         in_bin = bin_of_synapse == index
         if in_bin.any():
-            predicted = draws @ per_neuron(in_bin, prob)
-            gap += np.abs(predicted - draws @ per_neuron(in_bin & (target == 1)))
+            predicted = draws @ _per_neuron(neuron_of_synapse, n_neurons, in_bin, prob)
+            observed = draws @ _per_neuron(neuron_of_synapse, n_neurons, in_bin & (target == 1))
+            gap += np.abs(predicted - observed)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ece = gap / (positives + negatives)
+        return gap / n_synapses
 
-    # Neuron level: each neuron called from its mean probability, weighed by its draw count.
-    synapses = per_neuron(np.ones(len(prob), dtype=bool))
-    present = synapses > 0
-    mean_prob = np.divide(per_neuron(np.ones(len(prob), dtype=bool), prob), synapses,
-                          out=np.zeros(n_neurons), where=present)
-    inhibitory = per_neuron(target == 1) > 0
-    correct = present & ((mean_prob >= threshold) == inhibitory)
-    neurons_drawn = draws @ present.astype(float)
-    inhibitory_drawn = draws @ (present & inhibitory)
-    excitatory_drawn = draws @ (present & ~inhibitory)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        neuron_accuracy = (draws @ correct.astype(float)) / neurons_drawn
-        neuron_balanced = (
-            (draws @ (correct & inhibitory)) / inhibitory_drawn
-            + (draws @ (correct & ~inhibitory)) / excitatory_drawn
-        ) / 2
+
+def _neuron_weighted_scores(
+    draws: np.ndarray,
+    target: np.ndarray,
+    prob: np.ndarray,
+    neuron_of_synapse: np.ndarray,
+    threshold: float,
+    n_bins: int = N_CALIBRATION_BINS,
+) -> dict[str, np.ndarray]:
+    """Every bootstrapped synapse-level score for each row of ``draws`` (times each neuron was
+    drawn).
+
+    The scores equal sklearn's with ``sample_weight`` = the draw count of each synapse's
+    neuron, computed for many resamples at once: sklearn's per-call overhead would dominate
+    1000 calls. Neuron-level scores carry Wilson intervals instead
+    (:mod:`synapse_ei.evaluation.intervals`).
+    """
+    called = prob >= threshold
+    counts = _threshold_scores(draws, target, called, neuron_of_synapse)
+    positives, negatives = counts["positives"], counts["negatives"]
+    auc, pr_auc = _ranking_scores(draws, target, prob, neuron_of_synapse, positives, negatives)
+    ece = _calibration_scores(draws, target, prob, neuron_of_synapse, n_bins,
+                              positives + negatives)
     return {
-        "accuracy": accuracy,
-        "balanced_accuracy": balanced,
+        "accuracy": counts["accuracy"],
+        "balanced_accuracy": counts["balanced_accuracy"],
         "roc_auc": auc,
         "pr_auc": pr_auc,
         "expected_calibration_error": ece,
-        "neuron_accuracy": neuron_accuracy,
-        "neuron_balanced_accuracy": neuron_balanced,
     }
 
 
@@ -131,7 +141,7 @@ def bootstrap_over_neurons(
 
     Each resample draws neurons with replacement and takes all their synapses (a neuron drawn k
     times weighs k). Scored: accuracy, balanced accuracy, ROC-AUC, PR-AUC, expected calibration
-    error, and neuron-level accuracy and balanced accuracy (see :func:`neuron_level`).
+    error (neuron-level scores carry Wilson intervals: :mod:`synapse_ei.evaluation.intervals`).
     Resamples holding a single class are skipped and counted out of ``n_used``. The same
     ``seed`` draws the same resamples whatever the threshold, so intervals at two thresholds
     are comparable.

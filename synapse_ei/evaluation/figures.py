@@ -1,4 +1,5 @@
-"""The evaluation figures of one model: confusion matrices, ROC, PR, reliability, history."""
+"""The evaluation figures of one model: confusion matrices, ROC, PR, reliability, history, the
+synapses a neuron call needs and the recall per cell type, synapse size and depth."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sklearn.metrics import (  # noqa: E402
     RocCurveDisplay,
 )
 
-from synapse_ei.outputs import atomic_path  # noqa: E402
+from synapse_ei.reporting.render import interval_bars, save_figure  # noqa: E402
 from synapse_ei.tables import LABELS  # noqa: E402
 
 
@@ -79,8 +80,19 @@ def _plot_reliability(table: pd.DataFrame, ece: float, path: Path, model_name: s
     _save(figure, path)
 
 
+def _epoch_axis(axes: plt.Axes, epochs: pd.Series) -> None:
+    """Whole-number epoch ticks; one epoch gets a single tick, not fractional ones."""
+    if len(epochs) <= 12:
+        axes.set_xticks(epochs.astype(int).tolist())
+        axes.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+
+
 def _plot_history(history_path: str | Path | None, path: Path, model_name: str) -> None:
-    """Loss (train and val) and val balanced accuracy per epoch; points when there is one epoch."""
+    """Loss (train and val) and val balanced accuracy per epoch; points when there is one epoch.
+    The best epoch (highest val balanced accuracy, whose weights training keeps) is marked."""
     history = pd.DataFrame()
     if history_path is not None and Path(history_path).exists():
         history = pd.read_csv(history_path)
@@ -97,19 +109,76 @@ def _plot_history(history_path: str | Path | None, path: Path, model_name: str) 
             if column in history.columns:
                 score_axes.plot(history["epoch"], history[column], label=column, **style)
         score_axes.axhline(0.5, linestyle="--", color="grey", label="chance")
+        if history.get("val_balanced_accuracy", pd.Series(dtype=float)).notna().any():
+            best = history.loc[history["val_balanced_accuracy"].idxmax(), "epoch"]
+            for axes in (loss_axes, score_axes):
+                axes.axvline(best, linestyle=":", color="black", label=f"best epoch ({best})")
         for axes in (loss_axes, score_axes):
-            axes.set_xlabel("epoch")
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _epoch_axis(axes, history["epoch"])
             if axes.get_legend_handles_labels()[0]:
-                axes.legend()
+                axes.legend(fontsize="small")
     loss_axes.set_ylabel("loss")
     score_axes.set_ylabel("balanced accuracy")
     figure.suptitle(model_name)
     _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+def plot_synapses_needed(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    """Neuron-level balanced accuracy against the synapses a call is made from, one curve per
+    model (name -> :func:`synapse_ei.evaluation.sufficiency.synapses_needed` table), with its
+    interval band; the ``all`` point is drawn apart at the right."""
+    figure, axes = plt.subplots(figsize=(5.6, 4.0))
+    ks = sorted({int(k) for curve in curves.values() for k in curve["k"] if k != "all"}) or [1]
+    at_all = ks[-1] * 2  # where the "all" stars stand, right of the largest k
+    for name, curve in curves.items():
+        finite = curve[(curve["k"] != "all") & curve["balanced_accuracy"].notna()]
+        k = finite["k"].astype(int)
+        line, = axes.plot(k, finite["balanced_accuracy"], marker="o", label=name)
+        axes.fill_between(k, finite["ci_low"].astype(float), finite["ci_high"].astype(float),
+                          alpha=0.15, color=line.get_color())
+        every = curve[curve["k"] == "all"]["balanced_accuracy"].astype(float)
+        if not every.empty and np.isfinite(every.iloc[0]):
+            axes.scatter([at_all], every, marker="*", s=90, color=line.get_color())
+    axes.axhline(0.5, linestyle="--", color="grey", label="chance")
+    axes.set_xscale("log")
+    axes.set_xticks([*ks, at_all], [*map(str, ks), "all"])
+    axes.minorticks_off()
+    axes.set_xlabel("synapses per call, k (star: all of the neuron's test synapses)")
+    axes.set_ylabel("neuron balanced accuracy (tuned threshold)")
+    axes.set_ylim(0, 1.05)
+    axes.set_title(title)
+    axes.legend(fontsize="small", loc="lower right")
+    _save(figure, path)
+
+
+BREAKDOWN_TITLES = {"cell_type": "presynaptic cell type", "synapse_size": "synapse size",
+                    "depth_um": "depth (µm)"}
+
+
+def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
+    """Neuron recall per cell type, synapse-size bin and depth bin (one panel each), per true
+    class, with 95% Wilson intervals over neurons (the neurons and synapses behind each bar are
+    in the table beside it)."""
+    groupings = list(dict.fromkeys(table["grouping"])) or ["cell_type"]
+    figure, panels = plt.subplots(1, len(groupings), figsize=(4.6 * len(groupings), 3.8),
+                                  squeeze=False)
+    for axes, grouping in zip(panels[0], groupings):
+        rows = table[table["grouping"] == grouping]
+        groups = list(dict.fromkeys(rows["group"]))
+        series = {}
+        for label in LABELS:
+            of_label = rows[rows["label"] == label].set_index("group").reindex(groups)
+            series[label] = (of_label["neuron_recall"], of_label["ci_low"], of_label["ci_high"])
+        interval_bars(axes, groups, series)
+        axes.tick_params(axis="x", labelrotation=35, labelsize="small")
+        axes.axhline(0.5, linestyle="--", color="grey")
+        axes.set_ylim(0, 1.1)
+        axes.set_title(BREAKDOWN_TITLES.get(grouping, grouping))
+    panels[0][0].set_ylabel("neuron recall (tuned threshold)")
+    panels[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.suptitle(f"{model_name}: which test neurons are called right")
+    _save(figure, path)
+
+
+#: The one figure writer (gallery.py imports it under this name).
+_save = save_figure

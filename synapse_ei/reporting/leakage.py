@@ -10,7 +10,6 @@ split) and high wherever test neurons were seen in training (the leaky split).
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +31,13 @@ from synapse_ei.evaluation.bootstrap import (  # noqa: E402
     N_BOOTSTRAP,
 )
 from synapse_ei.evaluation.metrics import compute_metrics, DEFAULT_THRESHOLD  # noqa: E402
-from synapse_ei.outputs import atomic_path, read_json, write_json, write_text  # noqa: E402
-from synapse_ei.reporting.summary import markdown_table  # noqa: E402
+from synapse_ei.outputs import read_json, write_json, write_text  # noqa: E402
+from synapse_ei.reporting.render import (  # noqa: E402
+    interval_bars,
+    markdown_table,
+    save_figure,
+    write_html,
+)
 from synapse_ei.tables import (  # noqa: E402
     INHIBITORY,
     LABEL_INDEX,
@@ -217,6 +221,33 @@ def neuron_sizes(split_table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _check_keys(**mappings: Mapping[str, Any]) -> None:
+    for name, paths in mappings.items():
+        if set(paths) != set(SPLIT_KINDS):
+            raise ValueError(f"{name}: keys {sorted(paths)} must be exactly {list(SPLIT_KINDS)}")
+
+
+def _read_split_tables(split_paths: Mapping[str, str | Path]) -> dict[str, pd.DataFrame]:
+    """Both split tables, checked to cover the same synapses."""
+    tables = {
+        kind: _check_split_table(pd.read_parquet(path), str(path))
+        for kind, path in split_paths.items()
+    }
+    if set(tables["neuron"]["id"]) != set(tables["leaky"]["id"]):
+        raise DataError(
+            f"{split_paths['leaky']}: holds other synapses than {split_paths['neuron']}; both "
+            "splits must cover the same synapses. Rerun the leaky_split rule."
+        )
+    return tables
+
+
+def _from_metrics(model: str, paths: Mapping[str, str | Path]) -> dict[str, Any]:
+    """A trained model's comparison, read from its evaluate stages under both splits."""
+    return _compare(model, {
+        kind: scores_from_metrics(read_json(path), str(path)) for kind, path in paths.items()
+    })
+
+
 def leakage_audit(
     split_paths: Mapping[str, str | Path],
     split_audit_paths: Mapping[str, str | Path],
@@ -233,52 +264,19 @@ def leakage_audit(
     audits, and the ``metrics.json`` of the image model and the connectivity baseline trained
     on that split. The label prior is fit here, on each split table.
     """
-    for name, paths in (
-        ("split_paths", split_paths),
-        ("split_audit_paths", split_audit_paths),
-        ("image_metrics_paths", image_metrics_paths),
-        ("connectivity_metrics_paths", connectivity_metrics_paths),
-    ):
-        if set(paths) != set(SPLIT_KINDS):
-            raise ValueError(f"{name}: keys {sorted(paths)} must be exactly {list(SPLIT_KINDS)}")
-    tables = {
-        kind: _check_split_table(pd.read_parquet(path), str(path))
-        for kind, path in split_paths.items()
+    _check_keys(split_paths=split_paths, split_audit_paths=split_audit_paths,
+                image_metrics_paths=image_metrics_paths,
+                connectivity_metrics_paths=connectivity_metrics_paths)
+    tables = _read_split_tables(split_paths)
+    label_prior = {
+        kind: prediction_scores(label_prior_predictions(table, seed, str(split_paths[kind])),
+                                n_resamples)
+        for kind, table in tables.items()
     }
-    if set(tables["neuron"]["id"]) != set(tables["leaky"]["id"]):
-        raise DataError(
-            f"{split_paths['leaky']}: holds other synapses than {split_paths['neuron']}; both "
-            "splits must cover the same synapses. Rerun the leaky_split rule."
-        )
     models = {
-        "image_model": _compare(
-            image_model,
-            {
-                kind: scores_from_metrics(read_json(path), str(path))
-                for kind, path in image_metrics_paths.items()
-            },
-        ),
-        "connectivity": _compare(
-            connectivity_model,
-            {
-                kind: scores_from_metrics(read_json(path), str(path))
-                for kind, path in connectivity_metrics_paths.items()
-            },
-        ),
-        "label_prior": _compare(
-            "label_prior",
-            {
-                kind: prediction_scores(
-                    label_prior_predictions(table, seed, str(split_paths[kind])),
-                    n_resamples,
-                )
-                for kind, table in tables.items()
-            },
-        ),
-    }
-    data = {
-        kind: data_overview(tables[kind], read_json(split_audit_paths[kind]))
-        for kind in SPLIT_KINDS
+        "image_model": _from_metrics(image_model, image_metrics_paths),
+        "connectivity": _from_metrics(connectivity_model, connectivity_metrics_paths),
+        "label_prior": _compare("label_prior", label_prior),
     }
     for role, entry in models.items():
         log.info(
@@ -293,7 +291,8 @@ def leakage_audit(
         "label_prior_feature": LABEL_PRIOR_FEATURE,
         "models": models,
         "data": {
-            "splits": data,
+            "splits": {kind: data_overview(tables[kind], read_json(split_audit_paths[kind]))
+                       for kind in SPLIT_KINDS},
             "synapses_per_neuron": neuron_sizes(tables["neuron"]),
         },
     }
@@ -364,47 +363,31 @@ def write_leakage_audit(
     for title, (header, rows) in sections.items():
         text += f"\n## {title}\n\n" + markdown_table(header, rows)
     write_text(markdown_path, text)
-    body = "".join(
-        f"<h2>{html.escape(title)}</h2>\n"
-        + pd.DataFrame(rows, columns=header).to_html(index=False, border=0, classes="audit")
-        + "\n"
-        for title, (header, rows) in sections.items()
-    )
-    write_text(
-        html_path,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Leakage audit</title>"
-        "<style>body{font-family:sans-serif}table.audit{border-collapse:collapse}"
-        "table.audit th,table.audit td{padding:4px 8px;border-bottom:1px solid #ccc;"
-        "text-align:left}</style></head><body>\n"
-        f"<h1>Leakage audit</h1>\n<p>{html.escape(NOTE)}</p>\n{body}</body></html>\n",
-    )
+    write_html(html_path, "Leakage audit", NOTE, {
+        title: pd.DataFrame(rows, columns=header) for title, (header, rows) in sections.items()
+    })
     leakage_figure(audit, png_path)
 
 
 def leakage_figure(audit: Mapping[str, Any], png_path: str | Path) -> None:
     """Per score, bars of each model under the neuron and the leaky split, 95% intervals."""
     labels = [f"{role}\n({audit['models'][role]['model']})" for role in ROLES]
-    positions = np.arange(len(ROLES))
-    width = 0.38
     figure, axes = plt.subplots(1, len(SCORES), figsize=(4.2 * len(SCORES), 3.8), sharey=True)
     for ax, (name, title) in zip(np.atleast_1d(axes), SCORES.items(), strict=True):
-        for index, kind in enumerate(SPLIT_KINDS):
+        series = {}
+        for kind in SPLIT_KINDS:
             scores = [audit["models"][role][kind] for role in ROLES]
-            estimate = np.array([s[name] for s in scores], dtype=float)
-            low = np.array([s["ci95"][name]["ci_low"] for s in scores], dtype=float)
-            high = np.array([s["ci95"][name]["ci_high"] for s in scores], dtype=float)
-            errors = np.nan_to_num(np.clip([estimate - low, high - estimate], 0, None))
-            offset = (index - 0.5) * width
-            ax.bar(positions + offset, estimate, width, yerr=errors, capsize=3,
-                   label=f"{kind} split")
+            series[f"{kind} split"] = (
+                [s[name] for s in scores],
+                [s["ci95"][name]["ci_low"] for s in scores],
+                [s["ci95"][name]["ci_high"] for s in scores],
+            )
+        interval_bars(ax, labels, series)
         ax.axhline(0.5, linestyle="--", color="grey", label="chance")
-        ax.set_xticks(positions, labels, fontsize="small")
+        ax.tick_params(axis="x", labelsize="small")
         ax.set_ylim(0, 1.05)
         ax.set_title(f"test {title}")
     np.atleast_1d(axes)[0].set_ylabel("test score (95% CI over neurons)")
     np.atleast_1d(axes)[-1].legend(loc="lower right", fontsize="small")
     figure.suptitle("Leakage audit: neuron-level vs synapse-level (leaky) split")
-    figure.tight_layout()
-    with atomic_path(png_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, png_path)

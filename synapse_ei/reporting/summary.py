@@ -1,10 +1,10 @@
-"""The comparison of every model: one table (CSV, Markdown, HTML) and figures."""
+"""The comparison of every model: one table (CSV, Markdown, HTML), figures, the synapses a
+neuron call needs and the recall per cell type, side by side."""
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +17,16 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
 from synapse_ei.errors import DataError  # noqa: E402
+from synapse_ei.evaluation.breakdown import COLUMNS as BREAKDOWN_COLUMNS  # noqa: E402
+from synapse_ei.evaluation.figures import plot_synapses_needed  # noqa: E402
+from synapse_ei.evaluation.sufficiency import CURVE_COLUMNS  # noqa: E402
 from synapse_ei.outputs import atomic_path, read_json, write_text  # noqa: E402
+from synapse_ei.reporting.render import (  # noqa: E402
+    interval_bars,
+    markdown_table,
+    save_figure,
+    write_html,
+)
 from synapse_ei.tables import INHIBITORY  # noqa: E402
 
 #: Summary column -> where it sits in metrics.json; each has ``_ci_low``/``_ci_high`` columns.
@@ -30,6 +39,8 @@ SCORES_WITH_INTERVALS = {
     "tuned_balanced_accuracy": ("tuned_threshold", "test", "balanced_accuracy"),
     "neuron_accuracy": ("neuron_level", "default_threshold", "accuracy"),
     "tuned_neuron_accuracy": ("neuron_level", "tuned_threshold", "accuracy"),
+    "neuron_balanced_accuracy": ("neuron_level", "default_threshold", "balanced_accuracy"),
+    "tuned_neuron_balanced_accuracy": ("neuron_level", "tuned_threshold", "balanced_accuracy"),
     "expected_calibration_error": ("calibration", "expected_calibration_error"),
 }
 SUMMARY_COLUMNS = [
@@ -104,15 +115,6 @@ def _with_ci(estimate: float, low: float, high: float) -> str:
     return f"{_number(estimate)} [{_number(low)}, {_number(high)}]"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub-flavoured Markdown table; '|' inside cells is escaped."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
-
-
 #: Readable columns of the Markdown and HTML tables: header -> score (shown with its interval)
 #: or plain column.
 DISPLAY_COLUMNS = {
@@ -128,15 +130,21 @@ DISPLAY_COLUMNS = {
     "balanced accuracy, tuned [95% CI]": "tuned_balanced_accuracy",
     "neuron accuracy [95% CI]": "neuron_accuracy",
     "neuron accuracy, tuned [95% CI]": "tuned_neuron_accuracy",
+    "neuron balanced accuracy [95% CI]": "neuron_balanced_accuracy",
+    "neuron balanced accuracy, tuned [95% CI]": "tuned_neuron_balanced_accuracy",
     "ECE [95% CI]": "expected_calibration_error",
     "test synapses": "n_test_synapses",
     "test neurons": "n_test_neurons",
 }
 SUMMARY_NOTE = (
-    "Test split, sorted by balanced accuracy at threshold 0.5. Intervals are 95% bootstrap "
-    "intervals over presynaptic neurons (not synapses). Inhibitory is the positive class; the "
-    "tuned threshold maximises balanced accuracy on val. Neuron accuracy calls each test neuron "
-    "from its synapses' mean probability. ECE: expected calibration error (lower is better)."
+    "Test split, sorted by balanced accuracy at threshold 0.5. Synapse-level intervals are 95% "
+    "bootstrap intervals over presynaptic neurons (not synapses). Neuron accuracy and neuron "
+    "balanced accuracy call each test neuron from its synapses' mean probability; their "
+    "intervals are 95% Wilson score intervals over neurons (balanced accuracy: the mean of the "
+    "two classes' bounds), honest with few neurons. Neuron accuracy can equal calling every "
+    "neuron excitatory: read it beside the balanced one. Inhibitory is the positive class; the "
+    "tuned threshold maximises balanced accuracy on val. ECE: expected calibration error "
+    "(lower is better)."
 )
 
 
@@ -175,43 +183,28 @@ def write_summary(
     )
     write_text(markdown_path, text)
     if html_path is not None:
-        body = shown.to_html(index=False, border=0, classes="summary", escape=True)
-        write_text(
-            html_path,
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            "<title>Model comparison (test split)</title>"
-            "<style>body{font-family:sans-serif}table.summary{border-collapse:collapse}"
-            "table.summary th,table.summary td{padding:4px 8px;border-bottom:1px solid #ccc;"
-            "text-align:left}</style></head><body>\n"
-            f"<h1>Model comparison (test split)</h1>\n<p>{html.escape(SUMMARY_NOTE)}</p>\n"
-            f"{body}\n</body></html>\n",
-        )
+        write_html(html_path, "Model comparison (test split)", SUMMARY_NOTE, {None: shown})
 
 
 def summary_figure(table: pd.DataFrame, png_path: str | Path) -> None:
     """Bars of balanced accuracy, ROC-AUC and PR-AUC per model, 95% bootstrap intervals over
     neurons; chance dashed."""
     models = table["model"].astype(str).tolist()
-    positions = np.arange(len(models))
     scores = (("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"),
               ("pr_auc", "PR-AUC"))
-    width = 0.8 / len(scores)
-    figure, axes = plt.subplots(figsize=(max(4.5, 1.6 * len(models) + 2), 3.8))
-    for index, (metric, name) in enumerate(scores):
-        estimate = table[metric].to_numpy(dtype=float)
-        low = table[f"{metric}_ci_low"].to_numpy(dtype=float)
-        high = table[f"{metric}_ci_high"].to_numpy(dtype=float)
-        # Missing intervals draw no bar; clip guards against an estimate outside its interval.
-        errors = np.nan_to_num(np.clip([estimate - low, high - estimate], 0, None))
-        offset = (index - (len(scores) - 1) / 2) * width
-        axes.bar(positions + offset, estimate, width, yerr=errors, capsize=3, label=name)
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.6 * len(models) + 2) + 1.8, 3.8))
+    interval_bars(axes, models, {
+        name: (table[metric], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"])
+        for metric, name in scores
+    })
     axes.axhline(0.5, linestyle="--", color="grey", label="chance (balanced accuracy, ROC-AUC)")
-    axes.set_xticks(positions, models, rotation=20, ha="right")
+    axes.tick_params(axis="x", labelrotation=20)
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("test score")
-    axes.legend(loc="lower right", fontsize="small")
+    # Outside the axes: inside, the legend covered a bar.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     axes.set_title("Models on the test split (95% CI over neurons)")
-    _save(figure, png_path)
+    save_figure(figure, png_path)
 
 
 def comparison_curves(predictions_paths: Mapping[str, str | Path], png_path: str | Path) -> None:
@@ -233,6 +226,11 @@ def comparison_curves(predictions_paths: Mapping[str, str | Path], png_path: str
                                                 pos_label=1)
         prevalence = target.mean()
     roc_axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    # Set here: sklearn's labels append "(Positive label: 1)".
+    roc_axes.set_xlabel("false positive rate (excitatory called inhibitory)")
+    roc_axes.set_ylabel("true positive rate (inhibitory recall)")
+    pr_axes.set_xlabel("recall (inhibitory)")
+    pr_axes.set_ylabel("precision (inhibitory)")
     roc_axes.set_title("ROC, test split")
     roc_axes.legend(loc="lower right", fontsize="small")
     if prevalence is not None:
@@ -240,11 +238,72 @@ def comparison_curves(predictions_paths: Mapping[str, str | Path], png_path: str
     pr_axes.set_title("Precision-recall, test split")
     pr_axes.set_ylim(0, 1.02)
     pr_axes.legend(loc="lower left", fontsize="small")
-    _save(figure, png_path)
+    save_figure(figure, png_path)
 
 
-def _save(figure: plt.Figure, png_path: str | Path) -> None:
-    figure.tight_layout()
-    with atomic_path(png_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+def _analysis_tables(model: str, metrics: Mapping, path: str | Path) -> tuple[pd.DataFrame, ...]:
+    try:
+        curve = pd.DataFrame(metrics["synapses_needed"]["curve"], columns=CURVE_COLUMNS)
+        breakdown = pd.DataFrame(metrics["recall_breakdown"]["rows"], columns=BREAKDOWN_COLUMNS)
+    except (KeyError, TypeError) as error:
+        raise DataError(
+            f"{path}: metrics of model '{model}' lack key {error}; rerun its evaluate stage."
+        ) from None
+    return curve, breakdown
+
+
+def synapses_needed_table(curves: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every model's synapses-per-call curve stacked (a ``model`` column first)."""
+    return pd.concat([curve.assign(model=model) for model, curve in curves.items()],
+                     ignore_index=True).pipe(lambda t: t[["model", *t.columns[:-1]]])
+
+
+def cell_type_table(breakdowns: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Neuron recall per fine cell type and true class (rows) and model (columns: the recall
+    with its interval, and the neurons behind it); blank where a model has no such neuron."""
+    frames = []
+    for model, breakdown in breakdowns.items():
+        rows = breakdown[breakdown["grouping"] == "cell_type"]
+        frames.append(pd.DataFrame({
+            "true class": rows["label"], "cell type": rows["group"], "model": model,
+            "recall": [_with_ci(row.neuron_recall, row.ci_low, row.ci_high)
+                       for row in rows.itertuples()],
+            "neurons": rows["n_neurons"].astype(int).astype(str),
+        }))
+    long = pd.concat(frames, ignore_index=True)
+    if long.empty:
+        return pd.DataFrame(columns=["cell type", "true class"])
+    wide = long.pivot(
+        index=["true class", "cell type"], columns="model", values=["recall", "neurons"])
+    table = pd.DataFrame(index=wide.index)
+    for model in breakdowns:
+        if ("recall", model) in wide.columns:
+            table[f"{model} neuron recall [95% CI]"] = wide[("recall", model)]
+            table[f"{model} neurons"] = wide[("neurons", model)]
+    table = table.fillna("").reset_index()
+    return table[["cell type", "true class", *table.columns[2:]]]
+
+
+def run_summary(models: Sequence[str], metrics_paths: Sequence[str | Path],
+                predictions_paths: Sequence[str | Path], out: Mapping[str, str | Path]) -> None:
+    """The summary stage: ``out`` names the files (csv, markdown, html, figure, curves,
+    synapses_needed, synapses_needed_table, cell_types, cell_types_markdown)."""
+    metrics_by_model = dict(zip(models, metrics_paths, strict=True))
+    table = summarize(metrics_by_model)
+    write_summary(table, out["csv"], out["markdown"], out["html"])
+    summary_figure(table, out["figure"])
+    comparison_curves(dict(zip(models, predictions_paths, strict=True)), out["curves"])
+    analyses = {model: _analysis_tables(model, read_json(path), path)
+                for model, path in metrics_by_model.items()}
+    curves = {model: tables[0] for model, tables in analyses.items()}
+    plot_synapses_needed(curves, Path(out["synapses_needed"]),
+                         "Synapses per neuron call, test split")
+    with atomic_path(out["synapses_needed_table"]) as tmp:
+        synapses_needed_table(curves).to_csv(tmp, index=False)
+    types = cell_type_table({model: tables[1] for model, tables in analyses.items()})
+    with atomic_path(out["cell_types"]) as tmp:
+        types.to_csv(tmp, index=False)
+    write_text(out["cell_types_markdown"],
+               "# Neuron recall per presynaptic cell type (test split, tuned threshold)\n\n"
+               "95% Wilson score intervals over neurons.\n\n"
+               + markdown_table(list(types.columns), types.values.tolist()))

@@ -101,3 +101,73 @@ def test_probabilities_outside_unit_interval_are_refused(tmp_path):
     predictions.loc[3, "prob_inhibitory"] = 1.5
     with pytest.raises(DataError, match="row 3"):
         evaluate_predictions(predictions, None, "m", tmp_path)
+
+
+def test_evaluation_writes_the_researchers_analyses(tmp_path):
+    """The k-synapse curve and the recall breakdown reach metrics.json, their CSVs and
+    figures, at the tuned threshold, with cell types, sizes and depths from the split table."""
+    from synapse_ei.evaluation.breakdown import recall_breakdown, synapse_context
+    from synapse_ei.evaluation.evaluate import Analyses
+    from synapse_ei.evaluation.sufficiency import synapses_needed
+
+    predictions = make_predictions()
+    rng = np.random.default_rng(5)
+    split_table = predictions[["id"]].assign(
+        pre_cell_type=np.where(predictions["label"] == "inhibitory", "MC", "23P"),
+        size=rng.integers(50, 900, len(predictions)),
+        ctr_pt_position_y=rng.integers(100_000, 200_000, len(predictions)),
+    )
+    analyses = Analyses(synapses_per_call=(1, 3), synapse_draws=40, breakdown_bins=3, seed=2)
+    metrics = evaluate_predictions(predictions, None, "m", tmp_path, n_resamples=50,
+                                   analyses=analyses, split_table=split_table,
+                                   position_resolution=(4, 4, 40))
+    threshold = metrics["tuned_threshold"]["threshold"]
+    test = predictions[predictions["split"] == "test"]
+    direct = synapses_needed(test["label"], test["prob_inhibitory"].to_numpy(),
+                             test["pre_pt_root_id"].to_numpy(), threshold, (1, 3), 40, 2)
+    written = pd.read_csv(tmp_path / "synapses_needed.csv", dtype={"k": str})
+    pd.testing.assert_frame_equal(written, direct, check_dtype=False)
+    assert [row["k"] for row in metrics["synapses_needed"]["curve"]] == ["1", "3", "all"]
+    full = metrics["synapses_needed"]["curve"][-1]
+    neuron = metrics["neuron_level"]["tuned_threshold"]
+    assert full["balanced_accuracy"] == pytest.approx(neuron["balanced_accuracy"])
+    breakdown = pd.read_csv(tmp_path / "recall_breakdown.csv")
+    expected = recall_breakdown(synapse_context(test, split_table, (4, 4, 40), "t"), threshold, 3)
+    pd.testing.assert_frame_equal(breakdown, expected, check_dtype=False)
+    assert set(breakdown["grouping"]) == {"cell_type", "synapse_size", "depth_um"}
+    for name in ("synapses_needed.png", "recall_breakdown.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_perfect_model_keeps_an_honest_neuron_interval(tmp_path):
+    predictions = make_predictions(n_neurons=12, per_neuron=3)
+    predictions["prob_inhibitory"] = np.where(predictions["label"] == "inhibitory", 0.9, 0.1)
+    metrics = evaluate_predictions(predictions, None, "m", tmp_path, n_resamples=50)
+    neuron = metrics["neuron_level"]["default_threshold"]
+    assert neuron["accuracy"] == 1.0 and neuron["balanced_accuracy"] == 1.0
+    # 6 test neurons, all right: the bootstrap said [1, 1]; Wilson says about [0.61, 1].
+    assert neuron["ci95"]["accuracy"]["ci_low"] == pytest.approx(0.6097, abs=1e-3)
+    assert neuron["ci95"]["balanced_accuracy"]["ci_low"] < 0.6
+
+
+def test_training_curves_tick_whole_epochs_and_mark_the_best(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from synapse_ei.evaluation import figures
+
+    shown = {}
+
+    def keep(figure, path):
+        shown["axes"] = figure.axes
+        plt.close(figure)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    for epochs, scores, best in (([1], [0.7], 1), ([1, 2, 3], [0.6, 0.8, 0.7], 2)):
+        history = tmp_path / "history.csv"
+        pd.DataFrame({"epoch": epochs, "train_loss": 0.5, "val_loss": 0.6,
+                      "val_balanced_accuracy": scores}).to_csv(history, index=False)
+        figures._plot_history(history, tmp_path / "curves.png", "m")
+        for axes in shown["axes"]:
+            assert list(axes.get_xticks()) == epochs  # no fractional ticks for one epoch
+            marks = [line for line in axes.get_lines() if line.get_label().startswith("best")]
+            assert marks and marks[0].get_xdata()[0] == best

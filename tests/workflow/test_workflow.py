@@ -247,8 +247,16 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
         for key in ("accuracy", "balanced_accuracy", "roc_auc"):
             assert 0.0 <= metrics["test"][key] <= 1.0, (model, key, metrics["test"][key])
         for figure in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png",
-                       "training_curves.png"):
+                       "training_curves.png", "synapses_needed.png", "recall_breakdown.png"):
             assert (results / "eval" / model / figure).stat().st_size > 1000
+        curve = pd.read_csv(results / "eval" / model / "synapses_needed.csv", dtype={"k": str})
+        assert curve["k"].iloc[-1] == "all"
+        assert curve["n_neurons"].iloc[-1] == metrics["counts"]["test"]["neurons"]["total"]
+        breakdown = pd.read_csv(results / "eval" / model / "recall_breakdown.csv")
+        by_type = breakdown[breakdown["grouping"] == "cell_type"]
+        # The fine cell types of the cell-type table reach the test predictions.
+        assert set(by_type["group"]) <= set(split["pre_cell_type"]) and len(by_type) > 1
+        assert by_type["n_neurons"].sum() == metrics["counts"]["test"]["neurons"]["total"]
         for scores in (metrics["test"], metrics["tuned_threshold"]["test"]):
             assert set(scores["ci95"]) == {"accuracy", "balanced_accuracy", "roc_auc", "pr_auc"}
         has_gallery = (results / "eval" / model / "gallery.png").exists()
@@ -264,6 +272,9 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
     assert (results / "summary" / "models.md").read_text().count("\n") >= len(MODELS) + 2
     assert all(model in (results / "summary" / "models.html").read_text() for model in MODELS)
     assert (results / "summary" / "curves.png").stat().st_size > 1000
+    assert sorted(set(pd.read_csv(results / "summary" / "synapses_needed.csv")["model"])) == \
+        sorted(MODELS)
+    assert (results / "summary" / "recall_by_cell_type.csv").stat().st_size > 0
     for stage_stats in ("query/provenance.json", "labels/stats.json", "splits/audit.json",
                         "cutouts/stats.json"):
         assert json.loads((results / stage_stats).read_text())
@@ -284,7 +295,8 @@ def test_report_builds_offline(finished_run: Path):
     for category in ("Data", "Splits", "Per model", "Comparison"):
         assert f'"{category}"' in text, category
     for shown in ("stats.json", "audit.json", "models.html", "curves.png", "gallery.png",
-                  "reliability.png", "pr.png"):
+                  "reliability.png", "pr.png", "synapses_needed.png", "recall_breakdown.png",
+                  "recall_by_cell_type.csv"):
         assert shown in text, shown
     assert "reads no images and has no gallery" in text  # a caption made it in
 
@@ -305,6 +317,12 @@ def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
     assert neurons["confidence"].between(0, 1).all()
     tuned = json.loads((finished_run / "eval" / "cnn2d" / "metrics.json").read_text())
     assert (neurons["threshold"] == tuned["tuned_threshold"]["threshold"]).all()
+    assert neurons["expected_accuracy"].notna().any()
+    calls = pd.read_csv(predict / "cnn2d" / "cave_calls.csv")
+    assert sorted(calls["pt_root_id"]) == sorted(neurons["pre_pt_root_id"])
+    assert calls["pt_position"].str.match(r"^\[\d+, \d+, \d+\]$").all()
+    meta = json.loads((predict / "cnn2d" / "cave_calls.json").read_text())
+    assert meta["schema"] == "cell_type_local" and "materialization_version" in meta
 
 
 def config_with(tmp_path: Path, name: str, edit) -> Path:

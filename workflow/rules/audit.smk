@@ -88,6 +88,7 @@ use rule evaluate_connectivity as evaluate_connectivity_leaky with:
         split=rules.leaky_split.output.synapses,
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
+        provenance=rules.query.output.provenance,
     output:
         metrics=f"{LEAKY}/eval/{{model}}/metrics.json",
         predictions=f"{LEAKY}/eval/{{model}}/predictions.parquet",
@@ -96,6 +97,10 @@ use rule evaluate_connectivity as evaluate_connectivity_leaky with:
         pr=f"{LEAKY}/eval/{{model}}/pr.png",
         reliability=f"{LEAKY}/eval/{{model}}/reliability.png",
         curves=f"{LEAKY}/eval/{{model}}/training_curves.png",
+        synapses_needed=f"{LEAKY}/eval/{{model}}/synapses_needed.png",
+        synapses_needed_table=f"{LEAKY}/eval/{{model}}/synapses_needed.csv",
+        breakdown=f"{LEAKY}/eval/{{model}}/recall_breakdown.png",
+        breakdown_table=f"{LEAKY}/eval/{{model}}/recall_breakdown.csv",
     log:
         f"{LOGS}/audit/evaluate/{{model}}.log",
     benchmark:
@@ -112,6 +117,7 @@ use rule evaluate as evaluate_leaky with:
         split=rules.leaky_split.output.synapses,
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
+        provenance=rules.query.output.provenance,
     output:
         metrics=f"{LEAKY}/eval/{{model}}/metrics.json",
         predictions=f"{LEAKY}/eval/{{model}}/predictions.parquet",
@@ -120,6 +126,10 @@ use rule evaluate as evaluate_leaky with:
         pr=f"{LEAKY}/eval/{{model}}/pr.png",
         reliability=f"{LEAKY}/eval/{{model}}/reliability.png",
         curves=f"{LEAKY}/eval/{{model}}/training_curves.png",
+        synapses_needed=f"{LEAKY}/eval/{{model}}/synapses_needed.png",
+        synapses_needed_table=f"{LEAKY}/eval/{{model}}/synapses_needed.csv",
+        breakdown=f"{LEAKY}/eval/{{model}}/recall_breakdown.png",
+        breakdown_table=f"{LEAKY}/eval/{{model}}/recall_breakdown.csv",
     log:
         f"{LOGS}/audit/evaluate/{{model}}.log",
     benchmark:

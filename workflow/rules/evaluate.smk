@@ -1,3 +1,12 @@
+# The settings of evaluation.evaluate.Analyses, from the config.
+EVALUATE_ANALYSES = {
+    "synapses_per_call": tuple(config["evaluate"]["synapses_per_call"]),
+    "synapse_draws": config["evaluate"]["synapse_draws"],
+    "breakdown_bins": config["evaluate"]["breakdown_bins"],
+    "seed": config["seed"],
+}
+
+
 # The connectivity baseline's evaluation reads the tables only: it waits for no cutout and needs
 # no GPU. The image models' (`evaluate`, below) is the same rule with the cutouts and a device.
 rule evaluate_connectivity:
@@ -7,6 +16,7 @@ rule evaluate_connectivity:
         split=rules.split.output.synapses,
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
+        provenance=rules.query.output.provenance,
     output:
         metrics=f"{RESULTS}/eval/{{model}}/metrics.json",
         predictions=f"{RESULTS}/eval/{{model}}/predictions.parquet",
@@ -40,6 +50,30 @@ rule evaluate_connectivity:
             category="Per model",
             subcategory="{model}",
         ),
+        synapses_needed=report(
+            f"{RESULTS}/eval/{{model}}/synapses_needed.png",
+            caption="../report/synapses_needed.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+        synapses_needed_table=report(
+            f"{RESULTS}/eval/{{model}}/synapses_needed.csv",
+            caption="../report/synapses_needed.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+        breakdown=report(
+            f"{RESULTS}/eval/{{model}}/recall_breakdown.png",
+            caption="../report/recall_breakdown.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+        breakdown_table=report(
+            f"{RESULTS}/eval/{{model}}/recall_breakdown.csv",
+            caption="../report/recall_breakdown.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
     log:
         f"{LOGS}/evaluate/{{model}}.log",
     benchmark:
@@ -53,6 +87,7 @@ rule evaluate_connectivity:
         runtime=30,
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
+        analyses=EVALUATE_ANALYSES,
     script:
         "../../scripts/evaluate.py"
 
@@ -67,6 +102,7 @@ use rule evaluate_connectivity as evaluate with:
         split=rules.split.output.synapses,
         synapses=rules.query.output.synapses,
         cell_types=rules.query.output.cell_types,
+        provenance=rules.query.output.provenance,
     wildcard_constraints:
         model=alternatives(IMAGE_MODELS),
     threads: config["train"]["threads"]
@@ -78,6 +114,7 @@ use rule evaluate_connectivity as evaluate with:
         cutout_root=cutout_root,
         device=config["train"]["device"],
         tta=config["evaluate"]["tta"],
+        analyses=EVALUATE_ANALYSES,
 
 
 rule gallery:

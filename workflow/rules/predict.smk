@@ -45,10 +45,15 @@ rule predict_unlabelled:
         shards=expand(
             f"{RESULTS}/predict/cutouts/shards/{{shard}}", shard=PREDICT_SHARDS
         ),
+        provenance=rules.query.output.provenance,
     output:
         synapses=f"{RESULTS}/predict/{{model}}/synapses.parquet",
         neurons=f"{RESULTS}/predict/{{model}}/neurons.csv",
         stats=f"{RESULTS}/predict/{{model}}/stats.json",
+        # The calls as a CAVE cell_type_local table, and the version they were computed at.
+        cave_table=f"{RESULTS}/predict/{{model}}/cave_calls.parquet",
+        cave_csv=f"{RESULTS}/predict/{{model}}/cave_calls.csv",
+        cave_meta=f"{RESULTS}/predict/{{model}}/cave_calls.json",
     log:
         f"{LOGS}/predict/{{model}}.log",
     benchmark:

@@ -26,6 +26,22 @@ rule summary:
             caption="../report/summary_curves.rst",
             category="Comparison",
         ),
+        synapses_needed=report(
+            f"{RESULTS}/summary/synapses_needed.png",
+            caption="../report/summary_synapses_needed.rst",
+            category="Comparison",
+        ),
+        synapses_needed_table=report(
+            f"{RESULTS}/summary/synapses_needed.csv",
+            caption="../report/summary_synapses_needed.rst",
+            category="Comparison",
+        ),
+        cell_types=report(
+            f"{RESULTS}/summary/recall_by_cell_type.csv",
+            caption="../report/summary_breakdown.rst",
+            category="Comparison",
+        ),
+        cell_types_markdown=f"{RESULTS}/summary/recall_by_cell_type.md",
     log:
         f"{LOGS}/summary.log",
     benchmark:
