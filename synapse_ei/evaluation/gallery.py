@@ -1,7 +1,11 @@
-"""A gallery of a model's test cutouts: right and wrong calls of each class."""
+"""A gallery of a model's test cutouts: right and wrong calls of each class, as a figure and as
+an HTML page whose every tile links to its synapse in Neuroglancer."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +18,16 @@ import pandas as pd  # noqa: E402
 from synapse_ei.errors import DataError  # noqa: E402
 from synapse_ei.evaluation.figures import _save  # noqa: E402
 from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD  # noqa: E402
+from synapse_ei.outputs import atomic_path  # noqa: E402
 from synapse_ei.learn.dataset import CutoutDataset, load_manifest  # noqa: E402
 from synapse_ei.tables import INHIBITORY, LABELS  # noqa: E402
+from synapse_ei.viewer import (  # noqa: E402
+    DEFAULT_LOCAL_URL,
+    load_sources,
+    read_positions,
+    synapse_link,
+    with_positions,
+)
 
 #: Examples per (class, right/wrong) row of the gallery.
 GALLERY_PER_GROUP = 4
@@ -68,12 +80,21 @@ def write_gallery(
     out_path: str | Path,
     threshold: float = DEFAULT_THRESHOLD,
     per_group: int = GALLERY_PER_GROUP,
+    html_path: str | Path | None = None,
+    provenance_path: str | Path | None = None,
+    synapses_path: str | Path | None = None,
+    site: str | None = None,
+    local_url: str = DEFAULT_LOCAL_URL,
 ) -> dict[str, int]:
     """A figure of right and wrong test calls of both classes with their probabilities.
 
     Four rows (excitatory right/wrong, inhibitory right/wrong) of up to ``per_group`` cutouts
     chosen by :func:`gallery_examples`; 2D patches as stored, 3D cubes as their central
-    sections. Returns how many examples each row shows.
+    sections. With ``html_path``, the same tiles as an HTML page (:func:`gallery_html`), each
+    with a Neuroglancer link to its synapse (:func:`synapse_ei.viewer.synapse_link`, the layers
+    from the query's ``provenance_path``, positions from its ``synapses_path``; ``site`` and
+    ``local_url`` as in :func:`synapse_ei.viewer.viewer_sources`). Returns how many examples
+    each row shows.
     """
     predictions = pd.read_parquet(predictions_path)
     manifest = load_manifest(manifest_path, "test", kind)
@@ -90,9 +111,11 @@ def write_gallery(
         len(chosen), per_group, figsize=(1.9 * per_group + 0.8, 2.1 * len(chosen)), squeeze=False
     )
     shown = {}
+    rows_html: list[tuple[str, list[dict[str, str]]]] = []
     for axes_row, ((label, is_right), group) in zip(axes_grid, chosen.items()):
         name = f"{label}, {'right' if is_right else 'wrong'}"
         shown[name.replace(", ", "_")] = int(len(group))
+        rows_html.append((name, []))
         for column, axes in enumerate(axes_row):
             axes.set_xticks([])
             axes.set_yticks([])
@@ -107,8 +130,74 @@ def write_gallery(
             tile = _gallery_tile(cutouts.read(int(position[row["id"]])))
             axes.imshow(tile, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             axes.set_title(f"p(inh) {row['prob_inhibitory']:.2f}", fontsize="small")
+            rows_html[-1][1].append({"id": int(row["id"]), "tile": tile,
+                                     "caption": f"p(inh) {row['prob_inhibitory']:.2f}"})
     view = "2D patches" if kind == "2d" else "3D cubes: central XY section over central XZ"
-    figure.suptitle(f"{model_name}: test calls at threshold {threshold:g} ({view})",
-                    fontsize="medium")
+    title = f"{model_name}: test calls at threshold {threshold:g} ({view})"
+    figure.suptitle(title, fontsize="medium")
     _save(figure, Path(out_path))
+    if html_path is not None:
+        _write_linked_tiles(rows_html, predictions, title, html_path, provenance_path,
+                            synapses_path, site, local_url)
     return shown
+
+
+def _png_data_uri(tile: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    plt.imsave(buffer, tile, cmap="gray", vmin=0, vmax=255, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _write_linked_tiles(
+    rows: list[tuple[str, list[dict]]], predictions: pd.DataFrame, title: str,
+    html_path: str | Path, provenance_path: str | Path | None,
+    synapses_path: str | Path | None, site: str | None, local_url: str,
+) -> None:
+    """The gallery's tiles as :func:`gallery_html`, each with its synapse's Neuroglancer link."""
+    if provenance_path is None or synapses_path is None:
+        raise ValueError("write_gallery: html_path needs provenance_path and synapses_path")
+    sources = load_sources(provenance_path, site, local_url)
+    ids = [tile["id"] for _, tiles in rows for tile in tiles]
+    shown = with_positions(
+        predictions[predictions["id"].isin(ids)].drop_duplicates("id"),
+        read_positions(synapses_path), str(synapses_path),
+    ).set_index("id", drop=False)
+    for _, tiles in rows:
+        for tile in tiles:
+            synapse = shown.loc[tile["id"]]
+            description = f"synapse {tile['id']}: {tile['caption']}, true {synapse['label']}"
+            tile["link"] = synapse_link(sources, synapse, description)
+            tile["image"] = _png_data_uri(tile.pop("tile"))
+            tile["caption"] = f"synapse {tile['id']}, {tile['caption']}"
+    note = f" Neuroglancer: {sources.note}." if sources.note else ""
+    with atomic_path(html_path) as tmp:
+        Path(tmp).write_text(gallery_html(title + "." + note, rows), encoding="utf-8")
+
+
+def gallery_html(title: str, rows: list[tuple[str, list[dict]]]) -> str:
+    """One small self-contained page: a row of tiles per group, each tile its image (a data
+    URI), caption and Neuroglancer link. (Kept in one function so a shared page shell can
+    wrap it.)"""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>"
+        "figure{display:inline-block;margin:4px;text-align:center;font:12px sans-serif}"
+        "img{width:128px;image-rendering:pixelated}h2{font:bold 14px sans-serif}"
+        "</style></head><body>",
+        f"<h1 style='font:bold 16px sans-serif'>{html.escape(title)}</h1>",
+    ]
+    for name, tiles in rows:
+        parts.append(f"<h2>{html.escape(name)}</h2><div>")
+        if not tiles:
+            parts.append("<p>none</p>")
+        for tile in tiles:
+            parts.append(
+                f"<figure><a href='{html.escape(tile['link'], quote=True)}' target='_blank'>"
+                f"<img src='{tile['image']}' alt='{html.escape(tile['caption'], quote=True)}'>"
+                f"</a><figcaption>{html.escape(tile['caption'])}<br>"
+                f"<a href='{html.escape(tile['link'], quote=True)}' target='_blank'>"
+                "Neuroglancer</a></figcaption></figure>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "".join(parts)
