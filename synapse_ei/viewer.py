@@ -84,10 +84,11 @@ def _triple(value: Any, where: str) -> tuple[float, float, float]:
     return triple  # type: ignore[return-value]
 
 
-def served_source(em_path: str, local_url: str = DEFAULT_LOCAL_URL) -> str:
+def served_source(em_path: str, local_url: str | None = DEFAULT_LOCAL_URL) -> str:
     """The EM path as a Neuroglancer data source: remote paths as they are (``precomputed://``
     added when no format is named), a local one (``file://`` or a plain path) as the URL
-    ``local_url`` that serves it."""
+    ``local_url`` (None: :data:`DEFAULT_LOCAL_URL`) that serves it."""
+    local_url = local_url or DEFAULT_LOCAL_URL
     rest = em_path[len("precomputed://"):] if em_path.startswith("precomputed://") else em_path
     if rest.startswith("file://") or "://" not in rest:
         return f"precomputed://{local_url.rstrip('/')}"
@@ -97,7 +98,9 @@ def served_source(em_path: str, local_url: str = DEFAULT_LOCAL_URL) -> str:
 
 
 def viewer_sources(
-    provenance: Mapping[str, Any], site: str | None = None, local_url: str = DEFAULT_LOCAL_URL,
+    provenance: Mapping[str, Any],
+    site: str | None = None,
+    local_url: str | None = DEFAULT_LOCAL_URL,
     where: str = "provenance",
 ) -> ViewerSources:
     """The layers, dimensions and viewer site for the dataset of ``provenance`` (the query
@@ -258,7 +261,9 @@ def neuron_links(
 
 
 def load_sources(
-    provenance_path: str | Path, site: str | None = None, local_url: str = DEFAULT_LOCAL_URL
+    provenance_path: str | Path,
+    site: str | None = None,
+    local_url: str | None = DEFAULT_LOCAL_URL,
 ) -> ViewerSources:
     """:func:`viewer_sources` of the query stage's provenance.json."""
     return viewer_sources(read_json(provenance_path), site, local_url, where=str(provenance_path))
@@ -275,7 +280,7 @@ def write_test_links(
     provenance_path: str | Path,
     out_path: str | Path,
     site: str | None = None,
-    local_url: str = DEFAULT_LOCAL_URL,
+    local_url: str | None = DEFAULT_LOCAL_URL,
     max_points: int = DEFAULT_MAX_POINTS,
 ) -> int:
     """``out_path`` (CSV): one row per test neuron of a model's predictions, with its label,
@@ -305,7 +310,7 @@ def write_unlabelled_links(
     provenance_path: str | Path,
     out_path: str | Path,
     site: str | None = None,
-    local_url: str = DEFAULT_LOCAL_URL,
+    local_url: str | None = DEFAULT_LOCAL_URL,
     max_points: int = DEFAULT_MAX_POINTS,
 ) -> int:
     """``out_path`` (CSV): the unlabelled-axon calls of ``neurons_path`` with ``n_points`` and a

@@ -84,7 +84,7 @@ def write_gallery(
     provenance_path: str | Path | None = None,
     synapses_path: str | Path | None = None,
     site: str | None = None,
-    local_url: str = DEFAULT_LOCAL_URL,
+    local_url: str | None = DEFAULT_LOCAL_URL,
 ) -> dict[str, int]:
     """A figure of right and wrong test calls of both classes with their probabilities.
 
@@ -151,7 +151,7 @@ def _png_data_uri(tile: np.ndarray) -> str:
 def _write_linked_tiles(
     rows: list[tuple[str, list[dict]]], predictions: pd.DataFrame, title: str,
     html_path: str | Path, provenance_path: str | Path | None,
-    synapses_path: str | Path | None, site: str | None, local_url: str,
+    synapses_path: str | Path | None, site: str | None, local_url: str | None,
 ) -> None:
     """The gallery's tiles as :func:`gallery_html`, each with its synapse's Neuroglancer link."""
     if provenance_path is None or synapses_path is None:
