@@ -247,9 +247,10 @@ def neuron_links(
     else:
         frame = frame.assign(_order=0.0)
     frame = frame.sort_values(["pre_pt_root_id", "_order", "id"], kind="stable")
+    frame["description"] = _point_descriptions(frame)
     rows = []
     for root_id, group in frame.groupby("pre_pt_root_id", sort=True):
-        drawn = group.head(max_points).assign(description=_point_descriptions)
+        drawn = group.head(max_points)
         state = build_state(
             sources, drawn[CTR].iloc[0].to_numpy(), drawn, segments=[int(root_id)],
             title=f"neuron {int(root_id)}: {len(drawn)} of its {len(group)} synapses",
