@@ -110,12 +110,25 @@ def write_gallery(
     figure, axes_grid = plt.subplots(
         len(chosen), per_group, figsize=(1.9 * per_group + 0.8, 2.1 * len(chosen)), squeeze=False
     )
-    shown = {}
-    rows_html: list[tuple[str, list[dict[str, str]]]] = []
+    rows_html = _draw_rows(axes_grid, chosen, lambda i: cutouts.read(int(position[i])))
+    shown = {name.replace(", ", "_"): len(tiles) for name, tiles in rows_html}
+    view = "2D patches" if kind == "2d" else "3D cubes: central XY section over central XZ"
+    title = f"{model_name}: test calls at threshold {threshold:g} ({view})"
+    figure.suptitle(title, fontsize="medium")
+    _save(figure, Path(out_path))
+    if html_path is not None:
+        _write_linked_tiles(rows_html, predictions, title, html_path, provenance_path,
+                            synapses_path, site, local_url)
+    return shown
+
+
+def _draw_rows(axes_grid, chosen, read) -> list[tuple[str, list[dict]]]:
+    """Draw each group of ``chosen`` in its row of axes (``read(id)`` gives a cutout); return
+    the rows' names and tiles (id, image, caption) for the HTML page."""
+    rows = []
     for axes_row, ((label, is_right), group) in zip(axes_grid, chosen.items()):
         name = f"{label}, {'right' if is_right else 'wrong'}"
-        shown[name.replace(", ", "_")] = int(len(group))
-        rows_html.append((name, []))
+        rows.append((name, []))
         for column, axes in enumerate(axes_row):
             axes.set_xticks([])
             axes.set_yticks([])
@@ -127,19 +140,12 @@ def write_gallery(
                     axes.text(0.5, 0.5, "none", ha="center", va="center", color="grey")
                 continue
             row = group.iloc[column]
-            tile = _gallery_tile(cutouts.read(int(position[row["id"]])))
+            tile = _gallery_tile(read(row["id"]))
+            caption = f"p(inh) {row['prob_inhibitory']:.2f}"
             axes.imshow(tile, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            axes.set_title(f"p(inh) {row['prob_inhibitory']:.2f}", fontsize="small")
-            rows_html[-1][1].append({"id": int(row["id"]), "tile": tile,
-                                     "caption": f"p(inh) {row['prob_inhibitory']:.2f}"})
-    view = "2D patches" if kind == "2d" else "3D cubes: central XY section over central XZ"
-    title = f"{model_name}: test calls at threshold {threshold:g} ({view})"
-    figure.suptitle(title, fontsize="medium")
-    _save(figure, Path(out_path))
-    if html_path is not None:
-        _write_linked_tiles(rows_html, predictions, title, html_path, provenance_path,
-                            synapses_path, site, local_url)
-    return shown
+            axes.set_title(caption, fontsize="small")
+            rows[-1][1].append({"id": int(row["id"]), "tile": tile, "caption": caption})
+    return rows
 
 
 def _png_data_uri(tile: np.ndarray) -> str:
