@@ -1,4 +1,5 @@
-"""Rule gallery: right and wrong test calls of one image model, with their probabilities."""
+"""Rule gallery: right and wrong test calls of one image model, with their probabilities, as a
+figure and as an HTML page linking each tile to Neuroglancer."""
 
 from synapse_ei.logs import log_to_file
 
@@ -14,4 +15,8 @@ write_gallery(
     kind=input_kind(snakemake.params.architecture),
     model_name=snakemake.wildcards.model,
     out_path=snakemake.output.gallery,
+    html_path=snakemake.output.html,
+    provenance_path=snakemake.input.provenance,
+    synapses_path=snakemake.input.synapses,
+    **snakemake.params.viewer,
 )

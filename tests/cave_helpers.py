@@ -57,6 +57,7 @@ from caveclient.endpoints import materialization_endpoints_v3
 from caveclient.tools.testing import (
     TEST_DATASTACK,
     TEST_GLOBAL_SERVER,
+    TEST_IMAGE_SERVER,
     TEST_LOCAL_SERVER,
     CAVEclientMock,
 )
@@ -74,12 +75,47 @@ DEFAULT_SUFFIX_LIST = ["x", "y", "z", "xx", "yy", "zz"]
 _POSITION = re.compile(r"^(.*_position)_([xyz])$")
 
 
-def make_client(version: int = VERSION, token: str | None = None) -> Any:
-    """A CAVEclient pinned to ``version`` built by caveclient's own CAVEclientMock."""
+#: The fake datastack's Neuroglancer sources: caveclient's test image source (a precomputed
+#: gs:// path, as info services store them) and a graphene segmentation.
+IMAGE_SOURCE = f"precomputed://{TEST_IMAGE_SERVER}"
+SEGMENTATION_SOURCE = f"graphene://{LOCAL_SERVER}/segmentation/table/test_v1"
+VIEWER_SITE = "https://viewer.test.example/"
+
+
+def datastack_info(viewer_resolution=(4.0, 4.0, 40.0)) -> dict[str, Any]:
+    """The info service's datastack record (GET ``/info/api/v2/datastack/full/{datastack}``),
+    the shape caveclient's ``caveclient/infoservice.py`` reads: ``InfoServiceClient.image_source``
+    takes ``aligned_volume.image_source`` (through ``get_aligned_volume_info``),
+    ``segmentation_source`` and ``viewer_site`` are top-level keys (``_get_property``), and
+    ``viewer_resolution`` is ``viewer_resolution_x/_y/_z``; caveclient's own
+    ``tools.testing.default_info`` has the same keys. MICrONS' viewer resolution is 4x4x40 nm."""
+    x, y, z = viewer_resolution
+    return {
+        "viewer_site": VIEWER_SITE,
+        "aligned_volume": {"name": "test_volume", "image_source": IMAGE_SOURCE, "id": 1,
+                           "description": "a test volume"},
+        "synapse_table": "synapses_pni_2",
+        "description": "an offline MICrONS-like datastack",
+        "local_server": LOCAL_SERVER,
+        "segmentation_source": SEGMENTATION_SOURCE,
+        "soma_table": NUCLEUS_TABLE,
+        "analysis_database": None,
+        "viewer_resolution_x": x,
+        "viewer_resolution_y": y,
+        "viewer_resolution_z": z,
+    }
+
+
+def make_client(
+    version: int = VERSION, token: str | None = None, info: dict[str, Any] | None = None
+) -> Any:
+    """A CAVEclient pinned to ``version`` built by caveclient's own CAVEclientMock, whose info
+    service answers ``info`` (default :func:`datastack_info`)."""
     client = CAVEclientMock(
         materialization=True,
         available_materialization_versions=[version - 1, version],
         set_version=version,
+        info_file=info or datastack_info(),
     )
     if token is not None:
         client.auth.token = token

@@ -32,7 +32,7 @@ def _plot_confusion(matrices: Mapping[str, list[list[int]]], path: Path, model_n
         )
         axes.set_title(title)
     figure.suptitle(f"{model_name}: test split")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_roc(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
@@ -43,7 +43,7 @@ def _plot_roc(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str)
     axes.set_ylabel("true positive rate (inhibitory recall)")
     axes.set_title("ROC, test split (positive: inhibitory)")
     axes.legend(loc="lower right")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_pr(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
@@ -55,7 +55,7 @@ def _plot_pr(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) 
     axes.set_ylim(0, 1.02)
     axes.set_title("Precision-recall, test split")
     axes.legend(loc="lower left")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_reliability(table: pd.DataFrame, ece: float, path: Path, model_name: str) -> None:
@@ -77,7 +77,7 @@ def _plot_reliability(table: pd.DataFrame, ece: float, path: Path, model_name: s
     counts.set_xlabel("predicted probability of inhibitory")
     counts.set_ylabel("synapses")
     counts.set_xlim(0, 1)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _epoch_axis(axes: plt.Axes, epochs: pd.Series) -> None:
@@ -120,7 +120,7 @@ def _plot_history(history_path: str | Path | None, path: Path, model_name: str) 
     loss_axes.set_ylabel("loss")
     score_axes.set_ylabel("balanced accuracy")
     figure.suptitle(model_name)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_synapses_needed(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
@@ -148,7 +148,7 @@ def plot_synapses_needed(curves: dict[str, pd.DataFrame], path: Path, title: str
     axes.set_ylim(0, 1.05)
     axes.set_title(title)
     axes.legend(fontsize="small", loc="lower right")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 BREAKDOWN_TITLES = {"cell_type": "presynaptic cell type", "synapse_size": "synapse size",
@@ -177,8 +177,4 @@ def plot_breakdown(table: pd.DataFrame, path: Path, model_name: str) -> None:
     panels[0][0].set_ylabel("neuron recall (tuned threshold)")
     panels[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle(f"{model_name}: which test neurons are called right")
-    _save(figure, path)
-
-
-#: The one figure writer (gallery.py imports it under this name).
-_save = save_figure
+    save_figure(figure, path)

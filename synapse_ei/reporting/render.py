@@ -37,8 +37,24 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
 
 
+REPORT_STYLE = (
+    "body{font-family:sans-serif}table.report{border-collapse:collapse}"
+    "table.report th,table.report td{padding:4px 8px;border-bottom:1px solid #ccc;"
+    "text-align:left}"
+)
+
+
+def html_document(title: str, body: str, style: str = REPORT_STYLE) -> str:
+    """The one HTML page shell: a self-contained page titled ``title`` around ``body`` (HTML)."""
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{body}</body></html>\n"
+    )
+
+
 def html_page(title: str, note: str, sections: Mapping[str | None, pd.DataFrame]) -> str:
-    """A self-contained HTML page: ``title``, the ``note`` paragraph, then one table per section
+    """A report page: ``title``, the ``note`` paragraph, then one table per section
     (heading -> table; a ``None`` heading draws the table without one)."""
     body = "".join(
         ("" if heading is None else f"<h2>{html.escape(heading)}</h2>\n")
@@ -46,14 +62,7 @@ def html_page(title: str, note: str, sections: Mapping[str | None, pd.DataFrame]
         + "\n"
         for heading, table in sections.items()
     )
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}table.report{border-collapse:collapse}"
-        "table.report th,table.report td{padding:4px 8px;border-bottom:1px solid #ccc;"
-        "text-align:left}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(note)}</p>\n{body}</body></html>\n"
-    )
+    return html_document(title, f"<p>{html.escape(note)}</p>\n{body}")
 
 
 def write_html(path: str | Path, title: str, note: str,

@@ -236,6 +236,7 @@ def load(
         },
         "desired_resolution": list(DESIRED_RESOLUTION),
         "em_path": resolved_em_path,
+        "viewer": viewer_provenance(client, call),
         "neurons": {"column": column, "values": sorted(values) if values else None,
                     "root_ids_queried": int(len(neuron_ids))},
         "proofreading": proofread_info,
@@ -363,6 +364,29 @@ def _default_em_path(client: Any, datastack: str, call: CaveCaller) -> str:
     source = call("reading the image source",
                   lambda: client.info.image_source(format_for="cloudvolume"))
     return public_https_path(str(source))
+
+
+def viewer_provenance(client: Any, call: CaveCaller) -> dict[str, Any]:
+    """The datastack's Neuroglancer sources, from CAVEclient's info service
+    (``InfoServiceClient``): image and segmentation sources, the viewer resolution (nm per
+    voxel, XYZ) and the viewer site; what :func:`synapse_ei.viewer.viewer_sources` builds the
+    links from.
+
+    The image source is taken raw: the info service stores it as Neuroglancer reads it
+    (``precomputed://gs://...``), and caveclient 8.2.1's ``format_for="neuroglancer"`` returns
+    None for every precomputed source (``format_utils.format_neuroglancer`` tests
+    ``scheme == "graphene" or "https"``, always true, then ``format_graphene`` knows only
+    http(s) and graphene). The segmentation is graphene, which that formatter does handle.
+    """
+    info = client.info
+    resolution = call("reading the viewer resolution", info.viewer_resolution)
+    return {
+        "image_source": call("reading the image source", info.image_source),
+        "segmentation_source": call("reading the segmentation source",
+                                    lambda: info.segmentation_source(format_for="neuroglancer")),
+        "viewer_resolution": [float(v) for v in resolution],
+        "viewer_site": call("reading the viewer site", info.viewer_site),
+    }
 
 
 def public_https_path(path: str) -> str:

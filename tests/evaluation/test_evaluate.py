@@ -161,7 +161,7 @@ def test_training_curves_tick_whole_epochs_and_mark_the_best(tmp_path, monkeypat
         shown["axes"] = figure.axes
         plt.close(figure)
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
     for epochs, scores, best in (([1], [0.7], 1), ([1, 2, 3], [0.6, 0.8, 0.7], 2)):
         history = tmp_path / "history.csv"
         pd.DataFrame({"epoch": epochs, "train_loss": 0.5, "val_loss": 0.6,

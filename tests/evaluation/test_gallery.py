@@ -68,3 +68,44 @@ def test_gallery_names_a_synapse_without_cutout(tmp_path):
     with pytest.raises(DataError, match="no 2d cutout"):
         write_gallery(tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path,
                       "2d", "m", tmp_path / "gallery.png")
+
+
+def test_gallery_page_links_every_tile_to_its_synapse(tmp_path):
+    import re
+    from html import unescape
+
+    import neuroglancer
+
+    from synapse_ei.outputs import write_json
+
+    predictions = make_predictions(n_neurons=6, per_neuron=3)
+    write_stack(tmp_path / "2d.tif", "2d",
+                np.random.default_rng(0).integers(1, 255, (len(predictions), 8, 8), np.uint8))
+    predictions[["id", "pre_pt_root_id", "split", "label"]].assign(
+        path_2d="2d.tif", stack_index=np.arange(len(predictions))
+    ).to_parquet(tmp_path / "manifest.parquet")
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    positions = pd.DataFrame({"id": predictions["id"], "ctr_pt_position_x": predictions["id"] * 2,
+                              "ctr_pt_position_y": 100, "ctr_pt_position_z": 7})
+    positions.to_parquet(tmp_path / "synapses.parquet")
+    write_json(tmp_path / "provenance.json", {
+        "source": "synthetic", "position_resolution": [4, 4, 40],
+        "em_path": "precomputed://file:///em"})
+    shown = write_gallery(
+        tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path, "2d", "m",
+        tmp_path / "gallery.png", per_group=2, html_path=tmp_path / "gallery.html",
+        provenance_path=tmp_path / "provenance.json", synapses_path=tmp_path / "synapses.parquet",
+    )
+    page = (tmp_path / "gallery.html").read_text()
+    assert page.count("<img src='data:image/png;base64,") == sum(shown.values())
+    links = [unescape(h) for h in re.findall(r"<figure><a href='([^']+)'", page)]
+    assert len(links) == sum(shown.values())
+    by_id = predictions.set_index("id")
+    for link in links:
+        state = neuroglancer.parse_url(link)
+        (point,) = state.layers["synapses"].annotations
+        synapse = int(point.id)
+        assert f"synapse {synapse}, p(inh)" in page
+        np.testing.assert_allclose(state.position, [2 * synapse, 100, 7])
+        assert by_id.loc[synapse, "split"] == "test"
+    assert "no segmentation" in page

@@ -17,12 +17,16 @@ import responses
 from cave_helpers import (
     DATASTACK,
     GLOBAL_SERVER,
+    IMAGE_SOURCE,
     NUCLEUS_TABLE,
     ROOT_BASE,
+    SEGMENTATION_SOURCE,
     VERSION,
+    VIEWER_SITE,
     FakeMaterializationServer,
     as_reference_table,
     cell_type_table,
+    datastack_info,
     make_client,
     rate_limited,
     synapse_table,
@@ -430,3 +434,36 @@ def test_missing_table_and_bad_settings_are_data_errors():
                       backoff_seconds=0.0)
     with pytest.raises(DataError, match="batch_size"):
         cave.load(DATASTACK, VERSION, SYNAPSES, CELLS, client=object(), batch_size=0)
+
+
+def test_provenance_records_the_datastacks_viewer_sources():
+    # The image source comes back as stored: caveclient 8.2.1's format_for="neuroglancer" turns
+    # every precomputed source into None.
+    out = run_load(make_server(), client=make_client(info=datastack_info((8.0, 8.0, 40.0))))
+    assert out.provenance["viewer"] == {
+        "image_source": IMAGE_SOURCE,
+        "segmentation_source": SEGMENTATION_SOURCE,
+        "viewer_resolution": [8.0, 8.0, 40.0],
+        "viewer_site": VIEWER_SITE,
+    }
+
+
+def test_the_recorded_viewer_sources_make_links_in_the_datastacks_viewer():
+    import neuroglancer
+
+    from synapse_ei import viewer
+
+    out = run_load(make_server(), client=make_client(info=datastack_info((8.0, 8.0, 40.0))))
+    # What the query rule writes (scripts/query.py): the provenance and the positions' units.
+    provenance = {**out.provenance, "position_resolution": list(out.position_resolution)}
+    synapse = out.synapses.iloc[0]
+    link = viewer.synapse_link(viewer.viewer_sources(provenance), synapse, "one synapse")
+    assert link.startswith(VIEWER_SITE + "#!")
+    state = neuroglancer.parse_url(link)
+    assert state.layers["em"].source[0].url == IMAGE_SOURCE
+    assert state.layers["segmentation"].source[0].url == SEGMENTATION_SOURCE
+    assert set(state.layers["segmentation"].segments) == {int(synapse["pre_pt_root_id"])}
+    # 4x4x40 nm table voxels in the datastack's 8x8x40 nm viewer voxels.
+    np.testing.assert_allclose(
+        state.position, synapse[tables.CTR].to_numpy(dtype=float) * [0.5, 0.5, 1.0]
+    )

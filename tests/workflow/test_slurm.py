@@ -58,7 +58,8 @@ def test_dry_run_through_the_profile_merges_the_resources(profile: str, tmp_path
     assert counts == {
         **{rule: 1 for rule in PREPARE},
         "cutout": 3, "gather_cutouts": 1, "train": 2, "train_connectivity": 1,
-        "evaluate": 2, "evaluate_connectivity": 1, "gallery": 2, "summary": 1, "all": 1,
+        "evaluate": 2, "evaluate_connectivity": 1, "gallery": 2, "neuroglancer_links": 3,
+        "summary": 1, "all": 1,
     }  # fmt: skip
     assert groups == {"prepare"}
 

@@ -47,9 +47,10 @@ def test_dry_run_lists_every_stage(tmp_path):
         "evaluate": 2,
         "evaluate_connectivity": 1,
         "gallery": 2,
+        "neuroglancer_links": 3,
         "summary": 1,
         "all": 1,
-        "total": 19,
+        "total": 22,
     }
 
 
@@ -261,6 +262,9 @@ def test_mini_dag_runs_end_to_end(finished_run: Path):
             assert set(scores["ci95"]) == {"accuracy", "balanced_accuracy", "roc_auc", "pr_auc"}
         has_gallery = (results / "eval" / model / "gallery.png").exists()
         assert has_gallery == (model != "connectivity")
+        assert (results / "eval" / model / "gallery.html").exists() == has_gallery
+        links = pd.read_csv(results / "eval" / model / "neuroglancer.csv")
+        assert links["neuroglancer_link"].str.startswith("https://").all()
         assert metrics["gallery"] == ("gallery.png" if has_gallery else NO_GALLERY)
         predictions = pd.read_parquet(results / "eval" / model / "predictions.parquet")
         assert set(predictions.loc[predictions["split"] == "test", "id"]) <= set(
@@ -296,7 +300,7 @@ def test_report_builds_offline(finished_run: Path):
         assert f'"{category}"' in text, category
     for shown in ("stats.json", "audit.json", "models.html", "curves.png", "gallery.png",
                   "reliability.png", "pr.png", "synapses_needed.png", "recall_breakdown.png",
-                  "recall_by_cell_type.csv"):
+                  "recall_by_cell_type.csv", "gallery.html", "neuroglancer.csv"):
         assert shown in text, shown
     assert "reads no images and has no gallery" in text  # a caption made it in
 
@@ -304,7 +308,8 @@ def test_report_builds_offline(finished_run: Path):
 @pytest.mark.workflow
 def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
     """The prediction target scores the synthetic orphan axons' synapses and calls each axon."""
-    run_snakemake(finished_run.parent, "--cores", "2", "results/predict/cnn2d/neurons.csv")
+    run_snakemake(finished_run.parent, "--cores", "2", "results/predict/cnn2d/neurons.csv",
+                  "results/predict/cnn2d/neuroglancer.csv")
     predict = finished_run / "predict"
     synapses = pd.read_parquet(predict / "cnn2d" / "synapses.parquet")
     neurons = pd.read_csv(predict / "cnn2d" / "neurons.csv")
@@ -323,6 +328,9 @@ def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
     assert calls["pt_position"].str.match(r"^\[\d+, \d+, \d+\]$").all()
     meta = json.loads((predict / "cnn2d" / "cave_calls.json").read_text())
     assert meta["schema"] == "cell_type_local" and "materialization_version" in meta
+    links = pd.read_csv(predict / "cnn2d" / "neuroglancer.csv")
+    assert links["pre_pt_root_id"].tolist() == neurons["pre_pt_root_id"].tolist()
+    assert links["neuroglancer_link"].str.startswith("https://").all()
 
 
 def config_with(tmp_path: Path, name: str, edit) -> Path:
@@ -449,7 +457,8 @@ def test_a_failed_model_reruns_alone_once_fixed(finished_run: Path, tmp_path: Pa
 
     fixed = run_snakemake(workdir, "-n", "--cores", "2").stdout
     assert job_counts(fixed) == {
-        "train": 1, "evaluate": 1, "gallery": 1, "summary": 1, "all": 1, "total": 5
+        "train": 1, "evaluate": 1, "gallery": 1, "neuroglancer_links": 1, "summary": 1,
+        "all": 1, "total": 6,
     }  # fmt: skip
     assert "model=cnn2d" in fixed
     run_snakemake(workdir, "--cores", "2")

@@ -57,6 +57,20 @@ def only_if(applies, value, otherwise=None):
     return value if applies else otherwise
 
 
+# The Neuroglancer links' settings (synapse_ei.viewer): the serving URL of a local volume only
+# where the EM is local (every source but cave), the point cap only where neurons are drawn.
+VIEWER_SOURCE_PARAMS = {
+    "site": config["viewer"]["site"],
+    "local_url": only_if(
+        config["dataset"]["source"] != "cave", config["viewer"]["local_url"]
+    ),
+}
+VIEWER_PARAMS = {
+    **VIEWER_SOURCE_PARAMS,
+    "max_points": config["viewer"]["max_points_per_link"],
+}
+
+
 def query_input(wildcards):
     """The query reads what the configured source provides, so Snakemake tracks those files."""
     source = config["dataset"]["source"]
@@ -90,6 +104,8 @@ def all_targets():
         f"{RESULTS}/summary/curves.png",
         *expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
         *expand(f"{RESULTS}/eval/{{model}}/gallery.png", model=IMAGE_MODELS),
+        *expand(f"{RESULTS}/eval/{{model}}/gallery.html", model=IMAGE_MODELS),
+        *expand(f"{RESULTS}/eval/{{model}}/neuroglancer.csv", model=MODELS),
         *leakage_audit_targets(),
     ]
 

@@ -121,10 +121,18 @@ rule gallery:
     input:
         predictions=rules.evaluate.output.predictions,
         manifest=rules.gather_cutouts.output.manifest,
+        synapses=rules.query.output.synapses,
+        provenance=rules.query.output.provenance,
     output:
         gallery=report(
             f"{RESULTS}/eval/{{model}}/gallery.png",
             caption="../report/gallery.rst",
+            category="Per model",
+            subcategory="{model}",
+        ),
+        html=report(
+            f"{RESULTS}/eval/{{model}}/gallery.html",
+            caption="../report/gallery_html.rst",
             category="Per model",
             subcategory="{model}",
         ),
@@ -142,5 +150,6 @@ rule gallery:
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         cutout_root=cutout_root,
+        viewer=VIEWER_SOURCE_PARAMS,
     script:
         "../../scripts/gallery.py"
