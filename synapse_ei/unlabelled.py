@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synapse_ei.curation.sampling import cap_per_group, uniform_keys
 from synapse_ei.cutout.manifest import OK
 from synapse_ei.cutout.plan import plan_shards
 from synapse_ei.errors import DataError
@@ -64,19 +65,9 @@ def unlabelled_synapses(
     ].sort_values("id", kind="stable")
     n_before_cap = len(selected)
     if max_synapses_per_neuron is not None:
-        if max_synapses_per_neuron < 1:
-            raise DataError(
-                f"predict.max_synapses_per_neuron: {max_synapses_per_neuron} must be at least 1."
-            )
-        rng = np.random.default_rng(seed)
-        order = selected.assign(_draw=rng.random(len(selected))).sort_values(
-            ["pre_pt_root_id", "_draw"], kind="stable"
-        )
-        selected = (
-            order.groupby("pre_pt_root_id", sort=False)
-            .head(max_synapses_per_neuron)
-            .drop(columns="_draw")
-            .sort_values("id", kind="stable")
+        selected = cap_per_group(
+            selected, "pre_pt_root_id", max_synapses_per_neuron,
+            uniform_keys(len(selected), seed), "predict.max_synapses_per_neuron",
         )
     stats = {
         "synapses_in": int(len(synapses)),

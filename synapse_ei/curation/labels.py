@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from synapse_ei import tables
+from synapse_ei.curation.sampling import cap_per_group, check_cap, shuffle_keys
 from synapse_ei.errors import DataError
 
 DROP_REASONS = ("pre_root_id_zero", "no_cell_type", "duplicate_cell_type", "not_mapped", "autapse")
 MISSING_VALUE = "<missing>"
+CAP_KEY = "labels.max_synapses_per_class"
 
 
 def label_synapses(
@@ -45,13 +46,7 @@ def label_synapses(
     ``repeated_cell_type_rows`` (the verbatim repeats the source dropped) goes into the stats.
     """
     _check_classes(classes)
-    if max_synapses_per_class is not None and (
-        isinstance(max_synapses_per_class, bool) or int(max_synapses_per_class) < 1
-    ):
-        raise DataError(
-            f"labels.max_synapses_per_class: {max_synapses_per_class!r} must be a positive "
-            "integer (or null for no cap)."
-        )
+    check_cap(max_synapses_per_class, CAP_KEY)
     tables.require_columns(synapses, ["id", "pre_pt_root_id", "post_pt_root_id"], "synapse table")
     tables.require_columns(cell_types, tables.CELL_TYPE_REQUIRED, "cell-type table")
     if column not in cell_types.columns:
@@ -104,9 +99,9 @@ def label_synapses(
     labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
     capped = len(labelled)
     if max_synapses_per_class is not None:
-        shuffled = labelled.sample(frac=1.0, random_state=np.random.default_rng(seed))
-        kept = shuffled.groupby("label", sort=False).head(int(max_synapses_per_class))
-        labelled = kept.sort_values("id", kind="stable").reset_index(drop=True)
+        labelled = cap_per_group(
+            labelled, "label", max_synapses_per_class, shuffle_keys(len(labelled), seed), CAP_KEY
+        )
     capped -= len(labelled)
 
     stats = {

@@ -35,6 +35,7 @@ import pandas as pd
 import requests
 
 from synapse_ei import tables
+from synapse_ei.curation.sampling import cap_per_group, hashed_keys
 from synapse_ei.errors import DataError
 from synapse_ei.sources import SourceTables
 
@@ -812,34 +813,15 @@ def _tidy_synapses(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
-def _sample_keys(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random uint64 key per synapse id (SplitMix64's mixer of id and seed):
-    the same id and seed give the same key whatever else is queried with it."""
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + np.uint64(int(seed) % 2**64) * golden + golden
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def cap_synapses_per_neuron(synapses: pd.DataFrame, max_per_neuron: int, seed: int) -> pd.DataFrame:
-    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample:
-    those with the smallest :func:`_sample_keys` of their ids. A neuron's sample depends only on
-    its own synapses and ``seed``, so capping batch by batch keeps the rows capping the whole
-    table keeps. The result is sorted by synapse id."""
-    if max_per_neuron < 1:
-        raise DataError(f"dataset.cave.max_synapses_per_neuron: {max_per_neuron} must be >= 1.")
-    ids = synapses["id"].to_numpy(dtype=np.int64)
-    pre = synapses["pre_pt_root_id"].to_numpy(dtype=np.int64)
-    order = np.lexsort((ids, _sample_keys(ids, seed), pre))  # by neuron, then key
-    pre_sorted = pre[order]
-    position = np.arange(len(order))
-    first = np.r_[True, pre_sorted[1:] != pre_sorted[:-1]] if len(order) else np.zeros(0, bool)
-    rank = position - np.maximum.accumulate(np.where(first, position, 0))
-    kept = np.sort(order[rank < max_per_neuron])
-    frame = synapses.iloc[kept]
-    return frame.sort_values("id", kind="stable").reset_index(drop=True)
+    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample
+    keyed by :func:`~synapse_ei.curation.sampling.hashed_keys` of their ids: a neuron's sample
+    depends only on its own synapses and ``seed``, so capping batch by batch keeps the rows
+    capping the whole table keeps. The result is sorted by synapse id."""
+    keys = hashed_keys(synapses["id"].to_numpy(dtype=np.int64), seed)
+    return cap_per_group(
+        synapses, "pre_pt_root_id", max_per_neuron, keys, "dataset.cave.max_synapses_per_neuron"
+    )
 
 
 def _check_settings(
