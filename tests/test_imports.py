@@ -6,15 +6,22 @@ cannot hide a heavy import.
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
 from paths import REPO
+from synapse_ei import curation
 
 #: The image and volume libraries a table-only stage must not load.
 HEAVY = ("torch", "torchvision", "cloudvolume", "tensorstore")
+
+#: Every module of curation/ (labels, splits, sampling and any added later).
+CURATION = tuple(
+    f"synapse_ei.curation.{module.name}" for module in pkgutil.iter_modules(curation.__path__)
+)
 
 #: Stages that read and write tables only: sources of tables, curation, the evaluation metrics,
 #: the connectivity model, the leakage audit, the summary, and what they share.
@@ -27,8 +34,7 @@ TABLE_ONLY = (
     "synapse_ei.provenance",
     "synapse_ei.sources",
     "synapse_ei.sources.files",
-    "synapse_ei.curation.labels",
-    "synapse_ei.curation.splits",
+    *CURATION,
     "synapse_ei.evaluation.metrics",
     "synapse_ei.evaluation.bootstrap",
     "synapse_ei.evaluation.neurons",
@@ -37,6 +43,10 @@ TABLE_ONLY = (
     "synapse_ei.connectivity",
     "synapse_ei.reporting.leakage",
     "synapse_ei.reporting.summary",
+    # Planning the cutouts is table work; only cutting them reads the volume.
+    "synapse_ei.cutout.geometry",
+    "synapse_ei.cutout.plan",
+    "synapse_ei.cutout.gather",
 )
 
 
@@ -56,6 +66,11 @@ def loaded_after(modules: list[str], watched: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("module", TABLE_ONLY)
 def test_a_table_only_stage_loads_neither_torch_nor_cloud_volume(module):
     assert loaded_after([module], HEAVY) == []
+
+
+def test_every_curation_module_is_checked():
+    assert {"synapse_ei.curation.labels", "synapse_ei.curation.sampling",
+            "synapse_ei.curation.splits"} <= set(CURATION)
 
 
 def test_all_table_only_stages_together_load_neither():

@@ -174,80 +174,154 @@ def load(
     Network errors and the server's rate limit are retried ``retries`` times (backing off, or
     waiting what a 429's ``Retry-After`` asks). ``client`` replaces the CAVEclient built from
     ``datastack``/``server_address`` (tests). Positions are 4x4x40 nm voxels.
+
+    Its length is its 17 settings (the ``dataset.cave`` keys) and their description; the steps
+    are :func:`_caller`, :func:`_query_neurons`, :func:`query_synapses` and :func:`_provenance`.
     """
     _check_settings(version, batch_size, max_rows_per_query, max_synapses_per_neuron, retries)
     version = int(version)
     if client is None:
         client = connect(datastack, version, server_address, retries, backoff_seconds)
-    token = _client_token(client)
-    if not token:
-        raise DataError(_no_token_message(_server_of(client, server_address)))
-    server = _server_of(client, server_address)
-    stats = QueryStats()
-    call = CaveCaller(
-        server=server, token=token, retries=retries, backoff=backoff_seconds, stats=stats
-    )
-    _check_client_version(client, version, datastack, server)
+    call = _caller(client, server_address, retries, backoff_seconds)
+    _check_client_version(client, version, datastack, call.server)
 
-    cell_types_raw = query_whole_table(client, cell_type_table, version, call, max_rows_per_query)
-    cell_types = _tidy_cell_types(cell_types_raw, cell_type_table, neuron_column)
-    column, values = _neuron_rule(cell_type_table, neuron_column, neuron_values, cell_types)
-    neuron_ids = _neuron_root_ids(cell_types, column, values)
-
-    proofread_info: dict[str, Any] = {"applied": False}
-    if proofread_axons_only:
-        table = proofreading_table or DEFAULT_PROOFREADING_TABLE
-        proofread = query_whole_table(client, table, version, call, max_rows_per_query)
-        axon_ids, proofread_info = proofread_axon_root_ids(proofread, table)
-        neuron_ids = np.intersect1d(neuron_ids, axon_ids)
-        proofread_info["neurons_kept"] = int(len(neuron_ids))
-    if len(neuron_ids) == 0:
-        raise DataError(
-            f"CAVE table {cell_type_table!r} (datastack {datastack}, version {version}): no "
-            f"neurons to query (column {column!r} in {values!r}"
-            f"{', axon proofread' if proofread_axons_only else ''}). Check the cell-type table, "
-            "its class column/values, or turn off proofread_axons_only."
-        )
-
+    neurons = _query_neurons(
+        client, datastack, version, cell_type_table, call, max_rows_per_query, neuron_column,
+        neuron_values,
+        (proofreading_table or DEFAULT_PROOFREADING_TABLE) if proofread_axons_only else None,
+    )  # fmt: skip
     synapses = query_synapses(
-        client, synapse_table, version, neuron_ids, call, batch_size, max_rows_per_query,
+        client, synapse_table, version, neurons.root_ids, call, batch_size, max_rows_per_query,
         max_synapses_per_neuron=max_synapses_per_neuron, seed=seed,
     )
     synapses = _tidy_synapses(synapses, synapse_table)
     if synapses.empty:
         raise DataError(
             f"CAVE table {synapse_table!r} (datastack {datastack}, version {version}): no "
-            f"synapses from the {len(neuron_ids)} presynaptic neurons of {cell_type_table!r}. "
-            "Check that the synapse table belongs to this datastack."
+            f"synapses from the {len(neurons.root_ids)} presynaptic neurons of "
+            f"{cell_type_table!r}. Check that the synapse table belongs to this datastack."
         )
-    queried = stats.synapses_queried
-
     resolved_em_path = em_path or _default_em_path(client, datastack, call)
-    provenance = {
+    provenance = _provenance(
+        client, datastack, version, call, synapse_table, cell_type_table, resolved_em_path,
+        neurons, synapses, max_synapses_per_neuron, seed, batch_size, max_rows_per_query,
+    )  # fmt: skip
+    return SourceTables(
+        synapses=synapses,
+        cell_types=neurons.cell_types,
+        em_path=resolved_em_path,
+        position_resolution=DESIRED_RESOLUTION,  # type: ignore[arg-type]
+        provenance=scrub(provenance, call.token),
+    )
+
+
+@dataclass
+class Neurons:
+    """The cell-type table as queried and the presynaptic neurons picked from it."""
+
+    cell_types: pd.DataFrame
+    #: The column and values that mark a neuron (None: every row with a root id).
+    column: str | None
+    values: list[str] | None
+    #: Sorted unique non-zero root ids whose synapses are queried.
+    root_ids: np.ndarray
+    proofreading: dict[str, Any]
+
+
+def _caller(
+    client: Any, server_address: str | None, retries: int, backoff_seconds: float
+) -> CaveCaller:
+    """The :class:`CaveCaller` of ``client``'s server and token; no token is a
+    :class:`DataError` saying how to set one."""
+    token = _client_token(client)
+    server = _server_of(client, server_address)
+    if not token:
+        raise DataError(_no_token_message(server))
+    return CaveCaller(
+        server=server, token=token, retries=retries, backoff=backoff_seconds, stats=QueryStats()
+    )
+
+
+def _query_neurons(
+    client: Any,
+    datastack: str,
+    version: int,
+    cell_type_table: str,
+    call: CaveCaller,
+    max_rows_per_query: int,
+    neuron_column: str | None,
+    neuron_values: Sequence[str] | None,
+    proofreading_table: str | None,
+) -> Neurons:
+    """Read the cell-type table whole and pick its neurons (:func:`_neuron_rule`); with a
+    ``proofreading_table``, only those whose axon is proofread there. No neuron left is a
+    :class:`DataError`."""
+    raw = query_whole_table(client, cell_type_table, version, call, max_rows_per_query)
+    cell_types = _tidy_cell_types(raw, cell_type_table, neuron_column)
+    column, values = _neuron_rule(cell_type_table, neuron_column, neuron_values, cell_types)
+    root_ids = _neuron_root_ids(cell_types, column, values)
+    proofread_info: dict[str, Any] = {"applied": False}
+    if proofreading_table is not None:
+        proofread = query_whole_table(
+            client, proofreading_table, version, call, max_rows_per_query
+        )
+        axon_ids, proofread_info = proofread_axon_root_ids(proofread, proofreading_table)
+        root_ids = np.intersect1d(root_ids, axon_ids)
+        proofread_info["neurons_kept"] = int(len(root_ids))
+    if len(root_ids) == 0:
+        raise DataError(
+            f"CAVE table {cell_type_table!r} (datastack {datastack}, version {version}): no "
+            f"neurons to query (column {column!r} in {values!r}"
+            f"{', axon proofread' if proofreading_table is not None else ''}). Check the "
+            "cell-type table, its class column/values, or turn off proofread_axons_only."
+        )
+    return Neurons(cell_types, column, values, root_ids, proofread_info)
+
+
+def _provenance(
+    client: Any,
+    datastack: str,
+    version: int,
+    call: CaveCaller,
+    synapse_table: str,
+    cell_type_table: str,
+    em_path: str,
+    neurons: Neurons,
+    synapses: pd.DataFrame,
+    max_synapses_per_neuron: int | None,
+    seed: int,
+    batch_size: int,
+    max_rows_per_query: int,
+) -> dict[str, Any]:
+    """What the query asked for and what it cost, for ``provenance.json`` (keys in the order
+    the file has always had)."""
+    stats = call.stats
+    return {
         "source": "cave",
         "datastack": datastack,
-        "server_address": server,
+        "server_address": call.server,
         "materialization_version": version,
         "version_timestamp": _version_timestamp(client, version, call),
         "caveclient_version": _caveclient_version(),
         "tables": {
             "synapses": synapse_table,
             "cell_types": cell_type_table,
-            "proofreading": proofread_info.get("table"),
+            "proofreading": neurons.proofreading.get("table"),
         },
         "desired_resolution": list(DESIRED_RESOLUTION),
-        "em_path": resolved_em_path,
-        "neurons": {"column": column, "values": sorted(values) if values else None,
-                    "root_ids_queried": int(len(neuron_ids))},
-        "proofreading": proofread_info,
+        "em_path": em_path,
+        "neurons": {"column": neurons.column,
+                    "values": sorted(neurons.values) if neurons.values else None,
+                    "root_ids_queried": int(len(neurons.root_ids))},
+        "proofreading": neurons.proofreading,
         "rows": {
-            "cell_types": int(len(cell_types)),
-            "synapses_queried": int(queried),
+            "cell_types": int(len(neurons.cell_types)),
+            "synapses_queried": int(stats.synapses_queried),
             "synapses": int(len(synapses)),
         },
         "max_synapses_per_neuron": max_synapses_per_neuron,
         "seed": int(seed),
-        "synapses_dropped_by_cap": int(queried - len(synapses)),
+        "synapses_dropped_by_cap": int(stats.synapses_queried - len(synapses)),
         "batch_size": int(batch_size),
         "max_rows_per_query": max_rows_per_query,
         "queries": stats.queries,
@@ -258,13 +332,6 @@ def load(
         "server_notices": sorted(set(stats.server_warnings)),
         "kept_for_label_stage": "pre_pt_root_id == 0 rows and autapses (dropped and counted there)",
     }
-    return SourceTables(
-        synapses=synapses,
-        cell_types=cell_types,
-        em_path=resolved_em_path,
-        position_resolution=DESIRED_RESOLUTION,  # type: ignore[arg-type]
-        provenance=scrub(provenance, token),
-    )
 
 
 # --- connection -------------------------------------------------------------------------------

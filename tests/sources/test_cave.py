@@ -179,7 +179,7 @@ def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
     assert all(r["params"]["split_positions"] == ["True"] for r in server.requests)
     want = syn[syn["pre_pt_root_id"].isin(NEURONS)].sort_values("id")
     got = out.synapses
-    for column in tables.CTR + tables.PRE:
+    for column in tables.CTR + tables.PRE_POSITION:
         assert got[column].tolist() == want[column].tolist(), column
         assert got[column].dtype == np.int64
     assert out.position_resolution == (4.0, 4.0, 40.0)
@@ -331,7 +331,7 @@ def test_only_the_synapse_columns_the_workflow_uses_are_asked_for():
     assert list(out.synapses.columns) == [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]
     want = expected_synapses(server)
     assert out.synapses["size"].tolist() == want["size"].tolist()
-    assert out.synapses[tables.POST].to_numpy().tolist() == want[tables.POST].to_numpy().tolist()
+    assert out.synapses[tables.POST_POSITION].to_numpy().tolist() == want[tables.POST_POSITION].to_numpy().tolist()
 
 
 def test_a_reference_cell_type_table_is_queried_through_the_join():
