@@ -750,7 +750,7 @@ def query_synapses(
         if not truncated:
             call.stats.synapses_queried += len(frame)
             if not frame.empty:
-                frame = _tidy_synapse_answer(frame, table)
+                frame = tidy_synapse_answer(frame, table)
             if max_synapses_per_neuron is not None and not frame.empty:
                 frame = cap_synapses_per_neuron(frame, max_synapses_per_neuron, seed)
             parts.append(frame)
@@ -850,7 +850,7 @@ def proofread_axon_root_ids(frame: pd.DataFrame, table: str) -> tuple[np.ndarray
     return ids, info
 
 
-def _tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+def tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """One answer's columns as the house tables hold them: the workflow's columns only, ids and
     positions int64. Done per answer, so the query never holds a column it drops."""
     where = f"CAVE synapse table {table!r}"

@@ -295,7 +295,7 @@ def test_max_synapses_per_neuron_is_a_seeded_sample():
 def test_the_cap_applied_per_batch_keeps_what_capping_the_whole_table_keeps():
     server = make_server(per_neuron=9)
     whole = cave.cap_synapses_per_neuron(
-        cave._tidy_synapse_answer(expected_synapses(server), SYNAPSES), 4, seed=3)
+        cave.tidy_synapse_answer(expected_synapses(server), SYNAPSES), 4, seed=3)
     for batch_size in (1, 3, 7):
         out = run_load(make_server(per_neuron=9), batch_size=batch_size,
                        max_synapses_per_neuron=4, seed=3)
