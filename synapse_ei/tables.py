@@ -47,9 +47,17 @@ SYNAPSE_ID_COLUMNS = ["id", "pre_pt_root_id", "post_pt_root_id"]
 
 CELL_TYPE_REQUIRED = ["pt_root_id", "cell_type"]
 CELL_TYPE_OPTIONAL = ["classification_system"]
+#: Every column of the house schema, in its order: a source keeps these and drops the rest.
+SYNAPSE_COLUMNS = [*SYNAPSE_REQUIRED, *SYNAPSE_OPTIONAL]
+CELL_TYPE_COLUMNS = [*CELL_TYPE_REQUIRED, *CELL_TYPE_OPTIONAL]
 
 #: Columns of a predictions table: what inference returns and evaluation reads.
 PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
+
+
+def present(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """Those of ``columns`` that ``frame`` has, in the order of ``columns``."""
+    return [column for column in columns if column in frame.columns]
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str) -> None:

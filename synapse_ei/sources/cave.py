@@ -704,7 +704,7 @@ def synapse_query_columns() -> list[str]:
     position by its column (``ctr_pt_position``, which comes back split in ``_x/_y/_z``); each
     ``*_root_id`` brings its ``*_supervoxel_id`` (query_manager.py ``select_column``)."""
     names: list[str] = []
-    for column in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]:
+    for column in tables.SYNAPSE_COLUMNS:
         name = re.sub(r"_[xyz]$", "", column) if "_position_" in column else column
         if name not in names:
             names.append(name)
@@ -778,10 +778,10 @@ def _tidy_cell_types(frame: pd.DataFrame, table: str, neuron_column: str | None)
     # name (query_manager.py execute_query; the MICrONS tutorial's recorded answers).
     where = f"CAVE cell-type table {table!r}"
     tables.require_columns(frame, tables.CELL_TYPE_REQUIRED, where)
-    keep = [*tables.CELL_TYPE_REQUIRED, *tables.CELL_TYPE_OPTIONAL]
+    keep = list(tables.CELL_TYPE_COLUMNS)
     if neuron_column and neuron_column not in keep:
         keep.append(neuron_column)
-    keep = [c for c in keep if c in frame.columns]
+    keep = tables.present(frame, keep)
     frame = tables.to_int64(frame[keep], ["pt_root_id"], where)
     return frame.sort_values("pt_root_id", kind="stable").reset_index(drop=True)
 
@@ -855,7 +855,7 @@ def tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     positions int64. Done per answer, so the query never holds a column it drops."""
     where = f"CAVE synapse table {table!r}"
     tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
-    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
+    keep = tables.present(frame, tables.SYNAPSE_COLUMNS)
     frame = frame[keep]
     # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
     fractional = [c for c in keep if c.endswith(("_x", "_y", "_z"))
