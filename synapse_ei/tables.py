@@ -2,8 +2,9 @@
 
 Synapse tables follow CAVE's ``synapses_pni_2`` with ``split_positions=True``; cell-type tables
 follow ``aibs_metamodel_celltypes_v661``. Positions stay in the table's own voxel resolution
-(CAVE's default is 4x4x40 nm) until :func:`synapse_ei.cutout.geometry.table_to_volume_voxels` converts
-them for a given volume and mip. Root ids are int64, never float.
+(CAVE's default is 4x4x40 nm) until
+:func:`synapse_ei.cutout.geometry.table_to_volume_voxels` converts them for a given volume and
+mip. Root ids are int64, never float.
 """
 
 from __future__ import annotations

@@ -232,7 +232,10 @@ def _audit(
     splits_per_synapse = result.groupby("id")["split"].nunique()
     # A root id in either role: with disjoint_postsynaptic no neuron may be seen in two splits.
     roles = pd.concat(
-        [result[[role, "split"]].set_axis(["root", "split"], axis=1) for role in (PRE_ROOT, POST_ROOT)]
+        [
+            result[[role, "split"]].set_axis(["root", "split"], axis=1)
+            for role in (PRE_ROOT, POST_ROOT)
+        ]
     )
     splits_per_root = roles.groupby("root")["split"].nunique()
     return {

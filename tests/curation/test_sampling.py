@@ -70,7 +70,9 @@ def test_a_bad_cap_names_its_config_key(cap):
     with pytest.raises(DataError, match="labels.max_synapses_per_class"):
         check_cap(cap, "labels.max_synapses_per_class")
     with pytest.raises(DataError, match="predict.max_synapses_per_neuron"):
-        cap_per_group(table(), "pre_pt_root_id", cap, np.zeros(22), "predict.max_synapses_per_neuron")
+        cap_per_group(
+            table(), "pre_pt_root_id", cap, np.zeros(22), "predict.max_synapses_per_neuron"
+        )
 
 
 def test_no_cap_is_allowed():
