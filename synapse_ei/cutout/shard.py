@@ -19,17 +19,17 @@ from synapse_ei.cutout.manifest import (
     BLANK,
     DAMAGED,
     DEFAULT_MAX_SKIPPED_FRACTION,
-    _empty_manifest,
+    empty_manifest,
     OK,
     OUT_OF_BOUNDS,
 )
 from synapse_ei.cutout.plan import (
     check_cutout_fits,
-    _check_size,
+    check_size,
     cutout_boxes,
-    _cutout_extent,
+    cutout_extent,
     morton_codes,
-    _outside_message,
+    outside_message,
 )
 from synapse_ei.cutout.readers import (
     Crop,
@@ -115,10 +115,10 @@ def cut_shard(
     require_columns(plan, ["id", *CTR, "shard"], "cutout plan")
     if reader not in READERS:
         raise DataError(f"cutout reader: expected one of {list(READERS)}, got {reader!r}.")
-    patch_size = _check_size(size_2d, 2, "size_2d")
-    cube_size = _check_size(size_3d, 3, "size_3d")
+    patch_size = check_size(size_2d, 2, "size_2d")
+    cube_size = check_size(size_3d, 3, "size_3d")
     rows = plan[plan["shard"] == shard].reset_index(drop=True)
-    manifest = _empty_manifest(rows)
+    manifest = empty_manifest(rows)
     stats: dict[str, Any] = {
         "shard": int(shard), "em_path": str(em_path), "mip": int(mip),
         "position_resolution": [float(value) for value in position_resolution],
@@ -199,8 +199,8 @@ def _boxes_to_read(
         union_stop <= info.bounds_stop, axis=1
     )
     if not inside.any():
-        raise DataError(_outside_message(rows, centres, position_resolution, info,
-                                         _cutout_extent(patch_size, cube_size)))
+        raise DataError(outside_message(rows, centres, position_resolution, info,
+                                         cutout_extent(patch_size, cube_size)))
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     ids = rows["id"].to_numpy()

@@ -27,7 +27,14 @@ from synapse_ei.errors import DataError
 from synapse_ei.outputs import read_json, write_json, write_parquet
 from synapse_ei.sources import SourceTables
 from synapse_ei.sources.synthetic import render
-from synapse_ei.tables import CAVE_POSITION_RESOLUTION, CTR, EXCITATORY, INHIBITORY, POST, PRE
+from synapse_ei.tables import (
+    CAVE_POSITION_RESOLUTION,
+    CTR,
+    EXCITATORY,
+    INHIBITORY,
+    POST_POSITION,
+    PRE_POSITION,
+)
 
 EXCITATORY_TYPES = ("23P", "4P", "5P-IT", "5P-ET", "5P-NP", "6P-IT", "6P-CT")
 INHIBITORY_TYPES = ("BC", "MC", "BPC", "NGC")
@@ -434,7 +441,7 @@ def synthesize(
     synapses = pd.DataFrame({"id": ids})
     synapses["pre_pt_root_id"] = syn_axons.pre_pt_root_id.to_numpy().astype(np.int64)
     synapses["post_pt_root_id"] = post_ids
-    for columns, values in ((CTR, ctr), (PRE, pre), (POST, post)):
+    for columns, values in ((CTR, ctr), (PRE_POSITION, pre), (POST_POSITION, post)):
         for k, column in enumerate(columns):
             synapses[column] = values[:, k]
     synapses["size"] = size
