@@ -38,7 +38,7 @@ import pandas as pd
 
 from synapse_ei.cutout.plan import cutout_boxes, plan_shards
 from synapse_ei.cutout.shard import cut_shard
-from synapse_ei.cutout.stacks import STACK_NAMES, _start_stack
+from synapse_ei.cutout.stacks import STACK_NAMES, start_stack
 from synapse_ei.cutout.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
 
 RESOLUTION = (8, 8, 40)
@@ -127,8 +127,8 @@ def write_only(out: Path, n: int) -> None:
         (out / STACK_NAMES[kind]).touch()  # as atomic_path's temporary file is
     with (open(out / STACK_NAMES["2d"], "r+b") as stack_2d,
           open(out / STACK_NAMES["3d"], "r+b") as stack_3d):
-        _start_stack(stack_2d, "2d", (n, *patch.shape))
-        _start_stack(stack_3d, "3d", (n, *cube.shape))
+        start_stack(stack_2d, "2d", (n, *patch.shape))
+        start_stack(stack_3d, "3d", (n, *cube.shape))
         for _ in range(n):
             stack_2d.write(patch.data)
             stack_3d.write(cube.data)

@@ -2,25 +2,21 @@
 or on too many skipped synapses."""
 
 import sys
-from pathlib import Path
 
 from synapse_ei.logs import log_to_file
 
 console = sys.stderr  # log_to_file sends stderr to the log; the skip summary goes to both
 log_to_file(snakemake.log[0])
 
-from synapse_ei.cutout.gather import gather, skipped_summary  # noqa: E402
-from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
+from synapse_ei.cutout.gather import run_gather_cutouts  # noqa: E402
 
-manifest, stats = gather(
+for line in run_gather_cutouts(
     snakemake.input.shards,
-    out_root=Path(snakemake.output.manifest).parent,
+    snakemake.output.manifest,
+    snakemake.output.stats,
     # Read from the config, not a rule param: it only decides whether the gather fails, so
     # changing it must not make every model retrain on an unchanged manifest.
     max_skipped_fraction=snakemake.config["cutout"]["max_skipped_fraction"],
-)
-for line in skipped_summary(stats):
+):
     print(line, file=console)
     print(line, file=sys.stderr)
-write_parquet(snakemake.output.manifest, manifest)
-write_json(snakemake.output.stats, stats)

@@ -4,10 +4,10 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.reporting.leakage import leakage_audit, write_leakage_audit  # noqa: E402
+from synapse_ei.reporting.leakage import run_leakage_audit  # noqa: E402
 
-inputs = snakemake.input
-audit = leakage_audit(
+inputs, out = snakemake.input, snakemake.output
+run_leakage_audit(
     split_paths={"neuron": inputs.neuron_split, "leaky": inputs.leaky_split},
     split_audit_paths={"neuron": inputs.neuron_audit, "leaky": inputs.leaky_audit},
     image_metrics_paths={"neuron": inputs.neuron_image, "leaky": inputs.leaky_image},
@@ -15,6 +15,6 @@ audit = leakage_audit(
     image_model=snakemake.params.image_model,
     connectivity_model=snakemake.params.baseline,
     seed=snakemake.params.seed,
+    out_paths={"json": out.json, "markdown": out.markdown, "html": out.html,
+               "figure": out.figure},
 )
-out = snakemake.output
-write_leakage_audit(audit, out.json, out.markdown, out.html, out.figure)

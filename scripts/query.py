@@ -4,18 +4,12 @@ from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
-from synapse_ei.sources import load_source  # noqa: E402
+from synapse_ei.sources import run_query  # noqa: E402
 
-tables = load_source(snakemake.params.dataset, snakemake.params.synthetic_dir)
-write_parquet(snakemake.output.synapses, tables.synapses)
-write_parquet(snakemake.output.cell_types, tables.cell_types)
-write_json(
-    snakemake.output.provenance,
-    {
-        **tables.provenance,
-        "em_path": tables.em_path,
-        "position_resolution": list(tables.position_resolution),
-        "rows": {"synapses": len(tables.synapses), "cell_types": len(tables.cell_types)},
-    },
+run_query(
+    snakemake.params.dataset,
+    snakemake.params.synthetic_dir,
+    synapses_path=snakemake.output.synapses,
+    cell_types_path=snakemake.output.cell_types,
+    provenance_path=snakemake.output.provenance,
 )

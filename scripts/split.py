@@ -1,19 +1,16 @@
 """Rule split: train/val/test by presynaptic neuron, with its audit."""
 
-import pandas as pd
-
 from synapse_ei.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from synapse_ei.curation.splits import split_by_neuron  # noqa: E402
-from synapse_ei.outputs import write_json, write_parquet  # noqa: E402
+from synapse_ei.curation.splits import run_split  # noqa: E402
 
-split, audit = split_by_neuron(
-    pd.read_parquet(snakemake.input.synapses),
+run_split(
+    snakemake.input.synapses,
+    split_path=snakemake.output.synapses,
+    audit_path=snakemake.output.audit,
     fractions=snakemake.params.fractions,
     seed=snakemake.params.seed,
     disjoint_postsynaptic=snakemake.params.disjoint_postsynaptic,
 )
-write_parquet(snakemake.output.synapses, split)
-write_json(snakemake.output.audit, audit)

@@ -32,6 +32,8 @@ from synapse_ei.tables import (
     LABEL_INDEX,
     LABELS,
     require_columns,
+    require_ids_in,
+    require_values_in,
     SPLITS,
     SYNAPSE_ID_COLUMNS,
     SYNAPSE_REQUIRED,
@@ -48,16 +50,6 @@ CATEGORICAL_FEATURES = ["post_class"]
 OTHER, UNKNOWN = "other", "unknown"
 
 SPLIT_REQUIRED = [*SYNAPSE_REQUIRED, "label", "split"]
-
-
-def _check_labels(frame: pd.DataFrame, where: str) -> None:
-    bad = ~frame["label"].isin(LABELS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"{where}: column 'label' row {row} holds {frame['label'].iloc[row]!r}; labels must "
-            f"be one of {list(LABELS)}. Rerun the label stage or fix the `labels` config."
-        )
 
 
 def _post_classes(
@@ -92,44 +84,16 @@ def connectivity_features(
     require_columns(all_synapses, SYNAPSE_REQUIRED, "query synapse table")
     split_table = to_int64(split_table, SYNAPSE_ID_COLUMNS, "split table")
     all_synapses = to_int64(all_synapses, SYNAPSE_ID_COLUMNS, "query synapse table")
-    if all_synapses["id"].duplicated().any():
-        dup = all_synapses["id"][all_synapses["id"].duplicated()].iloc[0]
-        raise DataError(
-            f"query synapse table: synapse id {dup} appears more than once; "
-            "deduplicate the synapse export."
-        )
-
-    connection_size = all_synapses.groupby(["pre_pt_root_id", "post_pt_root_id"])["id"].transform(
-        "size"
-    )
-    # Keyed by synapse id so the feature never depends on which pre id a row carries.
-    per_synapse = pd.DataFrame(
-        {"connection": connection_size.to_numpy()}, index=all_synapses["id"].to_numpy()
-    )
-    if "size" in all_synapses.columns:
-        per_synapse["size"] = all_synapses["size"].to_numpy()
-    missing = ~split_table["id"].isin(per_synapse.index)
-    if missing.any():
-        row = int(missing.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"split table: synapse id {split_table['id'].iloc[row]} (row {row}) is not in the "
-            f"query synapse table ({int(missing.sum())} such row(s)). The split was made from "
-            "another query: rerun the split stage."
-        )
+    per_synapse = _per_synapse(all_synapses)
+    require_ids_in(split_table, per_synapse.index, "split table", "query synapse table",
+                   "The split was made from another query: rerun the split stage.")
     looked_up = per_synapse.loc[split_table["id"].to_numpy()]
     post_inputs = all_synapses.groupby("post_pt_root_id").size()
 
     features = pd.DataFrame(index=split_table.index)
-    size = split_table["size"] if "size" in split_table.columns else looked_up.get("size")
+    size = _sizes(split_table, looked_up)
     if size is not None:
-        size = pd.to_numeric(pd.Series(np.asarray(size), index=split_table.index), errors="coerce")
-        if size.isna().any() or (size < 0).any():
-            row = int((size.isna() | (size < 0)).to_numpy().nonzero()[0][0])
-            raise DataError(
-                f"split table: column 'size' row {row} is missing or negative; fix the export "
-                "or drop the 'size' column to train without it."
-            )
-        features[SIZE_FEATURE] = np.log1p(size.to_numpy(dtype=float))
+        features[SIZE_FEATURE] = np.log1p(size)
     features["log1p_connection_synapses"] = np.log1p(looked_up["connection"].to_numpy(dtype=float))
     post = split_table["post_pt_root_id"]
     features["log1p_post_input_synapses"] = np.log1p(
@@ -141,6 +105,43 @@ def connectivity_features(
         post.map(_post_classes(cell_types, label_column, classes)).fillna(UNKNOWN).astype(str)
     )
     return features
+
+
+def _per_synapse(all_synapses: pd.DataFrame) -> pd.DataFrame:
+    """Per synapse id of the query table: the synapse count of its pre->post connection, and
+    its ``size`` where the table has one."""
+    if all_synapses["id"].duplicated().any():
+        dup = all_synapses["id"][all_synapses["id"].duplicated()].iloc[0]
+        raise DataError(
+            f"query synapse table: synapse id {dup} appears more than once; "
+            "deduplicate the synapse export."
+        )
+    connection_size = all_synapses.groupby(["pre_pt_root_id", "post_pt_root_id"])["id"].transform(
+        "size"
+    )
+    # Keyed by synapse id so the feature never depends on which pre id a row carries.
+    per_synapse = pd.DataFrame(
+        {"connection": connection_size.to_numpy()}, index=all_synapses["id"].to_numpy()
+    )
+    if "size" in all_synapses.columns:
+        per_synapse["size"] = all_synapses["size"].to_numpy()
+    return per_synapse
+
+
+def _sizes(split_table: pd.DataFrame, looked_up: pd.DataFrame) -> np.ndarray | None:
+    """Synapse sizes of the split rows (the split table's own, else the query's), as floats;
+    None when neither table has them. A missing or negative size is a :class:`DataError`."""
+    size = split_table["size"] if "size" in split_table.columns else looked_up.get("size")
+    if size is None:
+        return None
+    size = pd.to_numeric(pd.Series(np.asarray(size), index=split_table.index), errors="coerce")
+    if size.isna().any() or (size < 0).any():
+        row = int((size.isna() | (size < 0)).to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"split table: column 'size' row {row} is missing or negative; fix the export "
+            "or drop the 'size' column to train without it."
+        )
+    return size.to_numpy(dtype=float)
 
 
 def _pipeline(numeric: list[str], seed: int) -> Pipeline:
@@ -172,14 +173,9 @@ def _load_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     split_table = pd.read_parquet(split_path)
     require_columns(split_table, SPLIT_REQUIRED, str(split_path))
-    _check_labels(split_table, str(split_path))
-    bad = ~split_table["split"].isin(SPLITS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"{split_path}: column 'split' row {row} holds {split_table['split'].iloc[row]!r}; "
-            f"splits must be one of {list(SPLITS)}. Rerun the split stage."
-        )
+    require_values_in(split_table, "label", LABELS, str(split_path),
+                      "Rerun the label stage or fix the `labels` config.")
+    require_values_in(split_table, "split", SPLITS, str(split_path), "Rerun the split stage.")
     return split_table, pd.read_parquet(synapses_path), pd.read_parquet(cell_types_path)
 
 
@@ -224,8 +220,28 @@ def train_connectivity(
     history = {"epoch": 1}
     history.update({f"train_{key}": value for key, value in train_scores.items()})
     history.update({f"val_{key}": value for key, value in val_scores.items()})
+    metadata = _metadata(numeric, notes, label_column, classes, seed, is_train, is_val, history)
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "model.joblib") as tmp:
+        joblib.dump({"pipeline": pipeline, "metadata": metadata}, tmp)
+    write_text(out_dir / "history.csv", pd.DataFrame([history]).to_csv(index=False))
+    log.info("connectivity baseline: train %s, val %s", train_scores, val_scores)
+    return metadata
 
-    metadata: dict[str, Any] = {
+
+def _metadata(
+    numeric: list[str],
+    notes: list[str],
+    label_column: str,
+    classes: Mapping[str, str],
+    seed: int,
+    is_train: np.ndarray,
+    is_val: np.ndarray,
+    history: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``model.joblib`` records beside the pipeline: the features, the label mapping, the
+    counts and the history row (keys in the order the file has always had)."""
+    return {
         "architecture": "connectivity",
         "input": "tables",
         "numeric_features": numeric,
@@ -242,12 +258,6 @@ def train_connectivity(
         "sklearn_version": sklearn.__version__,
         "history": history,
     }
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "model.joblib") as tmp:
-        joblib.dump({"pipeline": pipeline, "metadata": metadata}, tmp)
-    write_text(out_dir / "history.csv", pd.DataFrame([history]).to_csv(index=False))
-    log.info("connectivity baseline: train %s, val %s", train_scores, val_scores)
-    return metadata
 
 
 def predict_connectivity(

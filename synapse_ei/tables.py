@@ -2,8 +2,9 @@
 
 Synapse tables follow CAVE's ``synapses_pni_2`` with ``split_positions=True``; cell-type tables
 follow ``aibs_metamodel_celltypes_v661``. Positions stay in the table's own voxel resolution
-(CAVE's default is 4x4x40 nm) until :func:`synapse_ei.cutout.volume.table_to_volume_voxels` converts
-them for a given volume and mip. Root ids are int64, never float.
+(CAVE's default is 4x4x40 nm) until
+:func:`synapse_ei.cutout.geometry.table_to_volume_voxels` converts them for a given volume and
+mip. Root ids are int64, never float.
 """
 
 from __future__ import annotations
@@ -31,23 +32,33 @@ SPLITS = config.SPLITS
 CAVE_POSITION_RESOLUTION = (4.0, 4.0, 40.0)
 
 CTR = [f"ctr_pt_position_{axis}" for axis in "xyz"]
-PRE = [f"pre_pt_position_{axis}" for axis in "xyz"]
-POST = [f"post_pt_position_{axis}" for axis in "xyz"]
+PRE_POSITION = [f"pre_pt_position_{axis}" for axis in "xyz"]
+POST_POSITION = [f"post_pt_position_{axis}" for axis in "xyz"]
+#: The presynaptic and postsynaptic root id columns of a synapse table.
+PRE_ROOT, POST_ROOT = "pre_pt_root_id", "post_pt_root_id"
 #: The points of a synapse table that CAVE packs into one ``[x, y, z]`` column by default.
 SYNAPSE_POINTS = ("ctr_pt_position", "pre_pt_position", "post_pt_position")
 
 #: Columns every synapse table must have, whatever its source.
 SYNAPSE_REQUIRED = ["id", "pre_pt_root_id", "post_pt_root_id", *CTR]
 #: Columns a synapse table may have; missing ones are tolerated (real exports often lack them).
-SYNAPSE_OPTIONAL = [*PRE, *POST, "size"]
+SYNAPSE_OPTIONAL = [*PRE_POSITION, *POST_POSITION, "size"]
 #: The id columns of a synapse table, read as int64.
 SYNAPSE_ID_COLUMNS = ["id", "pre_pt_root_id", "post_pt_root_id"]
 
 CELL_TYPE_REQUIRED = ["pt_root_id", "cell_type"]
 CELL_TYPE_OPTIONAL = ["classification_system"]
+#: Every column of the house schema, in its order: a source keeps these and drops the rest.
+SYNAPSE_COLUMNS = [*SYNAPSE_REQUIRED, *SYNAPSE_OPTIONAL]
+CELL_TYPE_COLUMNS = [*CELL_TYPE_REQUIRED, *CELL_TYPE_OPTIONAL]
 
 #: Columns of a predictions table: what inference returns and evaluation reads.
 PREDICTION_COLUMNS = ["id", "pre_pt_root_id", "split", "label", "prob_inhibitory"]
+
+
+def present(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """Those of ``columns`` that ``frame`` has, in the order of ``columns``."""
+    return [column for column in columns if column in frame.columns]
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], where: str) -> None:
@@ -104,6 +115,34 @@ def to_int64(frame: pd.DataFrame, columns: Sequence[str], where: str) -> pd.Data
     return frame
 
 
+def require_ids_in(
+    frame: pd.DataFrame, ids: Iterable[int], where: str, other: str, fix: str
+) -> None:
+    """Raise a :class:`DataError` naming the first row of ``frame`` (``where``) whose synapse
+    ``id`` is not among ``ids``, the ids of ``other``, and how many such rows there are;
+    ``fix`` says what to do (two tables of one run that disagree: usually a stage to rerun)."""
+    missing = ~frame["id"].isin(ids)
+    if missing.any():
+        row = int(missing.to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{where}: synapse id {int(frame['id'].iloc[row])} (row {row}) is not in the "
+            f"{other} ({int(missing.sum())} such row(s)). {fix}"
+        )
+
+
+def require_values_in(
+    frame: pd.DataFrame, column: str, allowed: Iterable[str], where: str, fix: str
+) -> None:
+    """Raise a :class:`DataError` naming the first row of ``frame`` (``where``) whose ``column``
+    holds a value not in ``allowed``, and ``fix``, what to do about it."""
+    allowed = list(allowed)
+    bad = ~frame[column].isin(allowed)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{where}: column '{column}' row {row} holds {frame[column].iloc[row]!r}; "
+            f"{column}s must be one of {allowed}. {fix}"
+        )
 
 #: ``[x y z]`` or ``[x, y, z]``, as numpy prints an array or a list prints, runs of blanks allowed.
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

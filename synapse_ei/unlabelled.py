@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synapse_ei.curation.sampling import cap_per_group, uniform_keys
+from synapse_ei.cutout.gather import read_shards, skipped_counts
 from synapse_ei.cutout.manifest import OK
 from synapse_ei.cutout.plan import plan_shards
 from synapse_ei.errors import DataError
@@ -77,19 +79,9 @@ def unlabelled_synapses(
     ].sort_values("id", kind="stable")
     n_before_cap = len(selected)
     if max_synapses_per_neuron is not None:
-        if max_synapses_per_neuron < 1:
-            raise DataError(
-                f"predict.max_synapses_per_neuron: {max_synapses_per_neuron} must be at least 1."
-            )
-        rng = np.random.default_rng(seed)
-        order = selected.assign(_draw=rng.random(len(selected))).sort_values(
-            ["pre_pt_root_id", "_draw"], kind="stable"
-        )
-        selected = (
-            order.groupby("pre_pt_root_id", sort=False)
-            .head(max_synapses_per_neuron)
-            .drop(columns="_draw")
-            .sort_values("id", kind="stable")
+        selected = cap_per_group(
+            selected, "pre_pt_root_id", max_synapses_per_neuron,
+            uniform_keys(len(selected), seed), "predict.max_synapses_per_neuron",
         )
     stats = {
         "synapses_in": int(len(synapses)),
@@ -127,17 +119,12 @@ def plan_unlabelled(
 
 
 def read_cutout_shards(shard_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The written rows of the shard manifests and the count of skipped rows per reason."""
-    frames = []
-    for shard_dir in shard_dirs:
-        path = Path(shard_dir) / "manifest.parquet"
-        if not path.is_file():
-            raise DataError(f"{path}: shard manifest missing; rerun that cutout shard.")
-        frames.append(pd.read_parquet(path))
-    everything = pd.concat(frames, ignore_index=True)
-    skipped = everything.loc[everything["status"] != OK, "status"].value_counts()
+    """The written rows of the shard manifests, sorted by id, and the count of skipped rows per
+    reason; the shards are read and their stacks checked as the gather reads them."""
+    root = Path(shard_dirs[0]).parent.parent if len(shard_dirs) else Path()
+    everything = read_shards(shard_dirs, root, columns=())
     written = everything[everything["status"] == OK].sort_values("id", kind="stable")
-    return written.reset_index(drop=True), {str(k): int(v) for k, v in skipped.items()}
+    return written.reset_index(drop=True), skipped_counts(everything)
 
 
 def infer_neurons(predictions: pd.DataFrame, threshold: float,

@@ -6,15 +6,23 @@ cannot hide a heavy import.
 
 from __future__ import annotations
 
+import ast
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
 from paths import REPO
+from synapse_ei import curation
 
 #: The image and volume libraries a table-only stage must not load.
 HEAVY = ("torch", "torchvision", "cloudvolume", "tensorstore")
+
+#: Every module of curation/ (labels, splits, sampling and any added later).
+CURATION = tuple(
+    f"synapse_ei.curation.{module.name}" for module in pkgutil.iter_modules(curation.__path__)
+)
 
 #: Stages that read and write tables only: sources of tables, curation, the evaluation metrics,
 #: the connectivity model, the leakage audit, the summary, and what they share.
@@ -27,8 +35,7 @@ TABLE_ONLY = (
     "synapse_ei.provenance",
     "synapse_ei.sources",
     "synapse_ei.sources.files",
-    "synapse_ei.curation.labels",
-    "synapse_ei.curation.splits",
+    *CURATION,
     "synapse_ei.evaluation.metrics",
     "synapse_ei.evaluation.bootstrap",
     "synapse_ei.evaluation.neurons",
@@ -37,6 +44,10 @@ TABLE_ONLY = (
     "synapse_ei.connectivity",
     "synapse_ei.reporting.leakage",
     "synapse_ei.reporting.summary",
+    # Planning the cutouts is table work; only cutting them reads the volume.
+    "synapse_ei.cutout.geometry",
+    "synapse_ei.cutout.plan",
+    "synapse_ei.cutout.gather",
 )
 
 
@@ -58,6 +69,11 @@ def test_a_table_only_stage_loads_neither_torch_nor_cloud_volume(module):
     assert loaded_after([module], HEAVY) == []
 
 
+def test_every_curation_module_is_checked():
+    assert {"synapse_ei.curation.labels", "synapse_ei.curation.sampling",
+            "synapse_ei.curation.splits"} <= set(CURATION)
+
+
 def test_all_table_only_stages_together_load_neither():
     assert loaded_after(list(TABLE_ONLY), HEAVY) == []
 
@@ -72,3 +88,19 @@ def test_the_stack_reader_and_the_data_loader_do_not_load_cloud_volume():
 def test_inference_does_not_import_training():
     watched = ("synapse_ei.learn.train",)
     assert loaded_after(["synapse_ei.learn.inference"], watched) == []
+
+
+def private_imports() -> set[tuple[str, str, str]]:
+    """``(file, module, name)`` for each ``from synapse_ei.x import _name`` in the package."""
+    found = set()
+    for path in sorted((REPO / "synapse_ei").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("synapse_ei"):
+                found |= {(path.relative_to(REPO).as_posix(), node.module, alias.name)
+                          for alias in node.names if alias.name.startswith("_")}
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    # A name another module needs is an interface: public, documented, where it belongs.
+    assert private_imports() == set()

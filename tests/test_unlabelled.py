@@ -8,8 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cutout_helpers import cut_all
+from synapse_ei.cutout.plan import plan_shards
 from synapse_ei.errors import DataError
-from synapse_ei.unlabelled import infer_neurons, NEURON_COLUMNS, unlabelled_synapses
+from synapse_ei.unlabelled import (
+    infer_neurons,
+    NEURON_COLUMNS,
+    read_cutout_shards,
+    unlabelled_synapses,
+)
 
 
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,3 +110,16 @@ def test_cave_table_holds_one_point_per_axon_in_cave_voxels(tmp_path):
         [100, 120, 4], [14, 16, 5]]
     with pytest.raises(DataError, match="point per axon"):
         cave_calls(neurons, manifest[["id", "pre_pt_root_id"]], "cnn2d", (4, 4, 40))
+
+
+def test_cut_unlabelled_shards_are_read_as_the_gather_reads_them(raw_volume, tmp_path):
+    path, _, _, synapses = raw_volume
+    # Unlabelled synapses have neither split nor label: the shards are read all the same.
+    plan = plan_shards(synapses.drop(columns=["split", "label"]), 2)
+    dirs = cut_all(plan, path, tmp_path / "cutouts")
+    manifest, skipped = read_cutout_shards(dirs)
+    assert manifest["id"].tolist() == sorted(synapses["id"]) and skipped == {}
+    # A stack gone from a finished shard is refused here too, naming the file, not read as zeros.
+    (dirs[1] / "2d.tif").unlink()
+    with pytest.raises(DataError, match=r"2d\.tif"):
+        read_cutout_shards(dirs)

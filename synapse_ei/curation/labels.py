@@ -15,16 +15,19 @@ float column when pandas had missing values to hold) matches the keys ``1`` and 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from synapse_ei import tables
+from synapse_ei.curation.sampling import cap_per_group, check_cap, shuffle_keys
 from synapse_ei.errors import DataError
+from synapse_ei.outputs import read_json, write_json, write_parquet
 
 DROP_REASONS = ("pre_root_id_zero", "no_cell_type", "duplicate_cell_type", "not_mapped", "autapse")
 MISSING_VALUE = "<missing>"
+CAP_KEY = "labels.max_synapses_per_class"
 
 
 def label_synapses(
@@ -44,14 +47,93 @@ def label_synapses(
     class keeps at most that many synapses, a random sample fixed by ``seed``.
     ``repeated_cell_type_rows`` (the verbatim repeats the source dropped) goes into the stats.
     """
-    _check_classes(classes)
-    if max_synapses_per_class is not None and (
-        isinstance(max_synapses_per_class, bool) or int(max_synapses_per_class) < 1
-    ):
-        raise DataError(
-            f"labels.max_synapses_per_class: {max_synapses_per_class!r} must be a positive "
-            "integer (or null for no cap)."
+    synapses, cell_types = _checked_tables(synapses, cell_types, column, classes,
+                                           max_synapses_per_class)  # fmt: skip
+    rows_per_root = cell_types["pt_root_id"].value_counts()
+    unique = (cell_types["pt_root_id"].map(rows_per_root) == 1).to_numpy()
+    by_root = cell_types.set_index("pt_root_id")
+    # Codes of the whole column, so that every row reads as the same kind (numbers or text).
+    class_value = class_codes(by_root[column])[unique]
+    cell_type_name = class_codes(by_root["cell_type"])[unique]
+    numeric = _as_numbers(cell_types[column]) is not None
+
+    value = synapses["pre_pt_root_id"].map(class_value)
+    label = value.map(_config_codes(classes, numeric))
+    remaining, drops = _drop_reasons(synapses, label, rows_per_root)
+
+    labelled = synapses[remaining].assign(label=label[remaining].astype(str))
+    pre_cell_type = labelled["pre_pt_root_id"].map(cell_type_name).astype(object)
+    labelled["pre_cell_type"] = pre_cell_type.fillna(MISSING_VALUE).astype(str)
+    labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
+    n_labelled = len(labelled)
+    if max_synapses_per_class is not None:
+        labelled = cap_per_group(
+            labelled, "label", max_synapses_per_class, shuffle_keys(len(labelled), seed), CAP_KEY
         )
+
+    not_mapped_values = (
+        value[drops["not_mapped"]].astype(object).fillna(MISSING_VALUE).astype(str).value_counts()
+    )
+    stats = {
+        "synapses_in": len(synapses),
+        "labelled": len(labelled),
+        "column": column,
+        "classes": dict(classes),
+        "dropped": {reason: int(mask.sum()) for reason, mask in drops.items()},
+        "repeated_cell_type_rows_dropped": int(repeated_cell_type_rows),
+        "duplicated_root_ids": int((rows_per_root > 1).sum()),
+        "max_synapses_per_class": max_synapses_per_class,
+        "not_mapped_values": {str(k): int(v) for k, v in not_mapped_values.items()},
+        **_counts_by_label(labelled),
+    }
+    if max_synapses_per_class is not None:
+        stats["dropped"]["class_cap"] = int(n_labelled - len(labelled))
+    _check_both_classes(stats)
+    return labelled, stats
+
+
+def run_label(
+    synapses_path: str | Path,
+    cell_types_path: str | Path,
+    provenance_path: str | Path,
+    labelled_path: str | Path,
+    stats_path: str | Path,
+    column: str,
+    classes: Mapping[str, str],
+    max_synapses_per_class: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The label stage: :func:`label_synapses` on the query's tables; writes the labelled
+    synapses and their stats, and returns the stats."""
+    labelled, stats = label_synapses(
+        pd.read_parquet(synapses_path),
+        pd.read_parquet(cell_types_path),
+        column=column,
+        classes=classes,
+        max_synapses_per_class=max_synapses_per_class,
+        seed=seed,
+        # Only the files source drops verbatim repeats of cell-type rows (an export appended
+        # twice).
+        repeated_cell_type_rows=read_json(provenance_path).get(
+            "repeated_cell_type_rows_dropped", 0
+        ),
+    )
+    write_parquet(labelled_path, labelled)
+    write_json(stats_path, stats)
+    return stats
+
+
+def _checked_tables(
+    synapses: pd.DataFrame,
+    cell_types: pd.DataFrame,
+    column: str,
+    classes: Mapping[str, str],
+    max_synapses_per_class: int | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The settings checked, and both tables with int64 ids, unique synapse ids and the columns
+    the labelling reads; else a :class:`DataError` naming the key, table or id."""
+    _check_classes(classes)
+    check_cap(max_synapses_per_class, CAP_KEY)
     tables.require_columns(synapses, ["id", "pre_pt_root_id", "post_pt_root_id"], "synapse table")
     tables.require_columns(cell_types, tables.CELL_TYPE_REQUIRED, "cell-type table")
     if column not in cell_types.columns:
@@ -67,21 +149,16 @@ def label_synapses(
             f"synapse table: id {int(synapses['id'][repeated].iloc[0])} appears more than once "
             f"({int(repeated.sum())} repeated id(s)); synapse ids must be unique."
         )
+    return synapses, cell_types
 
-    rows_per_root = cell_types["pt_root_id"].value_counts()
-    unique = (cell_types["pt_root_id"].map(rows_per_root) == 1).to_numpy()
-    by_root = cell_types.set_index("pt_root_id")
-    # Codes of the whole column, so that every row reads as the same kind (numbers or text).
-    class_value = class_codes(by_root[column])[unique]
-    cell_type_name = class_codes(by_root["cell_type"])[unique]
-    numeric = _as_numbers(cell_types[column]) is not None
 
+def _drop_reasons(
+    synapses: pd.DataFrame, label: pd.Series, rows_per_root: pd.Series
+) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """The synapses kept, and for each of :data:`DROP_REASONS` those it drops: each mask
+    excludes everything an earlier reason took, so every synapse has one reason."""
     pre = synapses["pre_pt_root_id"]
-    value = pre.map(class_value)
-    label = value.map(_config_codes(classes, numeric))
     n_rows = pre.map(rows_per_root).fillna(0)
-
-    # Each mask excludes everything an earlier reason took, so every synapse has one reason.
     remaining = pd.Series(True, index=synapses.index)
     drops: dict[str, pd.Series] = {}
     for reason, hit in (
@@ -93,42 +170,18 @@ def label_synapses(
     ):
         drops[reason] = remaining & hit
         remaining &= ~hit
+    return remaining, drops
 
-    not_mapped_values = (
-        value[drops["not_mapped"]].astype(object).fillna(MISSING_VALUE).astype(str).value_counts()
-    )
-    labelled = synapses[remaining].copy()
-    labelled["label"] = label[remaining].astype(str)
-    labelled["pre_cell_type"] = labelled["pre_pt_root_id"].map(cell_type_name).astype(object)
-    labelled["pre_cell_type"] = labelled["pre_cell_type"].fillna(MISSING_VALUE).astype(str)
-    labelled = labelled.sort_values("id", kind="stable").reset_index(drop=True)
-    capped = len(labelled)
-    if max_synapses_per_class is not None:
-        shuffled = labelled.sample(frac=1.0, random_state=np.random.default_rng(seed))
-        kept = shuffled.groupby("label", sort=False).head(int(max_synapses_per_class))
-        labelled = kept.sort_values("id", kind="stable").reset_index(drop=True)
-    capped -= len(labelled)
 
-    stats = {
-        "synapses_in": len(synapses),
-        "labelled": len(labelled),
-        "column": column,
-        "classes": dict(classes),
-        "dropped": {reason: int(mask.sum()) for reason, mask in drops.items()},
-        "repeated_cell_type_rows_dropped": int(repeated_cell_type_rows),
-        "duplicated_root_ids": int((rows_per_root > 1).sum()),
-        "max_synapses_per_class": max_synapses_per_class,
-        "not_mapped_values": {str(k): int(v) for k, v in not_mapped_values.items()},
+def _counts_by_label(labelled: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Synapses and presynaptic neurons per label, for the stats."""
+    return {
         "by_label": {name: int((labelled["label"] == name).sum()) for name in tables.LABELS},
         "neurons_by_label": {
             name: int(labelled.loc[labelled["label"] == name, "pre_pt_root_id"].nunique())
             for name in tables.LABELS
         },
     }
-    if max_synapses_per_class is not None:
-        stats["dropped"]["class_cap"] = int(capped)
-    _check_both_classes(stats)
-    return labelled, stats
 
 
 def class_codes(values: pd.Series) -> pd.Series:

@@ -9,6 +9,7 @@ synapse-level split, kept only as the leakage audit's control.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,10 @@ from sklearn.model_selection import train_test_split
 from synapse_ei import tables
 from synapse_ei.config import check_split_fractions
 from synapse_ei.errors import DataError
+from synapse_ei.outputs import write_json, write_parquet
+from synapse_ei.tables import POST_ROOT, PRE_ROOT
 
-PRE, POST = "pre_pt_root_id", "post_pt_root_id"
+LABELLED = "labelled synapse table"
 
 
 def split_by_neuron(
@@ -38,17 +41,17 @@ def split_by_neuron(
     Returns the table with a ``split`` column, sorted by id, and an audit dict.
     """
     fractions = check_split_fractions(fractions)
-    tables.require_columns(labelled, ["id", PRE, POST, "label"], "labelled synapse table")
+    tables.require_columns(labelled, ["id", PRE_ROOT, POST_ROOT, "label"], LABELLED)
     neurons = _neuron_labels(labelled)
 
     split_of_neuron = _assign_neurons(neurons, fractions, seed)
     result = labelled.copy()
-    result["split"] = result[PRE].map(split_of_neuron)
+    result["split"] = result[PRE_ROOT].map(split_of_neuron)
 
     dropped = {"post_in_other_split": 0}
     if disjoint_postsynaptic:
         post_split = _assign_postsynaptic(result, split_of_neuron)
-        crossing = result[POST].map(post_split) != result["split"]
+        crossing = result[POST_ROOT].map(post_split) != result["split"]
         dropped["post_in_other_split"] = int(crossing.sum())
         result = result[~crossing]
         _check_every_split_has_both_classes(result)
@@ -72,7 +75,7 @@ def split_by_synapse(
     ``"unit": "synapse"``).
     """
     fractions = check_split_fractions(fractions)
-    tables.require_columns(labelled, ["id", PRE, POST, "label"], "labelled synapse table")
+    tables.require_columns(labelled, ["id", PRE_ROOT, POST_ROOT, "label"], LABELLED)
     _neuron_labels(labelled)  # the same label checks as the neuron split
     result = labelled.drop(columns="split", errors="ignore")
     result = result.sort_values("id", kind="stable").reset_index(drop=True)
@@ -100,9 +103,33 @@ def split_by_synapse(
     return result, {"unit": "synapse", **audit}
 
 
+def run_split(
+    labelled_path: str | Path,
+    split_path: str | Path,
+    audit_path: str | Path,
+    fractions: Mapping[str, float],
+    seed: int,
+    disjoint_postsynaptic: bool = False,
+    by: str = "neuron",
+) -> dict[str, Any]:
+    """The split stage (``by="neuron"``: :func:`split_by_neuron`) or the leakage audit's leaky
+    split (``by="synapse"``: :func:`split_by_synapse`) of the labelled synapses; writes the
+    split table and its audit, and returns the audit."""
+    labelled = pd.read_parquet(labelled_path)
+    if by == "neuron":
+        split, audit = split_by_neuron(labelled, fractions, seed, disjoint_postsynaptic)
+    elif by == "synapse":
+        split, audit = split_by_synapse(labelled, fractions, seed)
+    else:
+        raise ValueError(f"by: {by!r} is neither 'neuron' nor 'synapse'")
+    write_parquet(split_path, split)
+    write_json(audit_path, audit)
+    return audit
+
+
 def _neuron_labels(labelled: pd.DataFrame) -> pd.Series:
     """One label per presynaptic neuron, indexed by root id (sorted, so row order is moot)."""
-    labels_per_neuron = labelled.groupby(PRE)["label"].agg(["nunique", "first"])
+    labels_per_neuron = labelled.groupby(PRE_ROOT)["label"].agg(["nunique", "first"])
     mixed = labels_per_neuron.index[labels_per_neuron["nunique"] > 1]
     if len(mixed):
         raise DataError(
@@ -155,7 +182,7 @@ def _assign_neurons(
 
 def _assign_postsynaptic(frame: pd.DataFrame, split_of_neuron: Mapping[int, str]) -> pd.Series:
     """Split of each postsynaptic root id: its own as a presynaptic neuron, else the majority."""
-    votes = frame.groupby([POST, "split"]).size().unstack(fill_value=0)
+    votes = frame.groupby([POST_ROOT, "split"]).size().unstack(fill_value=0)
     votes = votes.reindex(columns=list(tables.SPLITS), fill_value=0)
     # idxmax returns the first maximal column: ties go to train, then val, deterministically.
     post_split = votes.idxmax(axis=1)
@@ -191,7 +218,7 @@ def _audit(
         }
 
     grouped = result.groupby(["split", "label"])
-    per_neuron = result.groupby(["split", PRE]).size()
+    per_neuron = result.groupby(["split", PRE_ROOT]).size()
     synapses_per_neuron = {}
     for name in tables.SPLITS:
         counts = per_neuron.xs(name) if name in per_neuron.index.get_level_values(0) else None
@@ -200,12 +227,15 @@ def _audit(
             if counts is not None
             else {"min": 0, "median": 0.0, "max": 0}
         )
-    splits_per_pre = result.groupby(PRE)["split"].nunique()
-    splits_per_post = result.groupby(POST)["split"].nunique()
+    splits_per_pre = result.groupby(PRE_ROOT)["split"].nunique()
+    splits_per_post = result.groupby(POST_ROOT)["split"].nunique()
     splits_per_synapse = result.groupby("id")["split"].nunique()
     # A root id in either role: with disjoint_postsynaptic no neuron may be seen in two splits.
     roles = pd.concat(
-        [result[[role, "split"]].set_axis(["root", "split"], axis=1) for role in (PRE, POST)]
+        [
+            result[[role, "split"]].set_axis(["root", "split"], axis=1)
+            for role in (PRE_ROOT, POST_ROOT)
+        ]
     )
     splits_per_root = roles.groupby("root")["split"].nunique()
     return {
@@ -215,7 +245,7 @@ def _audit(
         "synapses_in": len(labelled),
         "synapses_out": len(result),
         "synapses": per_split_and_label(grouped.size()),
-        "neurons": per_split_and_label(grouped[PRE].nunique()),
+        "neurons": per_split_and_label(grouped[PRE_ROOT].nunique()),
         "synapses_per_neuron": synapses_per_neuron,
         "pre_neurons_in_two_splits": int((splits_per_pre > 1).sum()),
         "synapses_in_two_splits": int((splits_per_synapse > 1).sum()),

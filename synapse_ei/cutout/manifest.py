@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from synapse_ei.errors import DataError
-from synapse_ei.tables import require_columns
 
 OK = "ok"
 #: Why a synapse has no cutout (its manifest ``status``): its box leaves the volume's bounds;
@@ -28,7 +26,8 @@ DEFAULT_MAX_SKIPPED_FRACTION = 0.05
 MANIFEST_COLUMNS = ["status", "skip_detail", "path_2d", "path_3d", "stack_index"]
 
 
-def _empty_manifest(rows: pd.DataFrame) -> pd.DataFrame:
+def empty_manifest(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (a shard's plan) with the manifest columns, no cutout written yet."""
     manifest = rows.copy()
     for column in MANIFEST_COLUMNS:
         manifest[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
@@ -50,21 +49,3 @@ def rerun_shard(shard_dir: str | Path) -> str:
     """
     return (f"Redo that shard and what uses it: snakemake --cores all --forcerun {shard_dir} "
             "(with your run's --configfile or --profile).")
-
-
-def _read_shard_manifest(shard_dir: Path) -> pd.DataFrame:
-    path = shard_dir / "manifest.parquet"
-    if not path.is_file():
-        raise DataError(
-            f"cutout shard {str(shard_dir)!r}: no manifest.parquet. The shard did not finish. "
-            f"{rerun_shard(shard_dir)}"
-        )
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as error:  # pyarrow raises several types for a damaged file
-        raise DataError(
-            f"cutout shard {str(shard_dir)!r}: manifest.parquet is unreadable ({error}). "
-            f"{rerun_shard(shard_dir)}"
-        ) from error
-    require_columns(frame, ["id", "split", "label", *MANIFEST_COLUMNS], str(path))
-    return frame

@@ -3,15 +3,20 @@ and shards of neighbouring synapses (Morton order) whose reads share chunks."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from synapse_ei.cutout.manifest import DEFAULT_MAX_SKIPPED_FRACTION
-from synapse_ei.cutout.volume import table_to_volume_voxels, VolumeInfo
+from synapse_ei.cutout.geometry import table_to_volume_voxels, VolumeInfo
 from synapse_ei.errors import DataError
+from synapse_ei.outputs import read_json, write_parquet
 from synapse_ei.tables import CTR, require_columns
+
+log = logging.getLogger(__name__)
 
 #: Largest coordinate (per axis) the 63-bit Morton code holds without coarsening.
 _MORTON_BITS = 21
@@ -124,48 +129,24 @@ def check_positions(
     if len(positions) == 0:
         return []
     stated = np.asarray(position_resolution, dtype=np.float64)
-
-    def inside_at(scale: float) -> tuple[float, np.ndarray]:
-        res = stated * np.array([scale, scale, 1.0])
-        centres = table_to_volume_voxels(positions, res, info.resolution)
-        inside = np.all(centres >= info.bounds_start, axis=1) & np.all(
-            centres < info.bounds_stop, axis=1)
-        return float(inside.mean()), centres
-
     need = 1.0 - max_skipped_fraction
-    (fits, centres), (fits_2x, _), (fits_half, _) = inside_at(1.0), inside_at(2.0), inside_at(0.5)
+    fits, centres = share_inside(positions, stated, info)
+    fits_2x, _ = share_inside(positions, stated * [2, 2, 1], info)
     lo, hi = centres.min(axis=0), centres.max(axis=0) + 1
     where = (
         f"At position_resolution {stated.tolist()} nm the {len(positions)} synapse centres "
-        f"span {_bbox_text(lo, hi)} of EM volume {info.path!r} at mip {info.mip} "
-        f"({info.resolution} nm), which covers {_bbox_text(info.bounds_start, info.bounds_stop)}"
+        f"span {bbox_text(lo, hi)} of EM volume {info.path!r} at mip {info.mip} "
+        f"({info.resolution} nm), which covers {bbox_text(info.bounds_start, info.bounds_stop)}"
     )
     if fits < need:
-        other = [(scale, share) for scale, share in ((2.0, fits_2x), (0.5, fits_half))
-                 if share >= need]
-        hint = "".join(
-            f" At {(stated * [scale, scale, 1]).tolist()} nm, {share:.0%} would be inside: if "
-            "that is the export's resolution, set dataset.files.position_resolution to it."
-            for scale, share in other)
-        raise DataError(
-            f"{where}: {1 - fits:.0%} of them lie outside it, more than "
-            f"cutout.max_skipped_fraction = {max_skipped_fraction}.{hint} Check the units of "
-            "the positions (CAVE tables use 4x4x40 nm voxels; nm are 1x1x1) and that the "
-            "tables and the volume are of the same dataset."
-        )
+        fits_half, _ = share_inside(positions, stated * [0.5, 0.5, 1], info)
+        raise DataError(_outside_volume_message(
+            where, stated, fits, {2.0: fits_2x, 0.5: fits_half}, need, max_skipped_fraction
+        ))  # fmt: skip
     span = (hi - lo)[:2] / np.asarray(info.size)[:2]
     coverage = float(np.prod(np.clip(span, 0, 1)))
     if ask_to_confirm and fits_2x >= need:
-        raise DataError(
-            f"{where}: they fit inside it, but would fit as well at "
-            f"{(stated * [2, 2, 1]).tolist()} nm, covering {coverage:.0%} of its xy area now. "
-            "Positions at twice the stated resolution (e.g. an 8x8x40 nm export read as "
-            "4x4x40) look exactly like this, and every cutout would then come from the wrong "
-            "place. Check the export's units (a synapse you know, or a few cutouts in "
-            "napari): if they are at a resolution other than the stated one, set "
-            "dataset.files.position_resolution to it; if the stated one is right, set "
-            "dataset.files.confirm_position_resolution: true and run again."
-        )
+        raise DataError(_unconfirmed_resolution_message(where, stated, coverage))
     if coverage < SMALL_CORNER:
         return [
             f"{where}: they cover {coverage:.0%} of its xy area. If the table holds a whole "
@@ -174,12 +155,90 @@ def check_positions(
     return []
 
 
+def share_inside(
+    positions: np.ndarray, position_resolution: Sequence[float], info: VolumeInfo
+) -> tuple[float, np.ndarray]:
+    """The share of table ``positions`` (N, 3) whose voxel of volume ``info`` lies inside it at
+    ``position_resolution``, and those voxels."""
+    centres = table_to_volume_voxels(positions, position_resolution, info.resolution)
+    inside = np.all(centres >= info.bounds_start, axis=1) & np.all(
+        centres < info.bounds_stop, axis=1)
+    return float(inside.mean()), centres
+
+
+def _outside_volume_message(
+    where: str,
+    stated: np.ndarray,
+    fits: float,
+    fits_at_scale: dict[float, float],
+    need: float,
+    max_skipped_fraction: float,
+) -> str:
+    """Too many centres outside the volume, with the x/y scales at which they would fit."""
+    hint = "".join(
+        f" At {(stated * [scale, scale, 1]).tolist()} nm, {share:.0%} would be inside: if "
+        "that is the export's resolution, set dataset.files.position_resolution to it."
+        for scale, share in fits_at_scale.items() if share >= need)
+    return (
+        f"{where}: {1 - fits:.0%} of them lie outside it, more than "
+        f"cutout.max_skipped_fraction = {max_skipped_fraction}.{hint} Check the units of "
+        "the positions (CAVE tables use 4x4x40 nm voxels; nm are 1x1x1) and that the "
+        "tables and the volume are of the same dataset."
+    )
+
+
+def _unconfirmed_resolution_message(where: str, stated: np.ndarray, coverage: float) -> str:
+    """The centres fit at the stated resolution and at twice it: only the user can tell."""
+    return (
+        f"{where}: they fit inside it, but would fit as well at "
+        f"{(stated * [2, 2, 1]).tolist()} nm, covering {coverage:.0%} of its xy area now. "
+        "Positions at twice the stated resolution (e.g. an 8x8x40 nm export read as "
+        "4x4x40) look exactly like this, and every cutout would then come from the wrong "
+        "place. Check the export's units (a synapse you know, or a few cutouts in "
+        "napari): if they are at a resolution other than the stated one, set "
+        "dataset.files.position_resolution to it; if the stated one is right, set "
+        "dataset.files.confirm_position_resolution: true and run again."
+    )
+
+
+def run_plan_cutouts(
+    synapses_path: str | Path,
+    provenance_path: str | Path,
+    plan_path: str | Path,
+    n_shards: int,
+    mip: int,
+    confirm_position_resolution: bool = False,
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION,
+) -> list[str]:
+    """The plan_cutouts stage: plan the shards of the split synapses (:func:`plan_shards`),
+    check their positions against the EM volume the provenance names at ``mip``
+    (:func:`check_positions`; a ``files`` source must confirm its stated units unless
+    ``confirm_position_resolution``), write the plan; return (and log) the warnings."""
+    # Imported here: reading the volume's info needs cloud-volume; planning does not.
+    from synapse_ei.cutout.volume import open_volume, volume_info
+
+    synapses = pd.read_parquet(synapses_path)
+    plan = plan_shards(synapses, n_shards=n_shards)  # also checks ids and positions
+    provenance = read_json(provenance_path)
+    warnings = check_positions(
+        synapses,
+        volume_info(open_volume(provenance["em_path"], mip)),
+        provenance["position_resolution"],
+        ask_to_confirm=provenance["source"] == "files" and not confirm_position_resolution,
+        max_skipped_fraction=max_skipped_fraction,
+    )
+    for warning in warnings:
+        log.warning(warning)
+    write_parquet(plan_path, plan)
+    return warnings
+
+
 # --------------------------------------------------------------------------------------------
 # Cutting one shard
 # --------------------------------------------------------------------------------------------
 
 
-def _check_size(size: Sequence[int], n_axes: int, name: str) -> np.ndarray:
+def check_size(size: Sequence[int], n_axes: int, name: str) -> np.ndarray:
     values = np.asarray(size).reshape(-1)
     if values.shape != (n_axes,) or not np.all(values == np.round(values)) or np.any(values < 1):
         raise DataError(f"cutout.{name}: expected {n_axes} positive integers, got {list(size)}.")
@@ -206,11 +265,11 @@ def cutout_boxes(
     }
 
 
-def _bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
+def bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
     return f"[{start[0]}:{stop[0]}, {start[1]}:{stop[1]}, {start[2]}:{stop[2]}] (XYZ voxels)"
 
 
-def _cutout_extent(patch_size: np.ndarray, cube_size: np.ndarray) -> np.ndarray:
+def cutout_extent(patch_size: np.ndarray, cube_size: np.ndarray) -> np.ndarray:
     """XYZ voxels of the union box read per synapse: the patch and the cube around a centre."""
     return np.maximum(np.array([patch_size[0], patch_size[1], 1]), cube_size)
 
@@ -220,7 +279,7 @@ def check_cutout_fits(
 ) -> None:
     """Refuse cutout sizes larger than the volume on some axis, naming both sizes: no synapse
     could then be cut, whatever its position."""
-    extent = _cutout_extent(np.asarray(patch_size), np.asarray(cube_size))
+    extent = cutout_extent(np.asarray(patch_size), np.asarray(cube_size))
     size = np.asarray(info.size)
     too_big = [axis for k, axis in enumerate("xyz") if extent[k] > size[k]]
     if too_big:
@@ -234,7 +293,7 @@ def check_cutout_fits(
         )
 
 
-def _outside_message(
+def outside_message(
     rows: pd.DataFrame,
     centres: np.ndarray,
     position_resolution: Sequence[float],
@@ -250,7 +309,7 @@ def _outside_message(
         f"y {lo[1]}..{hi[1]}, z {lo[2]}..{hi[2]} table voxels at {tuple(position_resolution)} nm, "
         f"i.e. x {vlo[0]}..{vhi[0]}, y {vlo[1]}..{vhi[1]}, z {vlo[2]}..{vhi[2]} volume voxels at "
         f"{info.resolution} nm, but the volume covers "
-        f"{_bbox_text(info.bounds_start, info.bounds_stop)}."
+        f"{bbox_text(info.bounds_start, info.bounds_stop)}."
     )
     centres_inside = np.all(centres >= info.bounds_start, axis=1) & np.all(
         centres < info.bounds_stop, axis=1)

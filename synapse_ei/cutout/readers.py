@@ -50,7 +50,7 @@ import numpy as np
 from cloudvolume import exceptions as cv_exceptions
 
 from synapse_ei.cutout.manifest import MISSING_CHUNK
-from synapse_ei.cutout.plan import _bbox_text
+from synapse_ei.cutout.plan import bbox_text
 from synapse_ei.cutout.volume import (
     ChunkReader,
     CorruptChunk,
@@ -102,7 +102,7 @@ def _corrupt_chunk_error(
     return DataError(
         f"EM volume {info.path!r} mip {info.mip}: {where} exists but cannot be decoded "
         f"({type(error).__name__}: {error}); synapse id {synapse_id} needs it, bbox "
-        f"{_bbox_text(start, stop)}. A chunk that exists but does not decode is most likely a "
+        f"{bbox_text(start, stop)}. A chunk that exists but does not decode is most likely a "
         "broken download or copy, not a hole in the tissue, so the shard stops instead of "
         f"skipping it. Fetch that file again from where the volume came from, e.g. {fetch} "
         "with SOURCE the volume it was copied from, then run the same snakemake command "
@@ -404,7 +404,7 @@ def _tensorstore_holes(
         key = next(key for key in needs[k] if key in gzipped)
         raise DataError(
             f"EM volume {reader.info.path!r} mip {reader.info.mip}: synapse id {ids[k]}, bbox "
-            f"{_bbox_text(starts[k], stops[k])}: chunk {reader.chunk_name(key)!r} is stored "
+            f"{bbox_text(starts[k], stops[k])}: chunk {reader.chunk_name(key)!r} is stored "
             "gzip-compressed (.gz), as cloud-volume writes raw chunks by default; tensorstore "
             f"would read it, and {len(gzipped)} chunk(s) like it, as zeros. Use cutout.reader: "
             "chunks, or write the volume with compress=False."
@@ -483,7 +483,7 @@ def _tensorstore_crop(
                                            stop, corrupt.error) from error
             raise DataError(
                 f"EM volume {volume!r}: tensorstore cannot read synapse id {synapse_id}, bbox "
-                f"{_bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
+                f"{bbox_text(start, stop)} ({error}). Re-create that region's chunks, or "
                 "use cutout.reader: chunks."
             ) from error
         return np.ascontiguousarray(array)

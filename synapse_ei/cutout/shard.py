@@ -19,17 +19,17 @@ from synapse_ei.cutout.manifest import (
     BLANK,
     DAMAGED,
     DEFAULT_MAX_SKIPPED_FRACTION,
-    _empty_manifest,
+    empty_manifest,
     OK,
     OUT_OF_BOUNDS,
 )
 from synapse_ei.cutout.plan import (
     check_cutout_fits,
-    _check_size,
+    check_size,
     cutout_boxes,
-    _cutout_extent,
+    cutout_extent,
     morton_codes,
-    _outside_message,
+    outside_message,
 )
 from synapse_ei.cutout.readers import (
     Crop,
@@ -38,7 +38,7 @@ from synapse_ei.cutout.readers import (
     READERS,
     SkippedSynapse,
 )
-from synapse_ei.cutout.stacks import _shrink_stack, STACK_NAMES, _start_stack
+from synapse_ei.cutout.stacks import shrink_stack, STACK_NAMES, start_stack
 from synapse_ei.cutout.volume import (
     open_volume,
     table_to_volume_voxels,
@@ -46,7 +46,7 @@ from synapse_ei.cutout.volume import (
     VolumeInfo,
 )
 from synapse_ei.errors import DataError
-from synapse_ei.outputs import atomic_path, write_json, write_parquet
+from synapse_ei.outputs import atomic_path, read_json, write_json, write_parquet
 from synapse_ei.tables import CTR, require_columns
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,27 @@ def _blank(array: np.ndarray, kind: str) -> str | None:
     if array.min() == array.max():
         return f"{kind} constant (every voxel = {int(array.flat[0])})"
     return None
+
+
+def run_cutout(
+    plan_path: str | Path,
+    provenance_path: str | Path,
+    shard: int,
+    out_dir: str | Path,
+    **settings: Any,
+) -> dict:
+    """The cutout stage: :func:`cut_shard` of shard ``shard`` of the plan at ``plan_path``, from
+    the EM volume and position resolution the query recorded in ``provenance_path``;
+    ``settings`` are :func:`cut_shard`'s (``mip``, ``size_2d``, ``size_3d``, ``reader``, ...)."""
+    provenance = read_json(provenance_path)
+    return cut_shard(
+        pd.read_parquet(plan_path),
+        shard=int(shard),
+        em_path=provenance["em_path"],
+        position_resolution=provenance["position_resolution"],
+        out_dir=out_dir,
+        **settings,
+    )
 
 
 def cut_shard(
@@ -115,10 +136,10 @@ def cut_shard(
     require_columns(plan, ["id", *CTR, "shard"], "cutout plan")
     if reader not in READERS:
         raise DataError(f"cutout reader: expected one of {list(READERS)}, got {reader!r}.")
-    patch_size = _check_size(size_2d, 2, "size_2d")
-    cube_size = _check_size(size_3d, 3, "size_3d")
+    patch_size = check_size(size_2d, 2, "size_2d")
+    cube_size = check_size(size_3d, 3, "size_3d")
     rows = plan[plan["shard"] == shard].reset_index(drop=True)
-    manifest = _empty_manifest(rows)
+    manifest = empty_manifest(rows)
     stats: dict[str, Any] = {
         "shard": int(shard), "em_path": str(em_path), "mip": int(mip),
         "position_resolution": [float(value) for value in position_resolution],
@@ -199,8 +220,8 @@ def _boxes_to_read(
         union_stop <= info.bounds_stop, axis=1
     )
     if not inside.any():
-        raise DataError(_outside_message(rows, centres, position_resolution, info,
-                                         _cutout_extent(patch_size, cube_size)))
+        raise DataError(outside_message(rows, centres, position_resolution, info,
+                                         cutout_extent(patch_size, cube_size)))
     # Morton order: consecutive boxes share chunks, so each chunk is needed for a short while.
     todo = np.flatnonzero(inside)
     ids = rows["id"].to_numpy()
@@ -253,7 +274,7 @@ def _write_stacks(
             ThreadPoolExecutor(max_workers=1) as writer,
         ):
             files = {"2d": file_2d, "3d": file_3d}
-            offsets = {kind: _start_stack(files[kind], kind, (count, *item_shapes[kind]))
+            offsets = {kind: start_stack(files[kind], kind, (count, *item_shapes[kind]))
                        for kind in files}
             pending: deque = deque()
             for k, crop in crops:
@@ -266,7 +287,7 @@ def _write_stacks(
         written = sum(status == OK for status, _ in outcomes)
         if 0 < written < count:
             for kind, tmp in (("2d", tmp_2d), ("3d", tmp_3d)):
-                _shrink_stack(tmp, kind, offsets[kind], (written, *item_shapes[kind]))
+                shrink_stack(tmp, kind, offsets[kind], (written, *item_shapes[kind]))
     if written == 0:  # every synapse skipped: no stack, as for an empty shard
         for path in stacks.values():
             path.unlink()

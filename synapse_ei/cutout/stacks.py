@@ -27,7 +27,7 @@ def _stack_options(kind: str) -> dict[str, Any]:
     return {"photometric": "minisblack", "metadata": {"axes": STACK_AXES[kind]}}
 
 
-def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> int:
+def start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> int:
     """Write the header of an uncompressed uint8 TIFF stack of ``shape`` to the open ``file``
     and leave it at the start of the pixel data, so the cutouts are then appended in order with
     ``file.write``: sequential writes, cheaper than faulting in the pages of a memory map.
@@ -39,12 +39,12 @@ def _start_stack(file: Any, kind: str, shape: tuple[int, ...]) -> int:
     return int(offset)
 
 
-def _shrink_stack(path: Path, kind: str, offset: int, shape: tuple[int, ...]) -> None:
+def shrink_stack(path: Path, kind: str, offset: int, shape: tuple[int, ...]) -> None:
     """Rewrite the stack at ``path``, whose header was written for more cutouts than it got
     (some synapses were skipped while reading), as a stack of its first ``shape[0]`` cutouts:
     the header must state how many there are. Copies sequentially, a block at a time."""
     with atomic_path(path) as tmp, open(path, "rb") as old, open(tmp, "r+b") as new:
-        _start_stack(new, kind, shape)
+        start_stack(new, kind, shape)
         old.seek(offset)
         remaining = int(np.prod(shape))
         while remaining:

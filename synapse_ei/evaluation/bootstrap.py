@@ -12,10 +12,10 @@ import numpy as np
 from scipy import sparse
 
 from synapse_ei.evaluation.metrics import (
-    _calibration_bin,
+    calibration_bin,
     DEFAULT_THRESHOLD,
     N_CALIBRATION_BINS,
-    _targets,
+    label_targets,
 )
 
 N_BOOTSTRAP = 1000
@@ -78,7 +78,7 @@ def _calibration_scores(draws, target, prob, neuron_of_synapse, n_bins, n_synaps
     """Expected calibration error: per bin, |sum of probabilities - inhibitory synapses|,
     summed and divided by the synapse count (all weighed by draw counts)."""
     n_neurons = draws.shape[1]
-    bin_of_synapse = _calibration_bin(prob, n_bins)
+    bin_of_synapse = calibration_bin(prob, n_bins)
     gap = np.zeros(len(draws))
     for index in range(n_bins):
         in_bin = bin_of_synapse == index
@@ -146,7 +146,7 @@ def bootstrap_over_neurons(
     ``seed`` draws the same resamples whatever the threshold, so intervals at two thresholds
     are comparable.
     """
-    target = _targets(labels)
+    target = label_targets(labels)
     prob = np.asarray(prob_inhibitory, dtype=float)
     neurons, neuron_of_synapse = np.unique(np.asarray(neuron_ids), return_inverse=True)
     rng = np.random.default_rng(seed)

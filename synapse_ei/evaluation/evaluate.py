@@ -19,11 +19,11 @@ from synapse_ei.errors import DataError
 from synapse_ei.evaluation.bootstrap import bootstrap_over_neurons, BOOTSTRAP_SEED, N_BOOTSTRAP
 from synapse_ei.evaluation.breakdown import DEFAULT_BINS, recall_breakdown, synapse_context
 from synapse_ei.evaluation.figures import (
-    _plot_confusion,
-    _plot_history,
-    _plot_pr,
-    _plot_reliability,
-    _plot_roc,
+    plot_confusion,
+    plot_history,
+    plot_pr,
+    plot_reliability,
+    plot_roc,
     plot_breakdown,
     plot_synapses_needed,
 )
@@ -34,7 +34,7 @@ from synapse_ei.evaluation.metrics import (
     expected_calibration_error,
     N_CALIBRATION_BINS,
     reliability_table,
-    _targets,
+    label_targets,
     tune_threshold,
 )
 from synapse_ei.evaluation.neurons import neuron_level
@@ -188,7 +188,7 @@ def _write_outputs(out_dir: Path, metrics: Mapping[str, Any], predictions: pd.Da
     for name, frame in (("synapses_needed.csv", curve), ("recall_breakdown.csv", breakdown)):
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    _plot_confusion(
+    plot_confusion(
         {
             f"threshold {DEFAULT_THRESHOLD}": metrics["test"]["confusion_matrix"],
             f"tuned on val: {tuned['threshold']:.3f}": tuned["test"]["confusion_matrix"],
@@ -196,12 +196,12 @@ def _write_outputs(out_dir: Path, metrics: Mapping[str, Any], predictions: pd.Da
         out_dir / "confusion_matrix.png",
         model_name,
     )
-    target, prob = _targets(test["label"]), test["prob_inhibitory"].to_numpy()
-    _plot_roc(target, prob, out_dir / "roc.png", model_name)
-    _plot_pr(target, prob, out_dir / "pr.png", model_name)
-    _plot_reliability(reliability, metrics["calibration"]["expected_calibration_error"],
+    target, prob = label_targets(test["label"]), test["prob_inhibitory"].to_numpy()
+    plot_roc(target, prob, out_dir / "roc.png", model_name)
+    plot_pr(target, prob, out_dir / "pr.png", model_name)
+    plot_reliability(reliability, metrics["calibration"]["expected_calibration_error"],
                       out_dir / "reliability.png", model_name)
-    _plot_history(history_path, out_dir / "training_curves.png", model_name)
+    plot_history(history_path, out_dir / "training_curves.png", model_name)
     plot_synapses_needed({model_name: curve}, out_dir / "synapses_needed.png",
                          f"{model_name}: synapses per neuron call, test split")
     plot_breakdown(breakdown, out_dir / "recall_breakdown.png", model_name)

@@ -23,7 +23,7 @@ from synapse_ei.reporting.render import interval_bars, save_figure  # noqa: E402
 from synapse_ei.tables import LABELS  # noqa: E402
 
 
-def _plot_confusion(matrices: Mapping[str, list[list[int]]], path: Path, model_name: str) -> None:
+def plot_confusion(matrices: Mapping[str, list[list[int]]], path: Path, model_name: str) -> None:
     """One confusion matrix per threshold (title -> matrix), side by side."""
     figure, axes_row = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8))
     for axes, (title, matrix) in zip(np.atleast_1d(axes_row), matrices.items()):
@@ -35,7 +35,7 @@ def _plot_confusion(matrices: Mapping[str, list[list[int]]], path: Path, model_n
     save_figure(figure, path)
 
 
-def _plot_roc(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
+def plot_roc(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
     figure, axes = plt.subplots(figsize=(4.2, 4.2))
     RocCurveDisplay.from_predictions(target, prob, ax=axes, name=model_name, pos_label=1)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
@@ -46,7 +46,7 @@ def _plot_roc(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str)
     save_figure(figure, path)
 
 
-def _plot_pr(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
+def plot_pr(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) -> None:
     figure, axes = plt.subplots(figsize=(4.2, 4.2))
     PrecisionRecallDisplay.from_predictions(target, prob, ax=axes, name=model_name, pos_label=1)
     axes.axhline(target.mean(), linestyle="--", color="grey", label="chance (prevalence)")
@@ -58,7 +58,7 @@ def _plot_pr(target: np.ndarray, prob: np.ndarray, path: Path, model_name: str) 
     save_figure(figure, path)
 
 
-def _plot_reliability(table: pd.DataFrame, ece: float, path: Path, model_name: str) -> None:
+def plot_reliability(table: pd.DataFrame, ece: float, path: Path, model_name: str) -> None:
     """Observed fraction inhibitory against mean predicted probability per bin, counts below."""
     figure, (curve, counts) = plt.subplots(
         2, 1, figsize=(4.2, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
@@ -90,7 +90,7 @@ def _epoch_axis(axes: plt.Axes, epochs: pd.Series) -> None:
     axes.set_xlabel("epoch")
 
 
-def _plot_history(history_path: str | Path | None, path: Path, model_name: str) -> None:
+def plot_history(history_path: str | Path | None, path: Path, model_name: str) -> None:
     """Loss (train and val) and val balanced accuracy per epoch; points when there is one epoch.
     The best epoch (highest val balanced accuracy, whose weights training keeps) is marked."""
     history = pd.DataFrame()

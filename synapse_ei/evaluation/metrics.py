@@ -24,7 +24,7 @@ DEFAULT_THRESHOLD = 0.5
 N_CALIBRATION_BINS = 10
 
 
-def _targets(labels: Sequence[str] | np.ndarray) -> np.ndarray:
+def label_targets(labels: Sequence[str] | np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=object)
     unknown = sorted({str(value) for value in labels if value not in LABEL_INDEX})
     if unknown:
@@ -41,7 +41,7 @@ def compute_metrics(
     has true classes as rows and predicted as columns, both ordered (excitatory, inhibitory).
     Raises :class:`DataError` when the labels hold a single class (ROC-AUC is then undefined).
     """
-    target = _targets(labels)
+    target = label_targets(labels)
     prob = np.asarray(prob_inhibitory, dtype=float)
     if len(prob) != len(target):
         raise DataError(f"{len(target)} labels but {len(prob)} probabilities; they must pair up.")
@@ -82,7 +82,7 @@ def tune_threshold(labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarr
     Balanced accuracy is (TPR + TNR) / 2, so the best threshold is the ROC point furthest from
     the diagonal; ties go to the threshold closest to 0.5.
     """
-    target = _targets(labels)
+    target = label_targets(labels)
     fpr, tpr, thresholds = roc_curve(target, np.asarray(prob_inhibitory, dtype=float))
     finite = np.isfinite(thresholds)
     score = (tpr - fpr)[finite]
@@ -91,7 +91,7 @@ def tune_threshold(labels: Sequence[str] | np.ndarray, prob_inhibitory: np.ndarr
     return float(best[np.argmin(np.abs(best - DEFAULT_THRESHOLD))])
 
 
-def _calibration_bin(prob: np.ndarray, n_bins: int) -> np.ndarray:
+def calibration_bin(prob: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each probability; 1.0 falls in the last bin."""
     return np.minimum((np.asarray(prob, dtype=float) * n_bins).astype(int), n_bins - 1)
 
@@ -103,9 +103,9 @@ def reliability_table(
 ) -> pd.DataFrame:
     """Per equal-width probability bin: its edges, synapse count, mean predicted probability of
     inhibitory and the observed fraction of inhibitory synapses (NaN in empty bins)."""
-    target = _targets(labels)
+    target = label_targets(labels)
     prob = np.asarray(prob_inhibitory, dtype=float)
-    bins = _calibration_bin(prob, n_bins)
+    bins = calibration_bin(prob, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_prob = np.bincount(bins, prob, minlength=n_bins) / count

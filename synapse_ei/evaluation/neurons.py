@@ -16,7 +16,7 @@ from synapse_ei.evaluation.intervals import (
     NEURON_INTERVAL,
     proportion_interval,
 )
-from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD, _targets
+from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD, label_targets
 from synapse_ei.tables import LABELS
 
 
@@ -79,7 +79,7 @@ def neuron_level(
     inhibitory is at least ``threshold``: accuracy and balanced accuracy with their intervals
     (:mod:`synapse_ei.evaluation.intervals`), and counts per class."""
     neurons = neuron_table(labels, prob_inhibitory, neuron_ids, threshold)
-    target = _targets(neurons["label"])
+    target = label_targets(neurons["label"])
     called = calls_inhibitory(neurons["mean_prob_inhibitory"], threshold).astype(int)
     correct = called == target
     per_class = {

@@ -17,7 +17,7 @@ import pandas as pd
 
 from synapse_ei.errors import DataError
 from synapse_ei.evaluation.intervals import balanced_interval
-from synapse_ei.evaluation.metrics import _targets
+from synapse_ei.evaluation.metrics import label_targets
 from synapse_ei.evaluation.neurons import calls_inhibitory
 
 #: Defaults of the config keys evaluate.synapses_per_call and evaluate.synapse_draws.
@@ -101,7 +101,7 @@ def synapses_needed(
             f"evaluate.synapses_per_call {ks} must be integers >= 1 and evaluate.synapse_draws "
             f"({n_draws}) at least 1."
         )
-    target = _targets(labels)
+    target = label_targets(labels)
     prob = np.asarray(prob_inhibitory, dtype=float)
     _, neuron_of_synapse = np.unique(np.asarray(neuron_ids), return_inverse=True)
     n_synapses = np.bincount(neuron_of_synapse)

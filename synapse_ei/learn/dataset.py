@@ -27,7 +27,7 @@ from torch.utils.data import (
 from synapse_ei.cutout.manifest import rerun_shard
 from synapse_ei.cutout.stacks import open_stack, STACK_AXES
 from synapse_ei.errors import DataError
-from synapse_ei.learn.transforms import _check_kind
+from synapse_ei.learn.transforms import check_kind
 from synapse_ei.tables import LABEL_INDEX, require_columns, SPLITS, to_int64
 
 #: Manifest columns every image stage relies on.
@@ -56,7 +56,7 @@ def load_manifest(
         ) from error
     columns = list(MANIFEST_REQUIRED)
     if kind is not None:
-        columns += [f"path_{_check_kind(kind)}", "stack_index"]
+        columns += [f"path_{check_kind(kind)}", "stack_index"]
     require_columns(manifest, columns, str(path))
     manifest = to_int64(manifest, ["id", "pre_pt_root_id"], str(path))
     if "status" in manifest.columns:
@@ -126,7 +126,7 @@ def open_cutout(
 
 def stored_shape(path: Path, kind: str) -> tuple[int, ...]:
     """Shape of one cutout ((Y, X) or (Z, Y, X)) in a shard's TIFF stack, read from its header."""
-    return tuple(open_stack(path, _check_kind(kind)).shape[1:])
+    return tuple(open_stack(path, check_kind(kind)).shape[1:])
 
 
 class StackedSamples(list):
@@ -168,7 +168,7 @@ class CutoutDataset(Dataset):
         shape: Sequence[int] | None = None,
         preload: bool = False,
     ) -> None:
-        self.kind = _check_kind(kind)
+        self.kind = check_kind(kind)
         if len(manifest) == 0:
             raise DataError(f"CutoutDataset: the manifest selection for {kind} cutouts is empty.")
         require_columns(manifest, ["id", "label", f"path_{kind}", "stack_index"],

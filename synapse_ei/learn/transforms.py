@@ -30,7 +30,7 @@ NORM_STD = 0.25
 AUGMENT_ON = ("auto", "loader", "device")
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise DataError(f"cutout kind {kind!r} is unknown; use one of {list(KINDS)}.")
     return kind
@@ -73,7 +73,7 @@ def build_transforms(
     section of a cube alike; nothing mixes z (40 nm) with the 4 nm xy plane. ``strength`` scales
     every op but flips and rotation, in magnitude and probability; 0 keeps only those two.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if augmentations is None:
         augmentations = model_defaults()["augmentations"]
     chosen = check_augmentations(kind, augmentations)

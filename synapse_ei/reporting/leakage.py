@@ -31,7 +31,7 @@ from synapse_ei.evaluation.bootstrap import (  # noqa: E402
     N_BOOTSTRAP,
 )
 from synapse_ei.evaluation.metrics import compute_metrics, DEFAULT_THRESHOLD  # noqa: E402
-from synapse_ei.outputs import read_json, write_json, write_text  # noqa: E402
+from synapse_ei.outputs import read_json, write_json, write_parquet, write_text  # noqa: E402
 from synapse_ei.reporting.render import (  # noqa: E402
     interval_bars,
     markdown_table,
@@ -42,15 +42,16 @@ from synapse_ei.tables import (  # noqa: E402
     INHIBITORY,
     LABEL_INDEX,
     LABELS,
+    PRE_ROOT,
     PREDICTION_COLUMNS,
     require_columns,
+    require_ids_in,
     SPLITS,
     to_int64,
 )
 
 log = logging.getLogger(__name__)
 
-PRE = "pre_pt_root_id"
 #: The label prior's one feature.
 LABEL_PRIOR_FEATURE = "pre_train_inhibitory_rate"
 #: The two splits compared, as keys of the audit; "leaky" is
@@ -85,21 +86,15 @@ def with_split_of(manifest: pd.DataFrame, split_table: pd.DataFrame, where: str)
     require_columns(split_table, ["id", "split"], "leaky split table")
     manifest = to_int64(manifest, ["id"], where)
     split_of = to_int64(split_table, ["id"], "leaky split table").set_index("id")["split"]
-    missing = ~manifest["id"].isin(split_of.index)
-    if missing.any():
-        row = int(missing.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"{where}: synapse id {int(manifest['id'].iloc[row])} (row {row}) is not in the leaky "
-            f"split ({int(missing.sum())} such row(s)); both come from the same split table: "
-            "rerun the leaky_split rule."
-        )
+    require_ids_in(manifest, split_of.index, where, "leaky split",
+                   "Both come from the same split table: rerun the leaky_split rule.")
     result = manifest.copy()
     result["split"] = result["id"].map(split_of).to_numpy()
     return result
 
 
 def _check_split_table(split_table: pd.DataFrame, where: str) -> pd.DataFrame:
-    require_columns(split_table, ["id", PRE, "label", "split"], where)
+    require_columns(split_table, ["id", PRE_ROOT, "label", "split"], where)
     for column, allowed in (("label", LABELS), ("split", SPLITS)):
         bad = ~split_table[column].isin(allowed)
         if bad.any():
@@ -108,7 +103,7 @@ def _check_split_table(split_table: pd.DataFrame, where: str) -> pd.DataFrame:
                 f"{where}: column {column!r} row {row} holds {split_table[column].iloc[row]!r}; "
                 f"it must be one of {list(allowed)}. Rerun the split stage."
             )
-    return to_int64(split_table, ["id", PRE], where)
+    return to_int64(split_table, ["id", PRE_ROOT], where)
 
 
 def label_prior_feature(split_table: pd.DataFrame) -> np.ndarray:
@@ -118,8 +113,8 @@ def label_prior_feature(split_table: pd.DataFrame) -> np.ndarray:
     """
     train = split_table[split_table["split"] == "train"]
     inhibitory = train["label"] == INHIBITORY
-    rate = inhibitory.groupby(train[PRE]).mean()
-    return split_table[PRE].map(rate).fillna(float(inhibitory.mean())).to_numpy(dtype=float)
+    rate = inhibitory.groupby(train[PRE_ROOT]).mean()
+    return split_table[PRE_ROOT].map(rate).fillna(float(inhibitory.mean())).to_numpy(dtype=float)
 
 
 def label_prior_predictions(split_table: pd.DataFrame, seed: int, where: str) -> pd.DataFrame:
@@ -144,7 +139,7 @@ def label_prior_predictions(split_table: pd.DataFrame, seed: int, where: str) ->
     return pd.DataFrame(
         {
             "id": rows["id"].to_numpy(),
-            PRE: rows[PRE].to_numpy(),
+            PRE_ROOT: rows[PRE_ROOT].to_numpy(),
             "split": rows["split"].astype(str).to_numpy(),
             "label": rows["label"].astype(str).to_numpy(),
             "prob_inhibitory": model.predict_proba(feature[scored])[:, 1].astype(float),
@@ -161,13 +156,13 @@ def prediction_scores(
     labels, prob = test["label"].to_numpy(), test["prob_inhibitory"].to_numpy(dtype=float)
     metrics = compute_metrics(labels, prob, DEFAULT_THRESHOLD)
     boot = bootstrap_over_neurons(
-        labels, prob, test[PRE].to_numpy(), DEFAULT_THRESHOLD, n_resamples, seed
+        labels, prob, test[PRE_ROOT].to_numpy(), DEFAULT_THRESHOLD, n_resamples, seed
     )
     return {
         **{name: metrics[name] for name in SCORES},
         "ci95": {name: dict(boot[name]) for name in SCORES},
         "n_test_synapses": int(len(test)),
-        "n_test_neurons": int(test[PRE].nunique()),
+        "n_test_neurons": int(test[PRE_ROOT].nunique()),
     }
 
 
@@ -210,7 +205,7 @@ def data_overview(split_table: pd.DataFrame, split_audit: Mapping[str, Any]) -> 
 
 def neuron_sizes(split_table: pd.DataFrame) -> dict[str, Any]:
     """Synapses per presynaptic neuron: does any one neuron dominate the data?"""
-    per_neuron = split_table.groupby(PRE).size()
+    per_neuron = split_table.groupby(PRE_ROOT).size()
     largest = int(per_neuron.idxmax())
     return {
         "n_neurons": int(len(per_neuron)),
@@ -391,3 +386,26 @@ def leakage_figure(audit: Mapping[str, Any], png_path: str | Path) -> None:
     np.atleast_1d(axes)[-1].legend(loc="lower right", fontsize="small")
     figure.suptitle("Leakage audit: neuron-level vs synapse-level (leaky) split")
     save_figure(figure, png_path)
+
+
+def run_leaky_manifest(
+    manifest_path: str | Path, split_path: str | Path, out_path: str | Path
+) -> pd.DataFrame:
+    """The leaky_manifest stage: the cutout manifest with the leaky split's ``split`` column
+    (:func:`with_split_of`), written to ``out_path``; no new cutouts."""
+    manifest = with_split_of(
+        pd.read_parquet(manifest_path), pd.read_parquet(split_path), where=str(manifest_path)
+    )
+    write_parquet(out_path, manifest)
+    return manifest
+
+
+def run_leakage_audit(out_paths: Mapping[str, str | Path], **inputs: Any) -> dict[str, Any]:
+    """The leakage_audit stage: :func:`leakage_audit` of ``inputs`` (its arguments), written by
+    :func:`write_leakage_audit` to ``out_paths`` (keys ``json``, ``markdown``, ``html``,
+    ``figure``)."""
+    audit = leakage_audit(**inputs)
+    write_leakage_audit(
+        audit, out_paths["json"], out_paths["markdown"], out_paths["html"], out_paths["figure"]
+    )
+    return audit

@@ -8,9 +8,12 @@ later stage runs the same code whatever the source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from synapse_ei.outputs import write_json, write_parquet
 
 
 @dataclass
@@ -59,3 +62,30 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
     raise DataError(
         f"dataset.source: unknown source {source!r}; use 'synthetic', 'files' or 'cave'."
     )
+
+
+def query_provenance(tables: SourceTables) -> dict[str, Any]:
+    """What the query stage records beside its tables: the source's own provenance, with the EM
+    path, the positions' resolution and the row counts of the tables as written."""
+    return {
+        **tables.provenance,
+        "em_path": tables.em_path,
+        "position_resolution": list(tables.position_resolution),
+        "rows": {"synapses": len(tables.synapses), "cell_types": len(tables.cell_types)},
+    }
+
+
+def run_query(
+    dataset: dict[str, Any],
+    synthetic_dir: str,
+    synapses_path: str | Path,
+    cell_types_path: str | Path,
+    provenance_path: str | Path,
+) -> SourceTables:
+    """The query stage: :func:`load_source`, then write its two tables and
+    :func:`query_provenance`."""
+    tables = load_source(dataset, synthetic_dir)
+    write_parquet(synapses_path, tables.synapses)
+    write_parquet(cell_types_path, tables.cell_types)
+    write_json(provenance_path, query_provenance(tables))
+    return tables

@@ -35,6 +35,7 @@ import pandas as pd
 import requests
 
 from synapse_ei import tables
+from synapse_ei.curation.sampling import cap_per_group, hashed_keys
 from synapse_ei.errors import DataError
 from synapse_ei.sources import SourceTables
 
@@ -173,81 +174,155 @@ def load(
     Network errors and the server's rate limit are retried ``retries`` times (backing off, or
     waiting what a 429's ``Retry-After`` asks). ``client`` replaces the CAVEclient built from
     ``datastack``/``server_address`` (tests). Positions are 4x4x40 nm voxels.
+
+    Its length is its 17 settings (the ``dataset.cave`` keys) and their description; the steps
+    are :func:`_caller`, :func:`_query_neurons`, :func:`query_synapses` and :func:`_provenance`.
     """
     _check_settings(version, batch_size, max_rows_per_query, max_synapses_per_neuron, retries)
     version = int(version)
     if client is None:
         client = connect(datastack, version, server_address, retries, backoff_seconds)
-    token = _client_token(client)
-    if not token:
-        raise DataError(_no_token_message(_server_of(client, server_address)))
-    server = _server_of(client, server_address)
-    stats = QueryStats()
-    call = CaveCaller(
-        server=server, token=token, retries=retries, backoff=backoff_seconds, stats=stats
-    )
-    _check_client_version(client, version, datastack, server)
+    call = _caller(client, server_address, retries, backoff_seconds)
+    _check_client_version(client, version, datastack, call.server)
 
-    cell_types_raw = query_whole_table(client, cell_type_table, version, call, max_rows_per_query)
-    cell_types = _tidy_cell_types(cell_types_raw, cell_type_table, neuron_column)
-    column, values = _neuron_rule(cell_type_table, neuron_column, neuron_values, cell_types)
-    neuron_ids = _neuron_root_ids(cell_types, column, values)
-
-    proofread_info: dict[str, Any] = {"applied": False}
-    if proofread_axons_only:
-        table = proofreading_table or DEFAULT_PROOFREADING_TABLE
-        proofread = query_whole_table(client, table, version, call, max_rows_per_query)
-        axon_ids, proofread_info = proofread_axon_root_ids(proofread, table)
-        neuron_ids = np.intersect1d(neuron_ids, axon_ids)
-        proofread_info["neurons_kept"] = int(len(neuron_ids))
-    if len(neuron_ids) == 0:
-        raise DataError(
-            f"CAVE table {cell_type_table!r} (datastack {datastack}, version {version}): no "
-            f"neurons to query (column {column!r} in {values!r}"
-            f"{', axon proofread' if proofread_axons_only else ''}). Check the cell-type table, "
-            "its class column/values, or turn off proofread_axons_only."
-        )
-
+    neurons = _query_neurons(
+        client, datastack, version, cell_type_table, call, max_rows_per_query, neuron_column,
+        neuron_values,
+        (proofreading_table or DEFAULT_PROOFREADING_TABLE) if proofread_axons_only else None,
+    )  # fmt: skip
     synapses = query_synapses(
-        client, synapse_table, version, neuron_ids, call, batch_size, max_rows_per_query,
+        client, synapse_table, version, neurons.root_ids, call, batch_size, max_rows_per_query,
         max_synapses_per_neuron=max_synapses_per_neuron, seed=seed,
     )
     synapses = _tidy_synapses(synapses, synapse_table)
     if synapses.empty:
         raise DataError(
             f"CAVE table {synapse_table!r} (datastack {datastack}, version {version}): no "
-            f"synapses from the {len(neuron_ids)} presynaptic neurons of {cell_type_table!r}. "
-            "Check that the synapse table belongs to this datastack."
+            f"synapses from the {len(neurons.root_ids)} presynaptic neurons of "
+            f"{cell_type_table!r}. Check that the synapse table belongs to this datastack."
         )
-    queried = stats.synapses_queried
-
     resolved_em_path = em_path or _default_em_path(client, datastack, call)
-    provenance = {
+    provenance = _provenance(
+        client, datastack, version, call, synapse_table, cell_type_table, resolved_em_path,
+        neurons, synapses, max_synapses_per_neuron, seed, batch_size, max_rows_per_query,
+    )  # fmt: skip
+    return SourceTables(
+        synapses=synapses,
+        cell_types=neurons.cell_types,
+        em_path=resolved_em_path,
+        position_resolution=DESIRED_RESOLUTION,  # type: ignore[arg-type]
+        provenance=scrub(provenance, call.token),
+    )
+
+
+@dataclass
+class Neurons:
+    """The cell-type table as queried and the presynaptic neurons picked from it."""
+
+    cell_types: pd.DataFrame
+    #: The column and values that mark a neuron (None: every row with a root id).
+    column: str | None
+    values: list[str] | None
+    #: Sorted unique non-zero root ids whose synapses are queried.
+    root_ids: np.ndarray
+    proofreading: dict[str, Any]
+
+
+def _caller(
+    client: Any, server_address: str | None, retries: int, backoff_seconds: float
+) -> CaveCaller:
+    """The :class:`CaveCaller` of ``client``'s server and token; no token is a
+    :class:`DataError` saying how to set one."""
+    token = _client_token(client)
+    server = _server_of(client, server_address)
+    if not token:
+        raise DataError(_no_token_message(server))
+    return CaveCaller(
+        server=server, token=token, retries=retries, backoff=backoff_seconds, stats=QueryStats()
+    )
+
+
+def _query_neurons(
+    client: Any,
+    datastack: str,
+    version: int,
+    cell_type_table: str,
+    call: CaveCaller,
+    max_rows_per_query: int,
+    neuron_column: str | None,
+    neuron_values: Sequence[str] | None,
+    proofreading_table: str | None,
+) -> Neurons:
+    """Read the cell-type table whole and pick its neurons (:func:`_neuron_rule`); with a
+    ``proofreading_table``, only those whose axon is proofread there. No neuron left is a
+    :class:`DataError`."""
+    raw = query_whole_table(client, cell_type_table, version, call, max_rows_per_query)
+    cell_types = _tidy_cell_types(raw, cell_type_table, neuron_column)
+    column, values = _neuron_rule(cell_type_table, neuron_column, neuron_values, cell_types)
+    root_ids = _neuron_root_ids(cell_types, column, values)
+    proofread_info: dict[str, Any] = {"applied": False}
+    if proofreading_table is not None:
+        proofread = query_whole_table(
+            client, proofreading_table, version, call, max_rows_per_query
+        )
+        axon_ids, proofread_info = proofread_axon_root_ids(proofread, proofreading_table)
+        root_ids = np.intersect1d(root_ids, axon_ids)
+        proofread_info["neurons_kept"] = int(len(root_ids))
+    if len(root_ids) == 0:
+        raise DataError(
+            f"CAVE table {cell_type_table!r} (datastack {datastack}, version {version}): no "
+            f"neurons to query (column {column!r} in {values!r}"
+            f"{', axon proofread' if proofreading_table is not None else ''}). Check the "
+            "cell-type table, its class column/values, or turn off proofread_axons_only."
+        )
+    return Neurons(cell_types, column, values, root_ids, proofread_info)
+
+
+def _provenance(
+    client: Any,
+    datastack: str,
+    version: int,
+    call: CaveCaller,
+    synapse_table: str,
+    cell_type_table: str,
+    em_path: str,
+    neurons: Neurons,
+    synapses: pd.DataFrame,
+    max_synapses_per_neuron: int | None,
+    seed: int,
+    batch_size: int,
+    max_rows_per_query: int,
+) -> dict[str, Any]:
+    """What the query asked for and what it cost, for ``provenance.json`` (keys in the order
+    the file has always had)."""
+    stats = call.stats
+    return {
         "source": "cave",
         "datastack": datastack,
-        "server_address": server,
+        "server_address": call.server,
         "materialization_version": version,
         "version_timestamp": _version_timestamp(client, version, call),
         "caveclient_version": _caveclient_version(),
         "tables": {
             "synapses": synapse_table,
             "cell_types": cell_type_table,
-            "proofreading": proofread_info.get("table"),
+            "proofreading": neurons.proofreading.get("table"),
         },
         "desired_resolution": list(DESIRED_RESOLUTION),
-        "em_path": resolved_em_path,
+        "em_path": em_path,
         "viewer": viewer_provenance(client, call),
-        "neurons": {"column": column, "values": sorted(values) if values else None,
-                    "root_ids_queried": int(len(neuron_ids))},
-        "proofreading": proofread_info,
+        "neurons": {"column": neurons.column,
+                    "values": sorted(neurons.values) if neurons.values else None,
+                    "root_ids_queried": int(len(neurons.root_ids))},
+        "proofreading": neurons.proofreading,
         "rows": {
-            "cell_types": int(len(cell_types)),
-            "synapses_queried": int(queried),
+            "cell_types": int(len(neurons.cell_types)),
+            "synapses_queried": int(stats.synapses_queried),
             "synapses": int(len(synapses)),
         },
         "max_synapses_per_neuron": max_synapses_per_neuron,
         "seed": int(seed),
-        "synapses_dropped_by_cap": int(queried - len(synapses)),
+        "synapses_dropped_by_cap": int(stats.synapses_queried - len(synapses)),
         "batch_size": int(batch_size),
         "max_rows_per_query": max_rows_per_query,
         "queries": stats.queries,
@@ -258,13 +333,6 @@ def load(
         "server_notices": sorted(set(stats.server_warnings)),
         "kept_for_label_stage": "pre_pt_root_id == 0 rows and autapses (dropped and counted there)",
     }
-    return SourceTables(
-        synapses=synapses,
-        cell_types=cell_types,
-        em_path=resolved_em_path,
-        position_resolution=DESIRED_RESOLUTION,  # type: ignore[arg-type]
-        provenance=scrub(provenance, token),
-    )
 
 
 # --- connection -------------------------------------------------------------------------------
@@ -660,7 +728,7 @@ def synapse_query_columns() -> list[str]:
     position by its column (``ctr_pt_position``, which comes back split in ``_x/_y/_z``); each
     ``*_root_id`` brings its ``*_supervoxel_id`` (query_manager.py ``select_column``)."""
     names: list[str] = []
-    for column in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]:
+    for column in tables.SYNAPSE_COLUMNS:
         name = re.sub(r"_[xyz]$", "", column) if "_position_" in column else column
         if name not in names:
             names.append(name)
@@ -706,7 +774,7 @@ def query_synapses(
         if not truncated:
             call.stats.synapses_queried += len(frame)
             if not frame.empty:
-                frame = _tidy_synapse_answer(frame, table)
+                frame = tidy_synapse_answer(frame, table)
             if max_synapses_per_neuron is not None and not frame.empty:
                 frame = cap_synapses_per_neuron(frame, max_synapses_per_neuron, seed)
             parts.append(frame)
@@ -734,10 +802,10 @@ def _tidy_cell_types(frame: pd.DataFrame, table: str, neuron_column: str | None)
     # name (query_manager.py execute_query; the MICrONS tutorial's recorded answers).
     where = f"CAVE cell-type table {table!r}"
     tables.require_columns(frame, tables.CELL_TYPE_REQUIRED, where)
-    keep = [*tables.CELL_TYPE_REQUIRED, *tables.CELL_TYPE_OPTIONAL]
+    keep = list(tables.CELL_TYPE_COLUMNS)
     if neuron_column and neuron_column not in keep:
         keep.append(neuron_column)
-    keep = [c for c in keep if c in frame.columns]
+    keep = tables.present(frame, keep)
     frame = tables.to_int64(frame[keep], ["pt_root_id"], where)
     return frame.sort_values("pt_root_id", kind="stable").reset_index(drop=True)
 
@@ -806,12 +874,12 @@ def proofread_axon_root_ids(frame: pd.DataFrame, table: str) -> tuple[np.ndarray
     return ids, info
 
 
-def _tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+def tidy_synapse_answer(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """One answer's columns as the house tables hold them: the workflow's columns only, ids and
     positions int64. Done per answer, so the query never holds a column it drops."""
     where = f"CAVE synapse table {table!r}"
     tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
-    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in frame.columns]
+    keep = tables.present(frame, tables.SYNAPSE_COLUMNS)
     frame = frame[keep]
     # desired_resolution can leave fractions when the native resolution differs: nearest voxel.
     fractional = [c for c in keep if c.endswith(("_x", "_y", "_z"))
@@ -836,34 +904,15 @@ def _tidy_synapses(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
-def _sample_keys(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random uint64 key per synapse id (SplitMix64's mixer of id and seed):
-    the same id and seed give the same key whatever else is queried with it."""
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + np.uint64(int(seed) % 2**64) * golden + golden
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def cap_synapses_per_neuron(synapses: pd.DataFrame, max_per_neuron: int, seed: int) -> pd.DataFrame:
-    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample:
-    those with the smallest :func:`_sample_keys` of their ids. A neuron's sample depends only on
-    its own synapses and ``seed``, so capping batch by batch keeps the rows capping the whole
-    table keeps. The result is sorted by synapse id."""
-    if max_per_neuron < 1:
-        raise DataError(f"dataset.cave.max_synapses_per_neuron: {max_per_neuron} must be >= 1.")
-    ids = synapses["id"].to_numpy(dtype=np.int64)
-    pre = synapses["pre_pt_root_id"].to_numpy(dtype=np.int64)
-    order = np.lexsort((ids, _sample_keys(ids, seed), pre))  # by neuron, then key
-    pre_sorted = pre[order]
-    position = np.arange(len(order))
-    first = np.r_[True, pre_sorted[1:] != pre_sorted[:-1]] if len(order) else np.zeros(0, bool)
-    rank = position - np.maximum.accumulate(np.where(first, position, 0))
-    kept = np.sort(order[rank < max_per_neuron])
-    frame = synapses.iloc[kept]
-    return frame.sort_values("id", kind="stable").reset_index(drop=True)
+    """Keep at most ``max_per_neuron`` synapses per presynaptic root id, a seeded random sample
+    keyed by :func:`~synapse_ei.curation.sampling.hashed_keys` of their ids: a neuron's sample
+    depends only on its own synapses and ``seed``, so capping batch by batch keeps the rows
+    capping the whole table keeps. The result is sorted by synapse id."""
+    keys = hashed_keys(synapses["id"].to_numpy(dtype=np.int64), seed)
+    return cap_per_group(
+        synapses, "pre_pt_root_id", max_per_neuron, keys, "dataset.cave.max_synapses_per_neuron"
+    )
 
 
 def _check_settings(

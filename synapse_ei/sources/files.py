@@ -46,26 +46,8 @@ def load(
     resolution = _check_resolution(position_resolution)
     renames = _check_columns_setting(columns)
     synapses, cell_types = Path(synapses), Path(cell_types)
-
-    synapse_frame = _read_table(synapses, renames["synapses"])
-    synapse_frame = tables.split_packed_positions(
-        synapse_frame, tables.SYNAPSE_POINTS, f"synapse table {synapses}"
-    )
-    tables.require_columns(synapse_frame, tables.SYNAPSE_REQUIRED, f"synapse table {synapses}")
-    keep = [c for c in [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL] if c in synapse_frame]
-    synapse_frame = tables.to_int64(synapse_frame[keep], keep, f"synapse table {synapses}")
-    synapse_frame, repeated = _drop_repeated_synapses(synapse_frame, synapses)
-
-    cell_frame = _read_table(cell_types, renames["cell_types"])
-    # Repeats are judged on the whole export row: two somas of one root differ in their id and
-    # position, which the schema below does not keep.
-    repeated_cells = cell_frame.astype(str).duplicated()
-    cell_frame = cell_frame[~repeated_cells]
-    tables.require_columns(cell_frame, tables.CELL_TYPE_REQUIRED, f"cell-type table {cell_types}")
-    keep = [c for c in [*tables.CELL_TYPE_REQUIRED, *tables.CELL_TYPE_OPTIONAL] if c in cell_frame]
-    cell_frame = tables.to_int64(cell_frame[keep], ["pt_root_id"], f"cell-type table {cell_types}")
-    cell_frame = cell_frame.reset_index(drop=True)
-
+    synapse_frame, repeated = _synapse_table(synapses, renames["synapses"])
+    cell_frame, repeated_cells = _cell_type_table(cell_types, renames["cell_types"])
     provenance: dict[str, Any] = {
         "source": "files",
         "synapses": str(synapses),
@@ -73,7 +55,7 @@ def load(
         "em_path": em_path,
         "rows": {"synapses": len(synapse_frame), "cell_types": len(cell_frame)},
         "repeated_synapse_rows_dropped": repeated,
-        "repeated_cell_type_rows_dropped": int(repeated_cells.sum()),
+        "repeated_cell_type_rows_dropped": repeated_cells,
         "sha256": {"synapses": _sha256(synapses), "cell_types": _sha256(cell_types)},
         "columns": {kind: dict(renames[kind]) for kind in TABLE_KINDS},
     }
@@ -84,6 +66,29 @@ def load(
         position_resolution=resolution,
         provenance=provenance,
     )
+
+
+def _synapse_table(path: Path, renames: Mapping[str, str]) -> tuple[pd.DataFrame, int]:
+    """The synapse export in the house schema, rows repeated verbatim dropped, and how many."""
+    where = f"synapse table {path}"
+    frame = tables.split_packed_positions(_read_table(path, renames), tables.SYNAPSE_POINTS, where)
+    tables.require_columns(frame, tables.SYNAPSE_REQUIRED, where)
+    keep = tables.present(frame, tables.SYNAPSE_COLUMNS)
+    return _drop_repeated_synapses(tables.to_int64(frame[keep], keep, where), path)
+
+
+def _cell_type_table(path: Path, renames: Mapping[str, str]) -> tuple[pd.DataFrame, int]:
+    """The cell-type export in the house schema, rows repeated verbatim dropped, and how many."""
+    where = f"cell-type table {path}"
+    frame = _read_table(path, renames)
+    # Repeats are judged on the whole export row: two somas of one root differ in their id and
+    # position, which the schema below does not keep.
+    repeated = frame.astype(str).duplicated()
+    frame = frame[~repeated]
+    tables.require_columns(frame, tables.CELL_TYPE_REQUIRED, where)
+    keep = tables.present(frame, tables.CELL_TYPE_COLUMNS)
+    frame = tables.to_int64(frame[keep], ["pt_root_id"], where)
+    return frame.reset_index(drop=True), int(repeated.sum())
 
 
 def _check_resolution(position_resolution: Sequence[float]) -> tuple[float, float, float]:

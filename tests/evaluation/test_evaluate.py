@@ -166,7 +166,7 @@ def test_training_curves_tick_whole_epochs_and_mark_the_best(tmp_path, monkeypat
         history = tmp_path / "history.csv"
         pd.DataFrame({"epoch": epochs, "train_loss": 0.5, "val_loss": 0.6,
                       "val_balanced_accuracy": scores}).to_csv(history, index=False)
-        figures._plot_history(history, tmp_path / "curves.png", "m")
+        figures.plot_history(history, tmp_path / "curves.png", "m")
         for axes in shown["axes"]:
             assert list(axes.get_xticks()) == epochs  # no fractional ticks for one epoch
             marks = [line for line in axes.get_lines() if line.get_label().startswith("best")]

@@ -21,9 +21,9 @@ from synapse_ei.reporting.leakage import (
     OVERLAP_CHECKS,
     prediction_scores,
     ROLES,
+    run_leakage_audit,
     SPLIT_KINDS,
     with_split_of,
-    write_leakage_audit,
 )
 from synapse_ei.sources.synthetic import generator as synthetic
 
@@ -194,11 +194,14 @@ def test_audit_writes_every_model_under_both_splits_with_the_data_section(tmp_pa
             paths[key][kind] = tmp_path / kind / name
             write(paths[key][kind], value)
 
-    audit = leakage_audit(paths["split"], paths["audit"], paths["image"], paths["conn"],
-                          image_model="cnn2d", connectivity_model="connectivity", seed=0,
-                          n_resamples=50)
     out = {suffix: tmp_path / f"leakage.{suffix}" for suffix in ("json", "md", "html", "png")}
-    write_leakage_audit(audit, out["json"], out["md"], out["html"], out["png"])
+    # The stage: the audit, then its four files.
+    run_leakage_audit(
+        {"json": out["json"], "markdown": out["md"], "html": out["html"], "figure": out["png"]},
+        split_paths=paths["split"], split_audit_paths=paths["audit"],
+        image_metrics_paths=paths["image"], connectivity_metrics_paths=paths["conn"],
+        image_model="cnn2d", connectivity_model="connectivity", seed=0, n_resamples=50,
+    )  # fmt: skip
 
     written = json.loads(out["json"].read_text())
     assert list(written["models"]) == list(ROLES)

@@ -183,7 +183,7 @@ def test_positions_come_back_in_4_4_40_voxels(convert_on_server):
     assert all(r["params"]["split_positions"] == ["True"] for r in server.requests)
     want = syn[syn["pre_pt_root_id"].isin(NEURONS)].sort_values("id")
     got = out.synapses
-    for column in tables.CTR + tables.PRE:
+    for column in tables.CTR + tables.PRE_POSITION:
         assert got[column].tolist() == want[column].tolist(), column
         assert got[column].dtype == np.int64
     assert out.position_resolution == (4.0, 4.0, 40.0)
@@ -299,7 +299,7 @@ def test_max_synapses_per_neuron_is_a_seeded_sample():
 def test_the_cap_applied_per_batch_keeps_what_capping_the_whole_table_keeps():
     server = make_server(per_neuron=9)
     whole = cave.cap_synapses_per_neuron(
-        cave._tidy_synapse_answer(expected_synapses(server), SYNAPSES), 4, seed=3)
+        cave.tidy_synapse_answer(expected_synapses(server), SYNAPSES), 4, seed=3)
     for batch_size in (1, 3, 7):
         out = run_load(make_server(per_neuron=9), batch_size=batch_size,
                        max_synapses_per_neuron=4, seed=3)
@@ -335,7 +335,7 @@ def test_only_the_synapse_columns_the_workflow_uses_are_asked_for():
     assert list(out.synapses.columns) == [*tables.SYNAPSE_REQUIRED, *tables.SYNAPSE_OPTIONAL]
     want = expected_synapses(server)
     assert out.synapses["size"].tolist() == want["size"].tolist()
-    assert out.synapses[tables.POST].to_numpy().tolist() == want[tables.POST].to_numpy().tolist()
+    assert out.synapses[tables.POST_POSITION].to_numpy().tolist() == want[tables.POST_POSITION].to_numpy().tolist()
 
 
 def test_a_reference_cell_type_table_is_queried_through_the_join():

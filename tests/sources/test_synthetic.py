@@ -21,7 +21,7 @@ from synapse_ei.sources.synthetic.generator import (
     synthesize,
     VOXEL_OFFSET,
 )
-from synapse_ei.tables import CTR, POST, PRE
+from synapse_ei.tables import CTR, POST_POSITION, PRE_POSITION
 
 N_SYNAPSES = 200
 N_NEURONS = 30
@@ -64,7 +64,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def test_synapse_table_has_the_cave_schema_with_int64_ids_and_positions(tables):
     synapses, _, _ = tables
-    expected = ["id", "pre_pt_root_id", "post_pt_root_id", *CTR, *PRE, *POST, "size"]
+    expected = ["id", "pre_pt_root_id", "post_pt_root_id", *CTR, *PRE_POSITION, *POST_POSITION, "size"]
     assert list(synapses.columns) == expected
     assert all(synapses[c].dtype == np.int64 for c in expected)
     assert len(synapses) == N_SYNAPSES
@@ -81,8 +81,8 @@ def test_table_positions_are_twice_the_volume_voxel_in_xy(tables):
     assert (merged.ctr_pt_position_y == 2 * (merged.vy + VOXEL_OFFSET[1])).all()
     assert (merged.ctr_pt_position_z == merged.vz + VOXEL_OFFSET[2]).all()
     # Pre and post points lie on opposite sides of the cleft, along its normal.
-    pre = merged[PRE].to_numpy() - merged[CTR].to_numpy()
-    post = merged[POST].to_numpy() - merged[CTR].to_numpy()
+    pre = merged[PRE_POSITION].to_numpy() - merged[CTR].to_numpy()
+    post = merged[POST_POSITION].to_numpy() - merged[CTR].to_numpy()
     assert ((pre * post * [4, 4, 40]).sum(axis=1) < 0).mean() > 0.95
 
 

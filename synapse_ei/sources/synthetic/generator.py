@@ -27,7 +27,14 @@ from synapse_ei.errors import DataError
 from synapse_ei.outputs import read_json, write_json, write_parquet
 from synapse_ei.sources import SourceTables
 from synapse_ei.sources.synthetic import render
-from synapse_ei.tables import CAVE_POSITION_RESOLUTION, CTR, EXCITATORY, INHIBITORY, POST, PRE
+from synapse_ei.tables import (
+    CAVE_POSITION_RESOLUTION,
+    CTR,
+    EXCITATORY,
+    INHIBITORY,
+    POST_POSITION,
+    PRE_POSITION,
+)
 
 EXCITATORY_TYPES = ("23P", "4P", "5P-IT", "5P-ET", "5P-NP", "6P-IT", "6P-CT")
 INHIBITORY_TYPES = ("BC", "MC", "BPC", "NGC")
@@ -94,6 +101,75 @@ def _split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+def _axon_table(
+    rng: np.random.Generator, n_neurons: int, n_zero: int, inhibitory_fraction: float
+) -> pd.DataFrame:
+    """Every presynaptic segment: its kind, true class, root id and imaging signature.
+
+    Neurons get exactly ``round(n_neurons * max(inhibitory_fraction, 0.1))`` inhibitory cells;
+    the other kinds draw their class at ``inhibitory_fraction``.
+    """
+    n_inh_neurons = int(np.clip(round(n_neurons * max(inhibitory_fraction, 0.1)), 1, n_neurons - 1))
+    n_orphan_axons = max(1, n_neurons // 4)
+    n_glia_axons = max(1, round(n_neurons * 0.03))
+    n_dup_axons = max(2, round(n_neurons * 0.04))
+
+    kinds = (
+        ["neuron"] * n_neurons
+        + ["orphan"] * n_orphan_axons
+        + ["glia"] * n_glia_axons
+        + ["duplicate"] * n_dup_axons
+        + ["zero"] * n_zero  # root id 0: each such synapse stands for a lost axon
+    )
+    axons = pd.DataFrame({"kind": kinds})
+    cls = np.where(rng.uniform(size=len(axons)) < inhibitory_fraction, INHIBITORY, EXCITATORY)
+    cls[:n_neurons] = EXCITATORY
+    cls[rng.choice(n_neurons, n_inh_neurons, replace=False)] = INHIBITORY
+    axons["true_class"] = cls
+    ids = _unique_root_ids(rng, len(axons))
+    ids[axons.kind.to_numpy() == "zero"] = 0
+    axons["pre_pt_root_id"] = ids
+    return pd.concat([axons, _axon_signatures(rng, len(axons))], axis=1)
+
+
+def _assign_synapses(
+    rng: np.random.Generator,
+    axons: pd.DataFrame,
+    counts: dict[str, int],
+    inhibitory_fraction: float,
+) -> np.ndarray:
+    """Each synapse's axon (index into ``axons``): heavy-tailed synapses per axon, with exact
+    class totals on single-type neurons."""
+    weights = rng.lognormal(0.0, 0.6, len(axons))
+    n_lab = counts["labelled"]
+    n_lab_inh = int(round(inhibitory_fraction * n_lab))
+    if inhibitory_fraction > 0 and n_lab_inh == 0:
+        n_lab_inh = 1
+    kind = axons.kind.to_numpy()
+    cls = axons.true_class.to_numpy()
+    neuron = kind == "neuron"
+    assignment = []
+    for mask, total in (
+        (neuron & (cls == INHIBITORY), n_lab_inh),
+        (neuron & (cls == EXCITATORY), n_lab - n_lab_inh),
+        (kind == "orphan", counts["orphan"]),
+        (kind == "glia", counts["glia"]),
+        (kind == "duplicate", counts["duplicate"]),
+    ):
+        members = np.flatnonzero(mask)
+        if total == 0:
+            continue
+        if len(members) == 0:
+            raise DataError(
+                "dataset.synthetic: inhibitory_fraction leaves no neuron of one class; "
+                "use a fraction between 0.05 and 0.5."
+            )
+        per = rng.multinomial(total, weights[members] / weights[members].sum())
+        assignment.append(np.repeat(members, per))
+    assignment.append(np.flatnonzero(kind == "zero"))
+    return np.concatenate(assignment)
+
+
 def _build_axons(
     rng: np.random.Generator, n_synapses: int, n_neurons: int, inhibitory_fraction: float
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
@@ -111,55 +187,8 @@ def _build_axons(
             "zero": ZERO_FRACTION,
         },
     )
-    n_inh_neurons = int(np.clip(round(n_neurons * max(inhibitory_fraction, 0.1)), 1, n_neurons - 1))
-    n_orphan_axons = max(1, n_neurons // 4)
-    n_glia_axons = max(1, round(n_neurons * 0.03))
-    n_dup_axons = max(2, round(n_neurons * 0.04))
-
-    kinds = (
-        ["neuron"] * n_neurons
-        + ["orphan"] * n_orphan_axons
-        + ["glia"] * n_glia_axons
-        + ["duplicate"] * n_dup_axons
-        + ["zero"] * counts["zero"]  # root id 0: each such synapse stands for a lost axon
-    )
-    axons = pd.DataFrame({"kind": kinds})
-    cls = np.where(rng.uniform(size=len(axons)) < inhibitory_fraction, INHIBITORY, EXCITATORY)
-    cls[:n_neurons] = EXCITATORY
-    cls[rng.choice(n_neurons, n_inh_neurons, replace=False)] = INHIBITORY
-    axons["true_class"] = cls
-    ids = _unique_root_ids(rng, len(axons))
-    ids[axons.kind.to_numpy() == "zero"] = 0
-    axons["pre_pt_root_id"] = ids
-    axons = pd.concat([axons, _axon_signatures(rng, len(axons))], axis=1)
-
-    # Synapses per axon: heavy-tailed weights, exact class totals on single-type neurons.
-    weights = rng.lognormal(0.0, 0.6, len(axons))
-    n_lab = counts["labelled"]
-    n_lab_inh = int(round(inhibitory_fraction * n_lab))
-    if inhibitory_fraction > 0 and n_lab_inh == 0:
-        n_lab_inh = 1
-    assignment = []
-    neuron = axons.kind.to_numpy() == "neuron"
-    for mask, total in (
-        (neuron & (cls == INHIBITORY), n_lab_inh),
-        (neuron & (cls == EXCITATORY), n_lab - n_lab_inh),
-        (axons.kind.to_numpy() == "orphan", counts["orphan"]),
-        (axons.kind.to_numpy() == "glia", counts["glia"]),
-        (axons.kind.to_numpy() == "duplicate", counts["duplicate"]),
-    ):
-        members = np.flatnonzero(mask)
-        if total == 0:
-            continue
-        if len(members) == 0:
-            raise DataError(
-                "dataset.synthetic: inhibitory_fraction leaves no neuron of one class; "
-                "use a fraction between 0.05 and 0.5."
-            )
-        per = rng.multinomial(total, weights[members] / weights[members].sum())
-        assignment.append(np.repeat(members, per))
-    assignment.append(np.flatnonzero(axons.kind.to_numpy() == "zero"))
-    synapse_axon = np.concatenate(assignment)
+    axons = _axon_table(rng, n_neurons, counts["zero"], inhibitory_fraction)
+    synapse_axon = _assign_synapses(rng, axons, counts, inhibitory_fraction)
     return axons, synapse_axon, pd.DataFrame(counts, index=[0])
 
 
@@ -328,9 +357,7 @@ def _appearance(
             "psd_od": np.where(inh, rng.uniform(0.4, 0.65, n), rng.uniform(0.65, 0.95, n)),
             "pre_density_nm": np.where(inh, rng.normal(13, 3, n), rng.normal(10, 3, n)).clip(4),
             "pre_density_od": rng.uniform(0.25, 0.5, n),
-            "n_vesicles": rng.poisson(
-                np.where(inh, 40, 45) * signature.vesicle_density.to_numpy()
-            ),
+            "n_vesicles": rng.poisson(np.where(inh, 40, 45) * signature.vesicle_density.to_numpy()),
             "vesicle_radius_nm": vesicle_radius * signature.vesicle_scale.to_numpy(),
             "vesicle_size_cv": np.where(inh, 0.16, 0.07),
             "vesicle_flatness": np.where(inh, rng.uniform(0.45, 0.75, n), 0.93),
@@ -372,19 +399,29 @@ def _write_em(path: Path, truth: pd.DataFrame, shape: tuple[int, int, int], seed
         )
 
 
+def _write_em_atomically(
+    out_dir: Path, truth: pd.DataFrame, shape: tuple[int, int, int], seed: int
+) -> None:
+    """Write ``out_dir/em``: the volume is a directory, so build it beside its final place and
+    rename it in one step."""
+    em_final = out_dir / "em"
+    em_tmp = Path(tempfile.mkdtemp(prefix=".em.", dir=out_dir))
+    try:
+        _write_em(em_tmp, truth, shape, seed)
+        if em_final.exists():
+            shutil.rmtree(em_final)
+        os.replace(em_tmp, em_final)
+    finally:
+        if em_tmp.exists():
+            shutil.rmtree(em_tmp)
+
+
 # ----------------------------------------------------------------------------------------------
-# Public API
+# The tables
 # ----------------------------------------------------------------------------------------------
 
 
-def synthesize(
-    out_dir: str | Path, n_synapses: int, n_neurons: int, inhibitory_fraction: float, seed: int
-) -> dict:
-    """Write the whole synthetic dataset under out_dir, deterministically from seed; return stats.
-
-    Writes ``synapses.parquet``, ``cell_types.parquet``, ``truth.parquet`` (per-synapse generator
-    parameters and true class), ``stats.json`` and ``em/`` (jpeg precomputed, 8x8x40 nm).
-    """
+def _check_arguments(n_synapses: int, n_neurons: int, inhibitory_fraction: float) -> None:
     if n_synapses < 20:
         raise DataError(f"dataset.synthetic.n_synapses: {n_synapses} is too small; use >= 20.")
     if n_neurons < 4:
@@ -394,10 +431,52 @@ def synthesize(
             f"dataset.synthetic.inhibitory_fraction: {inhibitory_fraction} is not in [0, 1); "
             "use e.g. 0.15."
         )
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
 
+
+def _cave_points(
+    centre: np.ndarray, look: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Table positions (4x4x40 nm voxels) of each synapse's centre and its pre and post points,
+    80 nm either side of the cleft along its normal."""
+    scale = np.array(EM_RESOLUTION) / np.array(CAVE_POSITION_RESOLUTION)
+    ctr = (centre + np.array(VOXEL_OFFSET)) * scale
+    normal = np.stack(
+        [
+            np.cos(look.phi) * np.cos(look.theta),
+            np.cos(look.phi) * np.sin(look.theta),
+            np.sin(look.phi),
+        ],
+        axis=1,
+    )
+    offset_nm = 80.0 * normal / np.array(CAVE_POSITION_RESOLUTION)
+    pre = np.rint(ctr + offset_nm).astype(np.int64)
+    post = np.rint(ctr - offset_nm).astype(np.int64)
+    return ctr.astype(np.int64), pre, post
+
+
+def _synapse_table(
+    ids: np.ndarray,
+    pre_root: np.ndarray,
+    post_root: np.ndarray,
+    points: tuple[np.ndarray, np.ndarray, np.ndarray],
+    size: np.ndarray,
+) -> pd.DataFrame:
+    """The ``synapses_pni_2``-like table, CAVE column order, every column int64."""
+    synapses = pd.DataFrame({"id": ids})
+    synapses["pre_pt_root_id"] = pre_root.astype(np.int64)
+    synapses["post_pt_root_id"] = post_root
+    for columns, values in zip((CTR, PRE_POSITION, POST_POSITION), points):
+        for k, column in enumerate(columns):
+            synapses[column] = values[:, k]
+    synapses["size"] = size
+    return synapses
+
+
+def _draw_tables(
+    rng: np.random.Generator, n_synapses: int, n_neurons: int, inhibitory_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, tuple[int, int, int], pd.Series]:
+    """Synapses, cell types, truth (generator parameters per synapse), the volume shape and the
+    synapse counts by kind, all from ``rng`` in a fixed order (the dataset depends on it)."""
     axons, synapse_axon, counts = _build_axons(rng, n_synapses, n_neurons, inhibitory_fraction)
     post_cells = _post_cells(rng, axons, n_neurons)
     cell_types = _cell_type_rows(rng, axons, post_cells)
@@ -414,31 +493,11 @@ def synthesize(
     size = np.maximum(
         np.rint(rng.lognormal(np.where(inh, 5.35, 5.55), 0.65, n_synapses)), 20
     ).astype(np.int64)
-
     ids = 100_000_000 + np.sort(rng.choice(10**8, size=n_synapses, replace=False)).astype(np.int64)
-    scale = np.array(EM_RESOLUTION) / np.array(CAVE_POSITION_RESOLUTION)
-    ctr = (centre + np.array(VOXEL_OFFSET)) * scale  # table positions in 4x4x40 nm voxels
-    normal = np.stack(
-        [
-            np.cos(look.phi) * np.cos(look.theta),
-            np.cos(look.phi) * np.sin(look.theta),
-            np.sin(look.phi),
-        ],
-        axis=1,
+
+    synapses = _synapse_table(
+        ids, syn_axons.pre_pt_root_id.to_numpy(), post_ids, _cave_points(centre, look), size
     )
-    offset_nm = 80.0 * normal / np.array(CAVE_POSITION_RESOLUTION)
-    pre = np.rint(ctr + offset_nm).astype(np.int64)
-    post = np.rint(ctr - offset_nm).astype(np.int64)
-    ctr = ctr.astype(np.int64)
-
-    synapses = pd.DataFrame({"id": ids})
-    synapses["pre_pt_root_id"] = syn_axons.pre_pt_root_id.to_numpy().astype(np.int64)
-    synapses["post_pt_root_id"] = post_ids
-    for columns, values in ((CTR, ctr), (PRE, pre), (POST, post)):
-        for k, column in enumerate(columns):
-            synapses[column] = values[:, k]
-    synapses["size"] = size
-
     truth = pd.DataFrame(
         {
             "id": ids,
@@ -453,44 +512,69 @@ def synthesize(
         }
     )
     truth = pd.concat([truth, look], axis=1)
+    return synapses, cell_types, truth, shape, counts.iloc[0]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # The volume is a directory: build it beside its final place and rename it in one step.
-    em_final = out_dir / "em"
-    em_tmp = Path(tempfile.mkdtemp(prefix=".em.", dir=out_dir))
-    try:
-        _write_em(em_tmp, truth, shape, seed)
-        if em_final.exists():
-            shutil.rmtree(em_final)
-        os.replace(em_tmp, em_final)
-    finally:
-        if em_tmp.exists():
-            shutil.rmtree(em_tmp)
 
-    write_parquet(out_dir / "synapses.parquet", synapses)
-    write_parquet(out_dir / "cell_types.parquet", cell_types)
-    write_parquet(out_dir / "truth.parquet", truth)
-    c = counts.iloc[0]
-    stats: dict[str, Any] = {
-        "seed": int(seed),
-        "n_synapses": int(n_synapses),
-        "n_neurons": int(n_neurons),
-        "inhibitory_fraction": float(inhibitory_fraction),
-        "n_labelled_neuron_synapses": int(c.labelled),
+def _stats(
+    settings: dict[str, Any],
+    counts: pd.Series,
+    truth: pd.DataFrame,
+    cell_types: pd.DataFrame,
+    shape: tuple[int, int, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """What ``stats.json`` says: the settings, the synapses by kind, the volume's geometry."""
+    return {
+        **settings,
+        "n_labelled_neuron_synapses": int(counts.labelled),
         "n_inhibitory_labelled_synapses": int(
             ((truth.presynaptic_kind == "neuron") & (truth.true_class == INHIBITORY)).sum()
         ),
-        "n_orphan_synapses": int(c.orphan),
-        "n_glia_synapses": int(c.glia),
-        "n_duplicate_id_synapses": int(c.duplicate),
-        "n_zero_id_synapses": int(c.zero),
+        "n_orphan_synapses": int(counts.orphan),
+        "n_glia_synapses": int(counts.glia),
+        "n_duplicate_id_synapses": int(counts.duplicate),
+        "n_zero_id_synapses": int(counts.zero),
         "n_cell_type_rows": len(cell_types),
         "n_duplicated_cell_type_ids": int(cell_types.pt_root_id.duplicated().sum()),
         "volume_shape_xyz": list(shape),
         "voxel_offset_xyz": list(VOXEL_OFFSET),
         "resolution_nm": list(EM_RESOLUTION),
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def synthesize(
+    out_dir: str | Path, n_synapses: int, n_neurons: int, inhibitory_fraction: float, seed: int
+) -> dict:
+    """Write the whole synthetic dataset under out_dir, deterministically from seed; return stats.
+
+    Writes ``synapses.parquet``, ``cell_types.parquet``, ``truth.parquet`` (per-synapse generator
+    parameters and true class), ``stats.json`` and ``em/`` (jpeg precomputed, 8x8x40 nm).
+    """
+    _check_arguments(n_synapses, n_neurons, inhibitory_fraction)
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    synapses, cell_types, truth, shape, counts = _draw_tables(
+        rng, n_synapses, n_neurons, inhibitory_fraction
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_em_atomically(out_dir, truth, shape, seed)
+    write_parquet(out_dir / "synapses.parquet", synapses)
+    write_parquet(out_dir / "cell_types.parquet", cell_types)
+    write_parquet(out_dir / "truth.parquet", truth)
+    settings = {
+        "seed": int(seed),
+        "n_synapses": int(n_synapses),
+        "n_neurons": int(n_neurons),
+        "inhibitory_fraction": float(inhibitory_fraction),
+    }
+    stats = _stats(settings, counts, truth, cell_types, shape, time.perf_counter() - started)
     write_json(out_dir / "stats.json", stats)
     return stats
 

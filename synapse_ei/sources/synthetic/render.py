@@ -261,33 +261,54 @@ class SynapseRender:
         return self.start[2] + self.od.shape[2]
 
 
-def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender:
-    """Draw one synapse (a row of the truth table) into a box around its centre voxel.
+@dataclass
+class _Box:
+    """The box a synapse is drawn into, clipped to the volume, and its voxel coordinates (nm,
+    relative to the synapse centre, broadcastable along x, y and z)."""
 
-    The cleft is a slightly curved disk of radius ``cleft_radius_nm`` whose normal
-    ``(theta, phi)`` points to the presynaptic side; the bouton and the postsynaptic process are
-    ellipsoids cut flat by the cleft.
-    """
-    rng = np.random.default_rng([seed, _TAG_SYNAPSE, int(syn.render_index)])
+    centre: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    full: np.ndarray  # size of the unclipped box
+    start_in_box: np.ndarray  # where the clipped box starts in the unclipped one
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+
+    def crop(self, values: np.ndarray) -> np.ndarray:
+        """The clipped part of an array the size of the unclipped box."""
+        return values[
+            tuple(slice(s, s + (h - l)) for s, l, h in zip(self.start_in_box, self.lo, self.hi))
+        ]
+
+
+def _synapse_box(syn, shape: tuple[int, int, int]) -> _Box:
     centre = np.array([syn.vx, syn.vy, syn.vz], dtype=np.int64)
     lo = np.maximum(centre - BOX_HALF, 0)
     hi = np.minimum(centre + BOX_HALF + 1, shape)
-    full = 2 * np.array(BOX_HALF) + 1
-    start_in_box = lo - (centre - BOX_HALF)
-
     px = ((np.arange(lo[0], hi[0]) - centre[0]) * VOXEL_NM[0]).astype(np.float32)[:, None, None]
     py = ((np.arange(lo[1], hi[1]) - centre[1]) * VOXEL_NM[1]).astype(np.float32)[None, :, None]
     pz = ((np.arange(lo[2], hi[2]) - centre[2]) * VOXEL_NM[2]).astype(np.float32)[None, None, :]
+    full = 2 * np.array(BOX_HALF) + 1
+    return _Box(centre, lo, hi, full, lo - (centre - BOX_HALF), px, py, pz)
 
-    normal = np.array(
+
+def _cleft_normal(syn) -> np.ndarray:
+    """Unit normal of the cleft, pointing to the presynaptic side."""
+    return np.array(
         [np.cos(syn.phi) * np.cos(syn.theta), np.cos(syn.phi) * np.sin(syn.theta), np.sin(syn.phi)]
     )
-    n0, n1, n2 = (np.float32(v) for v in normal)
-    d = px * n0 + py * n1 + pz * n2
-    p2 = px * px + py * py + pz * pz
-    r2 = np.maximum(p2 - d * d, 0)
-    d_curved = d - np.float32(syn.curvature_per_nm) * r2
 
+
+def _membranes(
+    syn, normal: np.ndarray, r2: np.ndarray, d: np.ndarray, d_curved: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Membrane OD of the bouton and the postsynaptic process, and how much inside them each
+    voxel is (0..2 before clipping).
+
+    Both compartments are ellipsoids cut flat by the (curved) cleft; ``r2`` is the squared
+    distance from the normal axis, ``d`` the position along it.
+    """
     c = float(syn.cleft_width_nm / 2)
     big_r = float(syn.cleft_radius_nm)
     h_pre = _compartment_centre(c, big_r, syn.bouton_radius_nm, syn.bouton_depth_nm)
@@ -300,7 +321,6 @@ def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender
         _ellipsoid_distance(r2, d, syn.post_radius_nm, syn.post_depth_nm, -h_post),
         d_curved + np.float32(c),
     )
-
     sigma_m = _plane_sigma(_MEMBRANE_SIGMA_NM, normal)
     amp_m = _SYNAPSE_MEMBRANE_OD * np.sqrt(_MEMBRANE_SIGMA_NM**2 + _PIXEL_VAR_NM2) / sigma_m
     k = np.float32(-0.5 / sigma_m**2)
@@ -309,33 +329,68 @@ def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender
     od *= np.float32(amp_m)
     inside = _ramp(-sd_pre, 6.0)
     inside += _ramp(-sd_post, 6.0)
+    return od, inside
 
-    # Postsynaptic density: a band of thickness psd_thickness_nm inside the post membrane.
+
+def _densities(
+    rng: np.random.Generator,
+    syn,
+    box: _Box,
+    normal: np.ndarray,
+    r2: np.ndarray,
+    d_curved: np.ndarray,
+) -> np.ndarray:
+    """OD of the postsynaptic density (a band ``psd_thickness_nm`` thick inside the post
+    membrane) and the thin presynaptic dense projections, over the active zone."""
+    c = np.float32(syn.cleft_width_nm / 2)
     edge = _plane_sigma(3.0, normal)
-    fluff = rng.uniform(0.55, 1.45, tuple(full)).astype(np.float32)
-    fluff = fluff[tuple(slice(s, s + (h - l)) for s, l, h in zip(start_in_box, lo, hi))]
-    radial = _ramp(np.float32(syn.psd_radius_frac * big_r) - np.sqrt(r2), 12.0)
+    fluff = box.crop(rng.uniform(0.55, 1.45, tuple(box.full)).astype(np.float32))
+    radial = _ramp(np.float32(syn.psd_radius_frac * syn.cleft_radius_nm) - np.sqrt(r2), 12.0)
     radial *= fluff
-    below = -np.float32(c) - d_curved  # depth into the postsynaptic process
+    below = -c - d_curved  # depth into the postsynaptic process
     band = _ramp(below, edge)
     band *= _ramp(np.float32(syn.psd_thickness_nm) - below, edge)
     band *= np.float32(syn.psd_od)
     # Presynaptic dense projections: thin on both types.
-    above = d_curved - np.float32(c)
+    above = d_curved - c
     pre = _ramp(above, edge)
     pre *= _ramp(np.float32(syn.pre_density_nm) - above, edge)
     band += pre * np.float32(syn.pre_density_od)
     band *= radial
-    od += band
+    return band
 
-    _draw_mitochondria(rng, px, py, pz, od, inside)
 
-    # Fade the box out at its faces so synapse boxes blend into the neuropil.
-    w = (
-        _taper(hi[0] - lo[0], start_in_box[0], full[0], 8)[:, None, None]
-        * _taper(hi[1] - lo[1], start_in_box[1], full[1], 8)[None, :, None]
-        * _taper(hi[2] - lo[2], start_in_box[2], full[2], 1)[None, None, :]
+def _box_fade(box: _Box) -> np.ndarray:
+    """Weights that fade a synapse box out at its faces, so it blends into the neuropil."""
+    lo, hi, start, full = box.lo, box.hi, box.start_in_box, box.full
+    return (
+        _taper(hi[0] - lo[0], start[0], full[0], 8)[:, None, None]
+        * _taper(hi[1] - lo[1], start[1], full[1], 8)[None, :, None]
+        * _taper(hi[2] - lo[2], start[2], full[2], 1)[None, None, :]
     )
+
+
+def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender:
+    """Draw one synapse (a row of the truth table) into a box around its centre voxel.
+
+    The cleft is a slightly curved disk of radius ``cleft_radius_nm`` whose normal
+    ``(theta, phi)`` points to the presynaptic side; the bouton and the postsynaptic process are
+    ellipsoids cut flat by the cleft.
+    """
+    rng = np.random.default_rng([seed, _TAG_SYNAPSE, int(syn.render_index)])
+    box = _synapse_box(syn, shape)
+    normal = _cleft_normal(syn)
+    n0, n1, n2 = (np.float32(v) for v in normal)
+    d = box.px * n0 + box.py * n1 + box.pz * n2
+    p2 = box.px * box.px + box.py * box.py + box.pz * box.pz
+    r2 = np.maximum(p2 - d * d, 0)
+    d_curved = d - np.float32(syn.curvature_per_nm) * r2
+
+    od, inside = _membranes(syn, normal, r2, d, d_curved)
+    od += _densities(rng, syn, box, normal, r2, d_curved)
+    _draw_mitochondria(rng, box.px, box.py, box.pz, od, inside)
+
+    w = _box_fade(box)
     od *= w * np.float32(syn.contrast)
     np.clip(inside, 0, 1, out=inside)
     inside *= w
@@ -345,9 +400,9 @@ def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender
 
     e1, e2 = _in_plane_basis(normal)
     pts, a, b, psi = _sample_vesicles(rng, syn, normal, e1, e2)
-    ves_idx, ves_od = _vesicle_stamps(centre.astype(float), pts, a, b, psi)
+    ves_idx, ves_od = _vesicle_stamps(box.centre.astype(float), pts, a, b, psi)
     ves_od = ves_od * syn.contrast
-    return SynapseRender(tuple(int(v) for v in lo), od, inside, brightness, ves_idx, ves_od)
+    return SynapseRender(tuple(int(v) for v in box.lo), od, inside, brightness, ves_idx, ves_od)
 
 
 def _draw_mitochondria(
@@ -391,20 +446,15 @@ def _draw_mitochondria(
 # ----------------------------------------------------------------------------------------------
 
 
-def render_slab(
+def _paste_synapses(
     truth: pd.DataFrame,
     shape: tuple[int, int, int],
     z0: int,
     z1: int,
     seed: int,
-    cache: dict[int, SynapseRender] | None = None,
-) -> np.ndarray:
-    """Render sections z0..z1 of the volume as uint8, XYZ.
-
-    ``cache`` carries synapses that reach into the next slab, so each is drawn once when slabs
-    are rendered in order; the result is the same with or without it.
-    """
-    cache = {} if cache is None else cache
+    cache: dict[int, SynapseRender],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synapse OD, inside-ness and brightness of sections z0..z1, each a (z, x, y) array."""
     nx, ny, _ = shape
     nz = z1 - z0
     # Work in (z, x, y) so each section is contiguous; xyz views index the synapse boxes.
@@ -436,13 +486,27 @@ def render_slab(
         ves_idx.append(rendered.vesicle_index)
         ves_od.append(rendered.vesicle_od)
     if ves_idx:
-        idx = np.concatenate(ves_idx)
-        vod = np.concatenate(ves_od).astype(np.float32)
-        ix, iy, iz = idx[:, 0].ravel(), idx[:, 1].ravel(), idx[:, 2].ravel() - z0
-        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz)
-        flat = np.ravel_multi_index((iz[ok], ix[ok], iy[ok]), od_syn.shape)
-        np.add.at(od_syn.reshape(-1), flat, vod.ravel()[ok])
+        _add_vesicles(od_syn, np.concatenate(ves_idx), np.concatenate(ves_od), z0)
+    return od_syn, inside, bright
 
+
+def _add_vesicles(od_syn: np.ndarray, idx: np.ndarray, vod: np.ndarray, z0: int) -> None:
+    """Add vesicle stamps (absolute XYZ voxel indices, OD) to a (z, x, y) slab from z0, in place;
+    stamp pixels outside the slab are dropped."""
+    nz, nx, ny = od_syn.shape
+    vod = vod.astype(np.float32)
+    ix, iy, iz = idx[:, 0].ravel(), idx[:, 1].ravel(), idx[:, 2].ravel() - z0
+    ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz)
+    flat = np.ravel_multi_index((iz[ok], ix[ok], iy[ok]), od_syn.shape)
+    np.add.at(od_syn.reshape(-1), flat, vod.ravel()[ok])
+
+
+def _image(
+    od_syn: np.ndarray, inside: np.ndarray, bright: np.ndarray, seed: int, shape, z0: int, z1: int
+) -> np.ndarray:
+    """The uint8 (z, x, y) sections: neuropil and synapse OD through the imaging model (light
+    transmission, blur, per-section gain and offset, noise). Overwrites ``inside``."""
+    nx, ny, _ = shape
     od = background_od(seed, shape, z0, z1)
     inside -= 1
     od *= inside
@@ -462,7 +526,25 @@ def render_slab(
         section += np.float32(offset)
     np.rint(image, out=image)
     np.clip(image, 0, 255, out=image)
-    return image.astype(np.uint8).transpose(1, 2, 0)
+    return image.astype(np.uint8)
+
+
+def render_slab(
+    truth: pd.DataFrame,
+    shape: tuple[int, int, int],
+    z0: int,
+    z1: int,
+    seed: int,
+    cache: dict[int, SynapseRender] | None = None,
+) -> np.ndarray:
+    """Render sections z0..z1 of the volume as uint8, XYZ.
+
+    ``cache`` carries synapses that reach into the next slab, so each is drawn once when slabs
+    are rendered in order; the result is the same with or without it.
+    """
+    cache = {} if cache is None else cache
+    od_syn, inside, bright = _paste_synapses(truth, shape, z0, z1, seed, cache)
+    return _image(od_syn, inside, bright, seed, shape, z0, z1).transpose(1, 2, 0)
 
 
 def iter_slabs(shape: tuple[int, int, int], slab_z: int) -> Iterator[tuple[int, int]]:
