@@ -296,6 +296,9 @@ def test_traits_leave_the_tables_and_the_class_cues_alone(with_and_without_trait
     pd.testing.assert_frame_equal(syn0, syn1)
     pd.testing.assert_frame_equal(types0, types1)
     assert shape0 == shape1
+    # The demo's size: the vesicle counts' Poisson draws must not shift the ids and sizes after.
+    demo = [_draw_tables(7, 2400, 160, 0.15, strength)[0] for strength in (0.0, 1.0)]
+    pd.testing.assert_frame_equal(*demo)
     for column in ("true_class", "psd_thickness_nm", "psd_od", "vesicle_flatness", "theta"):
         pd.testing.assert_series_equal(truth0[column], truth1[column])
 

@@ -354,11 +354,36 @@ def _layout(rng: np.random.Generator, n: int) -> tuple[np.ndarray, tuple[int, in
     return centre, shape
 
 
+def _vesicle_counts(
+    rng: np.random.Generator,
+    trait_rng: np.random.Generator,
+    mean: np.ndarray,
+    factor: np.ndarray,
+) -> np.ndarray:
+    """Poisson vesicle counts of mean ``mean * factor``, with ``rng`` drawing exactly what it
+    draws for ``mean`` alone.
+
+    numpy's Poisson sampler takes a number of draws that depends on the mean, so drawing at
+    ``mean * factor`` from ``rng`` would shift every later draw (synapse ids, sizes, the split)
+    with the trait strength. The factor is applied from ``trait_rng`` instead: a Poisson
+    ``mean * (factor - 1)`` more where it is above 1, binomial thinning with probability
+    ``factor`` where it is below (both give a Poisson count of mean ``mean * factor``).
+    """
+    counts = rng.poisson(mean)
+    more = np.maximum(factor - 1.0, 0.0)
+    counts = counts + trait_rng.poisson(mean * more)
+    return trait_rng.binomial(counts, np.minimum(factor, 1.0))
+
+
 def _appearance(
-    rng: np.random.Generator, true_class: np.ndarray, signature: pd.DataFrame
+    rng: np.random.Generator,
+    trait_rng: np.random.Generator,
+    true_class: np.ndarray,
+    signature: pd.DataFrame,
 ) -> pd.DataFrame:
     """Per-synapse rendering parameters: geometry, class cues, and the axon's nuisances and
-    appearance traits (``signature`` holds the synapse's axon's)."""
+    appearance traits (``signature`` holds the synapse's axon's; what the traits need drawn
+    comes from ``trait_rng``, so ``rng`` draws the same at any trait strength)."""
     n = len(true_class)
     inh = true_class == INHIBITORY
     theta = rng.uniform(0, 2 * np.pi, n)
@@ -392,10 +417,11 @@ def _appearance(
             "psd_od": np.where(inh, rng.uniform(0.4, 0.65, n), rng.uniform(0.65, 0.95, n)),
             "pre_density_nm": np.where(inh, rng.normal(13, 3, n), rng.normal(10, 3, n)).clip(4),
             "pre_density_od": rng.uniform(0.25, 0.5, n),
-            "n_vesicles": rng.poisson(
-                np.where(inh, 40, 45)
-                * signature.vesicle_density.to_numpy()
-                * signature.trait_vesicle_density.to_numpy()
+            "n_vesicles": _vesicle_counts(
+                rng,
+                trait_rng,
+                np.where(inh, 40, 45) * signature.vesicle_density.to_numpy(),
+                signature.trait_vesicle_density.to_numpy(),
             ),
             "vesicle_radius_nm": vesicle_radius
             * signature.vesicle_scale.to_numpy()
@@ -542,7 +568,8 @@ def _draw_tables(
     true_class = syn_axons.true_class.to_numpy()
 
     centre, shape = _layout(rng, n_synapses)
-    look = _appearance(rng, true_class, syn_axons)
+    trait_rng = np.random.default_rng([seed, _TAG_NEURON_TRAITS, 1])
+    look = _appearance(rng, trait_rng, true_class, syn_axons)
     inh = true_class == INHIBITORY
     size = np.maximum(
         np.rint(rng.lognormal(np.where(inh, 5.35, 5.55), 0.65, n_synapses)), 20
