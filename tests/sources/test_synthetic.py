@@ -8,15 +8,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from synapse_ei.config import SCHEMA
 from synapse_ei.errors import DataError
 from synapse_ei.sources import SourceTables
+from synapse_ei.sources.synthetic import render
 from synapse_ei.sources.synthetic.generator import (
+    _draw_tables,
     CHUNK_SIZE,
     EM_RESOLUTION,
     EXCITATORY_TYPES,
     INHIBITORY_TYPES,
     load,
+    NEURON_TRAITS,
     NONNEURON_TYPES,
     synthesize,
     VOXEL_OFFSET,
@@ -189,9 +194,7 @@ def _profile_along_normal(image: np.ndarray, truth: pd.DataFrame, offsets_px: np
 def test_image_at_a_synapse_shows_a_thicker_darker_psd_for_excitatory(tables, volume):
     _, _, truth = tables
     _, image = volume
-    inside = truth[
-        (truth.vx > 20) & (truth.vx < image.shape[0] - 20) & (np.abs(truth.phi) < 0.5)
-    ]
+    inside = truth[(truth.vx > 20) & (truth.vx < image.shape[0] - 20) & (np.abs(truth.phi) < 0.5)]
     # Post side is against the normal: 3-5 px (24-40 nm) beyond the post membrane.
     post_side = _profile_along_normal(image, inside, -np.array([3.0, 4.0, 5.0])).mean(axis=1)
     inh = (inside.true_class == "inhibitory").to_numpy()
@@ -224,3 +227,106 @@ def test_bad_arguments_raise_data_error(tmp_path):
         synthesize(tmp_path, 100, 10, 1.5, seed=0)
     with pytest.raises(DataError, match="n_synapses"):
         synthesize(tmp_path, 5, 10, 0.2, seed=0)
+
+
+def test_bad_neuron_trait_strength_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="neuron_traits"):
+        synthesize(tmp_path, 100, 10, 0.2, seed=0, neuron_traits=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-neuron appearance traits (dataset.synthetic.neuron_traits)
+# ----------------------------------------------------------------------------------------------
+
+#: Truth columns that carry a neuron trait into the renderer, and their value without traits.
+TRAIT_COLUMNS = {"mitochondria_rate": 0.9, "membrane_od_scale": 1.0, "axoplasm_od": 0.0}
+
+#: sha256 of the rendered volume (every slab's uint8 array) of _draw_tables(3, 60, 8, 0.2), as
+#: the generator rendered it before it had neuron traits (commit b74aca4).
+VOLUME_BEFORE_TRAITS = "cd74ec2e357389453e3eaba96dfeaa56c44c738fd5313074ba44ca83112a2845"
+
+
+def _volume_digest(truth: pd.DataFrame, shape: tuple[int, int, int], seed: int) -> str:
+    digest = hashlib.sha256()
+    cache: dict = {}
+    for z0, z1 in render.iter_slabs(shape, CHUNK_SIZE[2]):
+        digest.update(render.render_slab(truth, shape, z0, z1, seed, cache).tobytes())
+    return digest.hexdigest()
+
+
+def test_zero_trait_strength_renders_the_volume_of_before_the_traits_byte_for_byte():
+    _, _, truth, shape, _ = _draw_tables(3, 60, 8, 0.2, 0.0)
+    for column, neutral in TRAIT_COLUMNS.items():
+        assert (truth[column] == neutral).all(), column
+    assert _volume_digest(truth, shape, 3) == VOLUME_BEFORE_TRAITS
+
+
+@pytest.fixture(scope="module")
+def with_and_without_traits():
+    without = _draw_tables(5, N_SYNAPSES, N_NEURONS, FRACTION, 0.0)
+    with_traits = _draw_tables(5, N_SYNAPSES, N_NEURONS, FRACTION, 1.0)
+    return without, with_traits
+
+
+def test_traits_are_drawn_once_per_neuron_and_differ_between_neurons(with_and_without_traits):
+    _, (_, _, truth, _, _) = with_and_without_traits
+    neurons = truth[truth.presynaptic_kind == "neuron"]
+    per_neuron = neurons.groupby("axon_index")[list(TRAIT_COLUMNS)]
+    assert (per_neuron.nunique() == 1).all().all(), "a trait varies within a neuron"
+    traits = per_neuron.first()
+    assert len(traits) >= 20
+    for column in TRAIT_COLUMNS:
+        assert traits[column].nunique() == len(traits), column
+    # The multiplicative traits scatter around 1 by about their documented strength.
+    membrane = np.log(traits.membrane_od_scale).std()
+    assert membrane == pytest.approx(NEURON_TRAITS["membrane_darkness"], rel=0.4)
+    # Vesicle counts per bouton follow the neuron's vesicle density: more spread between neurons.
+    without, _ = with_and_without_traits
+    spread = [
+        np.log(
+            t[2][t[2].presynaptic_kind == "neuron"].groupby("axon_index").n_vesicles.mean()
+        ).std()
+        for t in (without, (None, None, truth))
+    ]
+    assert spread[1] > spread[0] + 0.15
+
+
+def test_traits_leave_the_tables_and_the_class_cues_alone(with_and_without_traits):
+    (syn0, types0, truth0, shape0, _), (syn1, types1, truth1, shape1, _) = with_and_without_traits
+    pd.testing.assert_frame_equal(syn0, syn1)
+    pd.testing.assert_frame_equal(types0, types1)
+    assert shape0 == shape1
+    # The demo's size: the vesicle counts' Poisson draws must not shift the ids and sizes after.
+    demo = [_draw_tables(7, 2400, 160, 0.15, strength)[0] for strength in (0.0, 1.0)]
+    pd.testing.assert_frame_equal(*demo)
+    for column in ("true_class", "psd_thickness_nm", "psd_od", "vesicle_flatness", "theta"):
+        pd.testing.assert_series_equal(truth0[column], truth1[column])
+
+
+def _neuron_share_of_variance(values: pd.Series, neuron: pd.Series) -> float:
+    """Between-neuron variance of a per-synapse image feature over its total variance."""
+    return float(values.groupby(neuron).transform("mean").var() / values.var())
+
+
+def test_rendered_synapses_of_one_neuron_look_alike_with_traits(with_and_without_traits):
+    """The point of the traits: a model can tell a neuron from its synapses' images."""
+    shares = []
+    for _, _, truth, shape, _ in with_and_without_traits:
+        rows = truth[truth.presynaptic_kind == "neuron"].head(120)
+        # Mean OD of the bouton (membrane, axoplasm, mitochondria), in the synapse box.
+        feature = []
+        for syn in rows.itertuples(index=False):
+            drawn = render.render_synapse(syn, shape, seed=5)
+            feature.append(float(drawn.od[drawn.inside > 0.5].mean()))
+        shares.append(
+            _neuron_share_of_variance(pd.Series(feature), rows.axon_index.reset_index(drop=True))
+        )
+    assert shares[1] > shares[0] + 0.2
+
+
+def test_trait_strength_has_a_documented_schema_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    synthetic = schema["properties"]["dataset"]["properties"]["synthetic"]["properties"]
+    assert synthetic["neuron_traits"]["default"] > 0
+    readme = (Path(__file__).resolve().parents[2] / "config" / "README.md").read_text()
+    assert "`dataset.synthetic.neuron_traits`" in readme

@@ -8,7 +8,10 @@ root ids listed twice and the root id 0. :func:`load` reads it back as the ``syn
 The labels are carried by the images (see :mod:`synapse_ei.sources.synthetic.render`) and, weakly,
 by connectivity: inhibitory synapses are a little smaller, target inhibitory cells a little more
 often and come in slightly larger multi-synapse connections. Each presynaptic axon has its own
-imaging signature, so splits that share neurons between train and test look better than they are.
+imaging signature (brightness, contrast, small scale factors) and, with ``neuron_traits`` > 0,
+appearance traits of its own (:data:`NEURON_TRAITS`: bouton size, vesicle density, size and
+spread, mitochondria, membrane darkness, axoplasm tone), so splits that share neurons between
+train and test look better than they are.
 """
 
 from __future__ import annotations
@@ -87,6 +90,43 @@ def _axon_signatures(rng: np.random.Generator, n: int) -> pd.DataFrame:
             "psd_scale": rng.lognormal(0.0, 0.15, n),
         }
     )
+
+
+#: Per-neuron appearance traits, drawn once per presynaptic cell and shared by all its synapses:
+#: name -> standard deviation of the trait's log factor at strength 1
+#: (``dataset.synthetic.neuron_traits``; the factor is ``exp(strength * sd * z)``, z ~ N(0, 1)).
+#: Real axons differ like this (bouton size, vesicle density, size and packing, mitochondria,
+#: membrane and axoplasm staining), which is what lets a split that shares neurons between train
+#: and test flatter an image model: it can recognise the neuron beside reading the class cue.
+NEURON_TRAITS = {
+    "bouton_size": 0.22,  # bouton radius and depth
+    "vesicle_density": 0.45,  # vesicles per bouton
+    "vesicle_size": 0.06,  # vesicle radius (the class cue's own axis: 20 vs 16.5 nm)
+    "vesicle_spread": 0.25,  # depth of the vesicle cloud (packing)
+    "mitochondria": 1.0,  # mitochondria per bouton (0.9 on average at strength 0)
+    "membrane_darkness": 0.35,  # OD of the bouton's membrane
+    "axoplasm": 0.12,  # OD added inside the bouton (this one is additive: strength * sd * z)
+}
+_TAG_NEURON_TRAITS = 21
+#: Mitochondria per bouton on average (a Poisson mean), before the mitochondria trait.
+MITOCHONDRIA_PER_BOUTON = 0.9
+
+
+def _neuron_traits(seed: int, n_axons: int, strength: float) -> pd.DataFrame:
+    """Each axon's appearance traits (columns ``trait_<name>``; see :data:`NEURON_TRAITS`).
+
+    Drawn from their own random stream, so the tables do not depend on ``strength`` and strength
+    0 (every factor exactly 1, the axoplasm exactly 0) renders the volume of a generator without
+    traits byte for byte.
+    """
+    z = np.random.default_rng([seed, _TAG_NEURON_TRAITS]).standard_normal(
+        (n_axons, len(NEURON_TRAITS))
+    )
+    sd = np.array(list(NEURON_TRAITS.values()))
+    factor = np.exp(strength * sd * z)
+    axoplasm = list(NEURON_TRAITS).index("axoplasm")
+    factor[:, axoplasm] = strength * sd[axoplasm] * z[:, axoplasm]
+    return pd.DataFrame(factor, columns=[f"trait_{name}" for name in NEURON_TRAITS])
 
 
 def _split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -321,18 +361,45 @@ def _layout(rng: np.random.Generator, n: int) -> tuple[np.ndarray, tuple[int, in
     return centre, shape
 
 
+def _vesicle_counts(
+    rng: np.random.Generator,
+    trait_rng: np.random.Generator,
+    mean: np.ndarray,
+    factor: np.ndarray,
+) -> np.ndarray:
+    """Poisson vesicle counts of mean ``mean * factor``, with ``rng`` drawing exactly what it
+    draws for ``mean`` alone.
+
+    numpy's Poisson sampler takes a number of draws that depends on the mean, so drawing at
+    ``mean * factor`` from ``rng`` would shift every later draw (synapse ids, sizes, the split)
+    with the trait strength. The factor is applied from ``trait_rng`` instead: a Poisson
+    ``mean * (factor - 1)`` more where it is above 1, binomial thinning with probability
+    ``factor`` where it is below (both give a Poisson count of mean ``mean * factor``).
+    """
+    counts = rng.poisson(mean)
+    more = np.maximum(factor - 1.0, 0.0)
+    counts = counts + trait_rng.poisson(mean * more)
+    return trait_rng.binomial(counts, np.minimum(factor, 1.0))
+
+
 def _appearance(
-    rng: np.random.Generator, true_class: np.ndarray, signature: pd.DataFrame
+    rng: np.random.Generator,
+    trait_rng: np.random.Generator,
+    true_class: np.ndarray,
+    signature: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Per-synapse rendering parameters: geometry, class cues, and the axon's nuisances."""
+    """Per-synapse rendering parameters: geometry, class cues, and the axon's nuisances and
+    appearance traits (``signature`` holds the synapse's axon's; what the traits need drawn
+    comes from ``trait_rng``, so ``rng`` draws the same at any trait strength)."""
     n = len(true_class)
     inh = true_class == INHIBITORY
     theta = rng.uniform(0, 2 * np.pi, n)
     # Most clefts cut the sections near-perpendicularly; some are strongly tilted.
     phi = np.clip(rng.normal(0, 0.4, n), -1.15, 1.15)
     cleft_radius = np.clip(rng.normal(150, 30, n) * signature.cleft_scale.to_numpy(), 100, 200)
+    bouton_scale = signature.bouton_scale.to_numpy() * signature.trait_bouton_size.to_numpy()
     bouton = np.clip(
-        cleft_radius + rng.uniform(30, 90, n) * signature.bouton_scale.to_numpy(),
+        cleft_radius + rng.uniform(30, 90, n) * bouton_scale,
         cleft_radius + 25,
         270,
     )
@@ -349,7 +416,7 @@ def _appearance(
             "cleft_width_nm": rng.uniform(17, 24, n),
             "bouton_radius_nm": bouton,
             "post_radius_nm": post,
-            "bouton_depth_nm": rng.uniform(110, 170, n) * signature.bouton_scale.to_numpy(),
+            "bouton_depth_nm": rng.uniform(110, 170, n) * bouton_scale,
             "post_depth_nm": rng.uniform(90, 190, n),
             "curvature_per_nm": rng.normal(0, 1 / 2500, n),
             "psd_thickness_nm": psd,
@@ -357,14 +424,24 @@ def _appearance(
             "psd_od": np.where(inh, rng.uniform(0.4, 0.65, n), rng.uniform(0.65, 0.95, n)),
             "pre_density_nm": np.where(inh, rng.normal(13, 3, n), rng.normal(10, 3, n)).clip(4),
             "pre_density_od": rng.uniform(0.25, 0.5, n),
-            "n_vesicles": rng.poisson(np.where(inh, 40, 45) * signature.vesicle_density.to_numpy()),
-            "vesicle_radius_nm": vesicle_radius * signature.vesicle_scale.to_numpy(),
+            "n_vesicles": _vesicle_counts(
+                rng,
+                trait_rng,
+                np.where(inh, 40, 45) * signature.vesicle_density.to_numpy(),
+                signature.trait_vesicle_density.to_numpy(),
+            ),
+            "vesicle_radius_nm": vesicle_radius
+            * signature.vesicle_scale.to_numpy()
+            * signature.trait_vesicle_size.to_numpy(),
             "vesicle_size_cv": np.where(inh, 0.16, 0.07),
             "vesicle_flatness": np.where(inh, rng.uniform(0.45, 0.75, n), 0.93),
             "vesicle_flatness_sd": np.where(inh, 0.15, 0.04),
-            "cloud_depth_nm": rng.uniform(120, 230, n),
+            "cloud_depth_nm": rng.uniform(120, 230, n) * signature.trait_vesicle_spread.to_numpy(),
             "brightness": signature.brightness.to_numpy(),
             "contrast": signature.contrast.to_numpy(),
+            "mitochondria_rate": MITOCHONDRIA_PER_BOUTON * signature.trait_mitochondria.to_numpy(),
+            "membrane_od_scale": signature.trait_membrane_darkness.to_numpy(),
+            "axoplasm_od": signature.trait_axoplasm.to_numpy(),
         }
     )
 
@@ -421,7 +498,9 @@ def _write_em_atomically(
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_arguments(n_synapses: int, n_neurons: int, inhibitory_fraction: float) -> None:
+def _check_arguments(
+    n_synapses: int, n_neurons: int, inhibitory_fraction: float, neuron_traits: float
+) -> None:
     if n_synapses < 20:
         raise DataError(f"dataset.synthetic.n_synapses: {n_synapses} is too small; use >= 20.")
     if n_neurons < 4:
@@ -430,6 +509,11 @@ def _check_arguments(n_synapses: int, n_neurons: int, inhibitory_fraction: float
         raise DataError(
             f"dataset.synthetic.inhibitory_fraction: {inhibitory_fraction} is not in [0, 1); "
             "use e.g. 0.15."
+        )
+    if not 0.0 <= neuron_traits <= 3.0:
+        raise DataError(
+            f"dataset.synthetic.neuron_traits: {neuron_traits} is not in [0, 3]; use 0 for "
+            "neurons that look alike, 1 for the demo's documented strength."
         )
 
 
@@ -473,11 +557,14 @@ def _synapse_table(
 
 
 def _draw_tables(
-    rng: np.random.Generator, n_synapses: int, n_neurons: int, inhibitory_fraction: float
+    seed: int, n_synapses: int, n_neurons: int, inhibitory_fraction: float, neuron_traits: float
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, tuple[int, int, int], pd.Series]:
     """Synapses, cell types, truth (generator parameters per synapse), the volume shape and the
-    synapse counts by kind, all from ``rng`` in a fixed order (the dataset depends on it)."""
+    synapse counts by kind, all from one stream of ``seed`` in a fixed order (the dataset depends
+    on it) but for the neuron traits, which have their own."""
+    rng = np.random.default_rng(seed)
     axons, synapse_axon, counts = _build_axons(rng, n_synapses, n_neurons, inhibitory_fraction)
+    axons = axons.join(_neuron_traits(seed, len(axons), neuron_traits))
     post_cells = _post_cells(rng, axons, n_neurons)
     cell_types = _cell_type_rows(rng, axons, post_cells)
     post_ids, multiplicity = _connect(rng, axons, synapse_axon, post_cells)
@@ -488,7 +575,8 @@ def _draw_tables(
     true_class = syn_axons.true_class.to_numpy()
 
     centre, shape = _layout(rng, n_synapses)
-    look = _appearance(rng, true_class, syn_axons)
+    trait_rng = np.random.default_rng([seed, _TAG_NEURON_TRAITS, 1])
+    look = _appearance(rng, trait_rng, true_class, syn_axons)
     inh = true_class == INHIBITORY
     size = np.maximum(
         np.rint(rng.lognormal(np.where(inh, 5.35, 5.55), 0.65, n_synapses)), 20
@@ -549,19 +637,26 @@ def _stats(
 
 
 def synthesize(
-    out_dir: str | Path, n_synapses: int, n_neurons: int, inhibitory_fraction: float, seed: int
+    out_dir: str | Path,
+    n_synapses: int,
+    n_neurons: int,
+    inhibitory_fraction: float,
+    seed: int,
+    neuron_traits: float = 0.0,
 ) -> dict:
     """Write the whole synthetic dataset under out_dir, deterministically from seed; return stats.
 
     Writes ``synapses.parquet``, ``cell_types.parquet``, ``truth.parquet`` (per-synapse generator
     parameters and true class), ``stats.json`` and ``em/`` (jpeg precomputed, 8x8x40 nm).
+    ``neuron_traits`` is the strength of the per-neuron appearance traits (:data:`NEURON_TRAITS`);
+    0 draws none (the workflow's default is the schema's, ``dataset.synthetic.neuron_traits``).
+    The tables depend only on the other arguments.
     """
-    _check_arguments(n_synapses, n_neurons, inhibitory_fraction)
+    _check_arguments(n_synapses, n_neurons, inhibitory_fraction, neuron_traits)
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
     synapses, cell_types, truth, shape, counts = _draw_tables(
-        rng, n_synapses, n_neurons, inhibitory_fraction
+        seed, n_synapses, n_neurons, inhibitory_fraction, neuron_traits
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_em_atomically(out_dir, truth, shape, seed)
@@ -573,6 +668,7 @@ def synthesize(
         "n_synapses": int(n_synapses),
         "n_neurons": int(n_neurons),
         "inhibitory_fraction": float(inhibitory_fraction),
+        "neuron_traits": float(neuron_traits),
     }
     stats = _stats(settings, counts, truth, cell_types, shape, time.perf_counter() - started)
     write_json(out_dir / "stats.json", stats)

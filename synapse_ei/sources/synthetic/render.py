@@ -303,8 +303,8 @@ def _cleft_normal(syn) -> np.ndarray:
 def _membranes(
     syn, normal: np.ndarray, r2: np.ndarray, d: np.ndarray, d_curved: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Membrane OD of the bouton and the postsynaptic process, and how much inside them each
-    voxel is (0..2 before clipping).
+    """Membrane OD of the bouton and the postsynaptic process (with the axon's axoplasm tone
+    inside the bouton), and how much inside them each voxel is (0..2 before clipping).
 
     Both compartments are ellipsoids cut flat by the (curved) cleft; ``r2`` is the squared
     distance from the normal axis, ``d`` the position along it.
@@ -325,9 +325,13 @@ def _membranes(
     amp_m = _SYNAPSE_MEMBRANE_OD * np.sqrt(_MEMBRANE_SIGMA_NM**2 + _PIXEL_VAR_NM2) / sigma_m
     k = np.float32(-0.5 / sigma_m**2)
     od = np.exp(sd_pre * sd_pre * k)
+    od *= np.float32(syn.membrane_od_scale)  # the axon's membrane darkness (a neuron trait)
     od += np.exp(sd_post * sd_post * k)
     od *= np.float32(amp_m)
-    inside = _ramp(-sd_pre, 6.0)
+    inside_pre = _ramp(-sd_pre, 6.0)
+    # The axon's axoplasm tone (a neuron trait): 0 adds exactly nothing.
+    od += inside_pre * np.float32(syn.axoplasm_od)
+    inside = inside_pre
     inside += _ramp(-sd_post, 6.0)
     return od, inside
 
@@ -388,7 +392,7 @@ def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender
 
     od, inside = _membranes(syn, normal, r2, d, d_curved)
     od += _densities(rng, syn, box, normal, r2, d_curved)
-    _draw_mitochondria(rng, box.px, box.py, box.pz, od, inside)
+    _draw_mitochondria(rng, syn.mitochondria_rate, box.px, box.py, box.pz, od, inside)
 
     w = _box_fade(box)
     od *= w * np.float32(syn.contrast)
@@ -407,14 +411,16 @@ def render_synapse(syn, shape: tuple[int, int, int], seed: int) -> SynapseRender
 
 def _draw_mitochondria(
     rng: np.random.Generator,
+    rate: float,
     px: np.ndarray,
     py: np.ndarray,
     pz: np.ndarray,
     od: np.ndarray,
     inside: np.ndarray,
 ) -> None:
-    """Add 0-2 mitochondria (dark ellipsoids with cristae) away from the cleft, in place."""
-    for _ in range(rng.poisson(0.9)):
+    """Add a Poisson number (mean ``rate``) of mitochondria (dark ellipsoids with cristae) away
+    from the cleft, in place."""
+    for _ in range(rng.poisson(rate)):
         ang = rng.uniform(0, 2 * np.pi)
         dist = rng.uniform(220, 320)
         cx, cy, cz = dist * np.cos(ang), dist * np.sin(ang), rng.uniform(-120, 120)
