@@ -90,7 +90,7 @@ def test_a_command_line_set_resources_replaces_the_profile_list(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs, _ = dry_run_jobs(result.stdout)
     assert jobs["cutout"][0]["resources"]["mem_mb"] == "1000"
-    assert "gpu" not in jobs["train"][0]["resources"]
+    assert "gpu" not in jobs["evaluate"][0]["resources"]  # the profile's, gone with its list
 
 
 # --- a real single-node Slurm ---------------------------------------------------------------
@@ -129,6 +129,9 @@ def profile_for_this_node(tmp_path: Path) -> Path:
         for gpu_key in ("gpu", "gres", "gpu_model"):
             resources.pop(gpu_key, None)
         resources["mem_mb"] = min(int(resources.get("mem_mb", 2000)), 2000)
+    # The train rules ask for their model's `gpus` themselves: none on this node.
+    for rule in ("train", "train_leaky"):
+        settings["set-resources"].setdefault(rule, {})["gpu"] = 0
     settings["default-resources"]["mem_mb"] = 2000
     settings["retries"] = 0  # a failure here is a bug to see, not a flaky node
     profile = tmp_path / "profile"
