@@ -96,10 +96,17 @@ class TrainingSettings:
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise DataError(f"{where}: unknown setting '{key}'; {hint}a model's settings "
                                 f"are {sorted(known)}.")
+        # None for a setting without a default is the setting left out (as saved in model.pt).
+        checked = {key: value for key, value in entry.items()
+                   if value is not None or "default" in _entry_schema()["properties"][key]}
         error = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(_entry_schema()).iter_errors(entry))
+            jsonschema.Draft202012Validator(_entry_schema()).iter_errors(checked))
         if error is not None:
             key = next((str(part) for part in error.absolute_path), None)
+            if key is None and "pretrained" in entry:  # the schema's if/then on architecture
+                raise DataError(f"{where}: setting 'pretrained' is {entry['pretrained']!r}, but "
+                                f"{entry.get('architecture')} has no pretrained weights; leave "
+                                "it out.")
             named = (f"setting '{key}' is {entry[key]!r}" if key is not None
                      else "the settings")
             raise DataError(f"{where}: {named}: {error.message}. See the models settings in "

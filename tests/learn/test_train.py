@@ -270,3 +270,9 @@ def test_device_augmentation_draws_each_sample_its_own_transform():
     plain = transforms.to_model_input(same, torch.device("cpu"))
     torch.testing.assert_close(plain[0, 0, 0, 0], torch.tensor((128 / 255 - transforms.NORM_MEAN)
                                                                / transforms.NORM_STD))
+
+
+def test_bad_settings_name_the_model_before_training(cutouts, tmp_path):
+    with pytest.raises(DataError, match=r"models\.small: setting 'epochs' is 0"):
+        run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 0}, name="small")
+    assert not (tmp_path / "ckpt").exists()
