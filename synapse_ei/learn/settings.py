@@ -145,12 +145,6 @@ class TrainingSettings:
         return saved
 
 
-def training_defaults() -> dict[str, Any]:
-    """The training settings of a bare entry (the schema's defaults), as :meth:`as_dict` has
-    them."""
-    return TrainingSettings().as_dict()
-
-
 def _typed(annotation: str, value: Any) -> Any:
     """A schema-valid value as its field's type: a number as float (YAML's ``0`` for ``0.0``),
     a whole float as int (what JSON Schema's integer allows), a list as a tuple."""

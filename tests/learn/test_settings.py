@@ -14,7 +14,7 @@ from synapse_ei.config import model_defaults, SCHEMA
 from synapse_ei.errors import DataError
 from synapse_ei.learn import dataset, losses, transforms
 from synapse_ei.learn.models import ARCHITECTURES, model_options, NORMS
-from synapse_ei.learn.settings import TrainingSettings, training_defaults
+from synapse_ei.learn.settings import TrainingSettings
 from synapse_ei.learn.train import OPTIMIZERS
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
@@ -66,8 +66,8 @@ def test_fields_order_and_defaults_are_the_schemas():
         assert getattr(bare, field.name) == expected, field.name
         assert type(getattr(bare, field.name)) is type(expected) or expected == 0, field.name
     assert bare == TrainingSettings()
-    assert list(training_defaults().items()) == list(FORMER_DEFAULTS.items())
-    assert [type(value) for value in training_defaults().values()] == \
+    assert list(TrainingSettings().as_dict().items()) == list(FORMER_DEFAULTS.items())
+    assert [type(value) for value in TrainingSettings().as_dict().values()] == \
         [type(value) for value in FORMER_DEFAULTS.values()]
 
 
