@@ -19,4 +19,5 @@ train_image_model(
     device=snakemake.params.device,
     num_workers=snakemake.params.num_workers,
     threads=snakemake.threads,
+    name=snakemake.wildcards.model,
 )

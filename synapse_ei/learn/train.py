@@ -36,30 +36,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import synapse_ei
-from synapse_ei.config import model_defaults, plain
+from synapse_ei.config import plain
 from synapse_ei.errors import DataError
 from synapse_ei.learn import augment, dataset, distributed, losses, transforms
 from synapse_ei.learn.device import autocast_for, memory_format, resolve_device, to_device
 from synapse_ei.learn.distributed import World
 from synapse_ei.learn.ema import build_ema
 from synapse_ei.learn.models import build_model, input_kind, model_options
+from synapse_ei.learn.settings import TrainingSettings
 from synapse_ei.outputs import atomic_path, write_json
 from synapse_ei.tables import LABELS
 
 log = logging.getLogger(__name__)
 
 
-#: What the model build reads (:func:`synapse_ei.learn.models.model_options`), not training.
-BUILD_KEYS = ("architecture", "norm", "pretrained")
-#: How many processes train the model (one per GPU): a setting only when above 1, so a
-#: one-process run's settings, checkpoints and model.pt are those of before the key existed.
-LAUNCH_KEYS = ("gpus",)
-#: Used for any key missing from a model's config entry: the schema's defaults (the one place for
-#: them), in its order, which is the order of the settings saved in model.pt.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    key: value for key, value in model_defaults().items()
-    if key not in BUILD_KEYS + LAUNCH_KEYS
-}
 OPTIMIZERS = ("adamw", "adam")
 #: Preload cutouts into memory when they take less than this (the demo: a few MB).
 PRELOAD_MAX_BYTES = 1 << 30
@@ -72,54 +62,6 @@ CHECKPOINT_FORMAT = 3
 FINISHED_NAME = "finished.json"
 #: Bytes of each stack read into the data digest of a checkpoint (the TIFF header and more).
 _HEAD_BYTES = 64 * 1024
-
-
-def resolve_settings(settings: Mapping | None) -> dict[str, Any]:
-    """The model's config entry merged over :data:`DEFAULT_SETTINGS`, as plain Python values."""
-    merged = dict(DEFAULT_SETTINGS)
-    merged.update({str(key): value for key, value in dict(settings or {}).items()})
-    for key in ("epochs", "batch_size"):
-        if int(merged[key]) < 1:
-            raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be >= 1.")
-        merged[key] = int(merged[key])
-    for key in ("learning_rate", "weight_decay", "grad_clip", "augment_strength", "focal_gamma",
-                "cb_beta", "mixup", "cutmix"):
-        merged[key] = float(merged[key])
-    for key in ("augment_strength", "focal_gamma", "mixup", "cutmix"):
-        if merged[key] < 0:
-            raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be >= 0.")
-    for key in ("samples_per_epoch", "early_stopping_patience"):
-        if merged[key] is not None:
-            merged[key] = int(merged[key])
-            if merged[key] < 1:
-                raise DataError(f"models: setting '{key}' must be >= 1 (or left out).")
-    for key in ("focal_alpha", "ema_decay"):
-        if merged[key] is not None:
-            merged[key] = float(merged[key])
-            if not 0.0 < merged[key] < 1.0:
-                raise DataError(f"models: setting '{key}' is {merged[key]!r}; it must be "
-                                "strictly between 0 and 1 (or left out).")
-    merged["warmup_epochs"] = int(merged["warmup_epochs"])
-    if not 0 <= merged["warmup_epochs"] < merged["epochs"]:
-        raise DataError(f"models: setting 'warmup_epochs' is {merged['warmup_epochs']}; it must "
-                        f"be >= 0 and below epochs ({merged['epochs']}).")
-    for key, allowed in (("optimizer", OPTIMIZERS), ("loss", losses.LOSSES),
-                         ("sampler", dataset.SAMPLERS), ("augment_on", transforms.AUGMENT_ON)):
-        merged[key] = str(merged[key])
-        if merged[key] not in allowed:
-            raise DataError(f"models: setting '{key}' is {merged[key]!r}; use one of "
-                            f"{list(allowed)}.")
-    if merged["sampler"] == "balanced" and merged["focal_alpha"] is not None:
-        raise DataError("models: 'focal_alpha' and 'sampler: balanced' both balance the classes; "
-                        "set one of them (leave focal_alpha out with the balanced sampler).")
-    merged["augmentations"] = [str(name) for name in merged["augmentations"]]
-    merged["compile"] = bool(merged["compile"])
-    gpus = merged.pop("gpus", None)
-    if gpus is not None and int(gpus) != 1:
-        if int(gpus) < 1:
-            raise DataError(f"models: setting 'gpus' is {gpus!r}; it must be >= 1.")
-        merged["gpus"] = int(gpus)
-    return merged
 
 
 def seed_everything(seed: int) -> None:
@@ -256,9 +198,9 @@ def data_digest(rows: pd.DataFrame, root: Path, kind: str) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(architecture: str, settings: Mapping, seed: int, shape: tuple[int, ...],
+def _fingerprint(architecture: str, settings: TrainingSettings, seed: int, shape: tuple[int, ...],
                  n_train: int, n_val: int, digest: str) -> dict[str, Any]:
-    return {"architecture": architecture, "settings": dict(settings), "seed": int(seed),
+    return {"architecture": architecture, "settings": settings.as_dict(), "seed": int(seed),
             "shape": list(shape), "n_train": n_train, "n_val": n_val, "data": digest,
             "code": synapse_ei.__version__}
 
@@ -316,18 +258,18 @@ class TrainingData:
     weights: torch.Tensor
 
 
-def load_data(manifest_path: str | Path, cutout_root: str | Path, kind: str, settings: Mapping,
-              device: torch.device) -> TrainingData:
+def load_data(manifest_path: str | Path, cutout_root: str | Path, kind: str,
+              settings: TrainingSettings, device: torch.device) -> TrainingData:
     """The manifest's train and val cutouts of ``kind``, preloaded into memory when small."""
     train_rows = dataset.load_manifest(manifest_path, "train", kind)
     val_rows = dataset.load_manifest(manifest_path, "val", kind)
     root = Path(cutout_root)
     shape = dataset.stored_shape(root / str(train_rows[f"path_{kind}"].iloc[0]), kind)
     preload = (len(train_rows) + len(val_rows)) * math.prod(shape) <= PRELOAD_MAX_BYTES
-    transform = transforms.build_transforms(kind, True, settings["augment_strength"],
-                                            settings["augmentations"])
-    on_device = settings["augment_on"] == "device" or (
-        settings["augment_on"] == "auto" and device.type == "cuda")
+    transform = transforms.build_transforms(kind, True, settings.augment_strength,
+                                            settings.augmentations)
+    on_device = settings.augment_on == "device" or (
+        settings.augment_on == "auto" and device.type == "cuda")
     train_set = dataset.CutoutDataset(train_rows, root, kind, None if on_device else transform,
                                       shape=shape, preload=preload)
     val_set = dataset.CutoutDataset(val_rows, root, kind, None, shape=shape, preload=preload)
@@ -335,19 +277,19 @@ def load_data(manifest_path: str | Path, cutout_root: str | Path, kind: str, set
                         transform if on_device else None, class_weights(train_set.labels))
 
 
-def make_loaders(data: TrainingData, settings: Mapping, seed: int, num_workers: int,
+def make_loaders(data: TrainingData, settings: TrainingSettings, seed: int, num_workers: int,
                  device: torch.device, world: World = World(),
                  ) -> tuple[DataLoader, DataLoader, int]:
     """The train loader (``samples_per_epoch`` a pass, sampler of the settings; this process's
     share of each batch), the val loader and the number of train samples an epoch."""
-    batch_size = settings["batch_size"]
-    per_epoch = min(settings["samples_per_epoch"] or len(data.train_set), len(data.train_set))
+    batch_size = settings.batch_size
+    per_epoch = min(settings.samples_per_epoch or len(data.train_set), len(data.train_set))
     train_loader = dataset.make_loader(
         data.train_set, batch_size, seed, shuffle=True, num_workers=num_workers,
         num_samples=per_epoch,
         # BatchNorm cannot train on a final batch of one sample (on any of the processes).
         drop_last=0 < per_epoch % batch_size < max(2, world.size),
-        pin_memory=device.type == "cuda", sampler=settings["sampler"],
+        pin_memory=device.type == "cuda", sampler=settings.sampler,
     )
     if world.size > 1:
         train_loader = distributed.shard_loader(train_loader, world)
@@ -371,7 +313,7 @@ class Training:
     forward: Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_training(architecture: str, settings: Mapping, train_labels: np.ndarray,
+def build_training(architecture: str, settings: TrainingSettings, train_labels: np.ndarray,
                    steps_per_epoch: int, device: torch.device, kind: str,
                    world: World = World()) -> Training:
     """Model, optimizer, per-step schedule, loss and EMA of ``settings`` on ``device``; with
@@ -383,22 +325,22 @@ def build_training(architecture: str, settings: Mapping, train_labels: np.ndarra
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=memory_format(device, kind))
-    optimizer = build_optimizer(settings["optimizer"], model, settings["learning_rate"],
-                                settings["weight_decay"])
+    optimizer = build_optimizer(settings.optimizer, model, settings.learning_rate,
+                                settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        settings["epochs"] * steps_per_epoch, settings["warmup_epochs"] * steps_per_epoch))
+        settings.epochs * steps_per_epoch, settings.warmup_epochs * steps_per_epoch))
     criterion = losses.build_loss(
-        settings["loss"], np.bincount(train_labels, minlength=len(LABELS)),
-        balanced_sampler=settings["sampler"] == "balanced", focal_gamma=settings["focal_gamma"],
-        focal_alpha=settings["focal_alpha"], cb_beta=settings["cb_beta"],
+        settings.loss, np.bincount(train_labels, minlength=len(LABELS)),
+        balanced_sampler=settings.sampler == "balanced", focal_gamma=settings.focal_gamma,
+        focal_alpha=settings.focal_alpha, cb_beta=settings.cb_beta,
     ).to(device)
-    ema = build_ema(model, settings["ema_decay"]) if settings["ema_decay"] else None
+    ema = build_ema(model, settings.ema_decay) if settings.ema_decay else None
     scored = ema.module if ema is not None else model
     stepped = model
     if world.size > 1:
         stepped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = (compile_for_training(stepped, device, architecture) if settings["compile"]
+    forward = (compile_for_training(stepped, device, architecture) if settings.compile
                else stepped)
     return Training(model, optimizer, scheduler, criterion, ema, scored, forward)
 
@@ -467,15 +409,16 @@ def resume(checkpoint: Mapping[str, Any], training: Training, generator: torch.G
                     checkpoint["best_score"], checkpoint["best_epoch"])
 
 
-def augmented_batch(x: torch.Tensor, y: torch.Tensor, settings: Mapping, device: torch.device,
-                    kind: str, device_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+def augmented_batch(x: torch.Tensor, y: torch.Tensor, settings: TrainingSettings,
+                    device: torch.device, kind: str,
+                    device_transform: Callable[[torch.Tensor], torch.Tensor] | None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A loaded batch on ``device``, augmented there (``device_transform``) and mixed (MixUp/
     CutMix): the model input, the labels and the (soft) targets. The one call into
     augmentation of the training steps."""
     x, y = to_device(x, device, kind, device_transform), y.to(device)
-    x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings["mixup"],
-                                  settings["cutmix"])
+    x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings.mixup,
+                                  settings.cutmix)
     return x, y, target
 
 
@@ -490,7 +433,7 @@ class EpochResult:
     seconds: float
 
 
-def train_one_epoch(training: Training, loader: DataLoader, settings: Mapping,
+def train_one_epoch(training: Training, loader: DataLoader, settings: TrainingSettings,
                     device: torch.device, data: TrainingData, epoch: int, architecture: str,
                     checkpoint_path: Path) -> EpochResult:
     """One pass over ``loader``: a clipped optimizer step, schedule step and EMA update a batch."""
@@ -498,7 +441,7 @@ def train_one_epoch(training: Training, loader: DataLoader, settings: Mapping,
     started = time.perf_counter()
     loss_sum, seen = 0.0, 0
     truths, predictions = [], []
-    batches = tqdm(loader, desc=f"{architecture} epoch {epoch}/{settings['epochs']}",
+    batches = tqdm(loader, desc=f"{architecture} epoch {epoch}/{settings.epochs}",
                    unit="batch", leave=False, disable=not sys.stderr.isatty())
     for batch, (x, y) in enumerate(batches):
         x, y, target = augmented_batch(x, y, settings, device, data.kind, data.device_transform)
@@ -513,7 +456,7 @@ def train_one_epoch(training: Training, loader: DataLoader, settings: Mapping,
             )
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(training.model.parameters(), settings["grad_clip"])
+        nn.utils.clip_grad_norm_(training.model.parameters(), settings.grad_clip)
         training.optimizer.step()
         training.scheduler.step()
         if training.ema is not None:
@@ -545,7 +488,7 @@ def history_row(epoch: int, result: EpochResult, scores: Mapping[str, float], lr
     }
 
 
-def save_model(out_dir: Path, architecture: str, data: TrainingData, settings: Mapping,
+def save_model(out_dir: Path, architecture: str, data: TrainingData, settings: TrainingSettings,
                progress: Progress, seed: int) -> pd.DataFrame:
     """``model.pt`` (the best epoch's weights and what inference needs) and ``history.csv``."""
     frame = pd.DataFrame(progress.history, columns=HISTORY_COLUMNS)
@@ -554,7 +497,7 @@ def save_model(out_dir: Path, architecture: str, data: TrainingData, settings: M
             "architecture": architecture,
             "input_kind": data.kind,
             "state_dict": progress.best_state,
-            "settings": settings,
+            "settings": settings.as_dict(),
             "normalisation": {
                 "scale": 255.0, "mean": transforms.NORM_MEAN, "std": transforms.NORM_STD,
             },
@@ -621,7 +564,7 @@ def train_image_model(
     manifest_path: str | Path,
     cutout_root: str | Path,
     architecture: str,
-    settings: Mapping,
+    settings: Mapping | TrainingSettings,
     out_dir: str | Path,
     checkpoint_dir: str | Path,
     seed: int,
@@ -629,6 +572,7 @@ def train_image_model(
     num_workers: int = 0,
     threads: int | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    name: str | None = None,
 ) -> pd.DataFrame:
     """Train ``architecture`` on the manifest's train split, validating on val every epoch.
 
@@ -644,9 +588,14 @@ def train_image_model(
     a CPU ``device``, N CPU processes with the gloo backend), each on 1/N of every batch and
     ``threads // N`` threads (:mod:`synapse_ei.learn.distributed`); ``on_epoch_end`` then runs
     in rank 0's process and must pickle.
+
+    ``settings`` is the model's config entry (validated by :meth:`TrainingSettings.from_config`;
+    its errors name ``models.<name>``) or :class:`TrainingSettings`.
     """
     kind = _image_kind(architecture)
-    settings = resolve_settings(plain(settings))
+    if not isinstance(settings, TrainingSettings):
+        settings = TrainingSettings.from_config(
+            plain(settings), where=f"models.{name}" if name else "models")
     torch_device = resolve_device(device)
     arguments = dict(
         manifest_path=manifest_path, cutout_root=cutout_root, architecture=architecture,
@@ -654,10 +603,10 @@ def train_image_model(
         checkpoint_path=Path(checkpoint_dir) / "last.pt", seed=seed, num_workers=num_workers,
         on_epoch_end=on_epoch_end,
     )
-    gpus = settings.get("gpus", 1)
+    gpus = settings.gpus
     if gpus == 1:
         return run_training(world=World(), device=torch_device, threads=threads, **arguments)
-    distributed.check_processes(gpus, settings["batch_size"], torch_device, architecture)
+    distributed.check_processes(gpus, settings.batch_size, torch_device, architecture)
     return distributed.launch(run_training, gpus, torch_device,
                               threads=None if threads is None else max(1, threads // gpus),
                               **arguments)
@@ -665,7 +614,7 @@ def train_image_model(
 
 def run_training(
     manifest_path: str | Path, cutout_root: str | Path, architecture: str, kind: str,
-    settings: dict[str, Any], out_dir: Path, checkpoint_path: Path, seed: int,
+    settings: TrainingSettings, out_dir: Path, checkpoint_path: Path, seed: int,
     num_workers: int, threads: int | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None, world: World, device: torch.device,
 ) -> pd.DataFrame:
@@ -689,17 +638,17 @@ def run_training(
     if checkpoint is not None:
         progress = resume(checkpoint, training, train_loader.generator, world)
         log.info("%s: resuming from %s after epoch %d of %d", architecture, checkpoint_path,
-                 progress.epoch, settings["epochs"])
+                 progress.epoch, settings.epochs)
     log.info("%s: %d train (%d per epoch), %d val %s cutouts of shape %s on %s, augmented in "
              "the %s", architecture, len(data.train_set), per_epoch, len(data.val_set), kind,
              data.shape, device, "loader" if data.device_transform is None else "device")
 
-    for epoch in range(progress.epoch + 1, settings["epochs"] + 1):
+    for epoch in range(progress.epoch + 1, settings.epochs + 1):
         if _stopped_early(progress.history, progress.best_epoch,
-                          settings["early_stopping_patience"]):
+                          settings.early_stopping_patience):
             log.info("%s: stopping early after epoch %d: no better val balanced accuracy than "
                      "epoch %d's in %d epochs", architecture, progress.epoch,
-                     progress.best_epoch, settings["early_stopping_patience"])
+                     progress.best_epoch, settings.early_stopping_patience)
             break
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
@@ -712,7 +661,7 @@ def run_training(
         rng = distributed.gather(rng, world) if world.size > 1 else rng
         if world.main:
             save_checkpoint(checkpoint_path, fingerprint, training, progress, rng)
-            _log_epoch(architecture, settings["epochs"], row)
+            _log_epoch(architecture, settings.epochs, row)
             if on_epoch_end is not None:
                 on_epoch_end(row)
     if not world.main:

@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, SequentialSampler
 
 from synapse_ei.errors import DataError
 from synapse_ei.learn.distributed import RankBatches, World
-from synapse_ei.learn.train import resolve_settings
+from synapse_ei.learn.settings import TrainingSettings
 from training_helpers import run, stop_after_first_epoch
 
 #: EMA and the class-balanced sampler on: both must behave as in one process.
@@ -86,6 +86,7 @@ def test_gpus_must_divide_the_batch_and_be_positive(cutouts, tmp_path):
     with pytest.raises(DataError, match="batch_size 8 is not a multiple of gpus 3"):
         run(cutouts, tmp_path, settings={**SETTINGS, "gpus": 3}, architecture="resnet18")
     with pytest.raises(DataError, match="'gpus'"):
-        resolve_settings({"gpus": 0})
+        TrainingSettings.from_config({"gpus": 0})
     # One process is the run of before the key: no `gpus` in its settings or checkpoints.
-    assert "gpus" not in resolve_settings({"gpus": 1})
+    assert "gpus" not in TrainingSettings.from_config({"gpus": 1}).as_dict()
+    assert TrainingSettings.from_config({"gpus": 2}).as_dict()["gpus"] == 2

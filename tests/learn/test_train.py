@@ -15,7 +15,8 @@ from synapse_ei.cutout.stacks import write_stack
 from synapse_ei.errors import DataError
 from synapse_ei.learn import train as train_module, transforms
 from synapse_ei.learn.inference import load_trained, predict_cutouts
-from synapse_ei.learn.train import class_weights, HISTORY_COLUMNS, resolve_settings, warmup_cosine
+from synapse_ei.learn.settings import TrainingSettings
+from synapse_ei.learn.train import class_weights, HISTORY_COLUMNS, warmup_cosine
 from training_helpers import run, SETTINGS_2D
 
 #: Every stateful technique at once: resume must replay the EMA, sampler, mixing and schedule.
@@ -141,7 +142,7 @@ def test_warmup_then_cosine_schedule():
 ])
 def test_bad_technique_settings_are_named(override, named):
     with pytest.raises(DataError, match=named):
-        resolve_settings({**SETTINGS_2D, **override})
+        TrainingSettings.from_config({**SETTINGS_2D, **override})
 
 
 def test_other_seed_gives_another_first_epoch(cutouts, uninterrupted, tmp_path):
@@ -271,31 +272,7 @@ def test_device_augmentation_draws_each_sample_its_own_transform():
                                                                / transforms.NORM_STD))
 
 
-#: The training settings as DEFAULT_SETTINGS held them before it was read from the schema: the
-#: order is that of the settings saved in model.pt.
-FORMER_DEFAULTS = {
-    "epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "weight_decay": 1e-4,
-    "samples_per_epoch": None, "grad_clip": 1.0, "augment_strength": 1.0,
-    "augmentations": ["flip", "rotate", "intensity", "noise"], "optimizer": "adamw",
-    "warmup_epochs": 0, "loss": "cross_entropy", "focal_gamma": 2.0, "focal_alpha": None,
-    "cb_beta": 0.999, "sampler": "random", "mixup": 0.0, "cutmix": 0.0, "ema_decay": None,
-    "compile": False, "early_stopping_patience": None, "augment_on": "auto",
-}
-
-
-def test_the_training_defaults_are_the_schemas():
-    """DEFAULT_SETTINGS is the schema's model defaults less what the model build reads: the same
-    values and order as before, and a bare entry resolves as one the schema filled in."""
-    from synapse_ei.config import model_defaults
-    from synapse_ei.learn.models import model_options
-
-    defaults = model_defaults()
-    assert list(train_module.DEFAULT_SETTINGS.items()) == list(FORMER_DEFAULTS.items())
-    assert list(resolve_settings({})) == list(FORMER_DEFAULTS)
-    assert resolve_settings(defaults) == {**resolve_settings({}), **model_options_keys(defaults)}
-    assert model_options({})["norm"] == defaults["norm"]
-    assert defaults["pretrained"] is None
-
-
-def model_options_keys(settings):
-    return {key: settings[key] for key in train_module.BUILD_KEYS}
+def test_bad_settings_name_the_model_before_training(cutouts, tmp_path):
+    with pytest.raises(DataError, match=r"models\.small: setting 'epochs' is 0"):
+        run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 0}, name="small")
+    assert not (tmp_path / "ckpt").exists()

@@ -19,6 +19,7 @@ from synapse_ei.learn.models.norm import check_norm, NORMS
 from synapse_ei.learn.models.pretrained import PUBLISHED_WEIGHTS, published_weights
 from synapse_ei.learn.models.unet3d import build_unet3d
 from synapse_ei.learn.models.video3d import build_video3d
+from synapse_ei.learn.settings import TrainingSettings
 
 #: Architecture name -> input kind ('2d' patches, '3d' cubes, 'tables' for table-only models).
 ARCHITECTURES: dict[str, str] = {
@@ -45,8 +46,11 @@ def input_kind(architecture: str) -> str:
     return ARCHITECTURES[architecture]
 
 
-def model_options(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The :func:`build_model` keywords in a model's config entry (``norm``, ``pretrained``)."""
+def model_options(settings: TrainingSettings | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The :func:`build_model` keywords (``norm``, ``pretrained``) of a model's settings, or of
+    a settings dict (a config entry, or the one saved in model.pt)."""
+    if isinstance(settings, TrainingSettings):
+        return {"norm": check_norm(settings.norm), "pretrained": settings.pretrained}
     settings = dict(settings or {})
     return {"norm": check_norm(settings.get("norm") or "batch"),
             "pretrained": settings.get("pretrained") or None}
