@@ -23,8 +23,8 @@ from synapse_ei.outputs import read_json, write_json
 #: The distributions whose versions decide what a run computes.
 PACKAGES = (
     "synapse-ei", "snakemake", "snakemake-executor-plugin-slurm", "torch", "torchvision",
-    "monai", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "cloud-volume", "tifffile",
-    "caveclient",
+    "kornia", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "cloud-volume", "tifffile",
+    "tensorstore", "caveclient", "neuroglancer",
 )  # fmt: skip
 
 

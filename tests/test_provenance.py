@@ -7,7 +7,13 @@ from importlib import metadata
 
 from paths import REPO
 from synapse_ei.outputs import write_json
-from synapse_ei.provenance import finish_run_record, git_state, package_versions, start_run_record
+from synapse_ei.provenance import (
+    finish_run_record,
+    git_state,
+    package_versions,
+    PACKAGES,
+    start_run_record,
+)
 
 
 def test_package_versions_are_the_installed_ones_and_none_for_a_missing_one():
@@ -35,3 +41,9 @@ def test_a_run_record_starts_running_and_finishes_with_the_dataset_provenance(tm
     finish_run_record(path, False, tmp_path / "missing.json")
     failed = json.loads(path.read_text())
     assert failed["status"] == "failed" and failed["dataset"] is None
+
+
+def test_every_package_the_run_record_names_is_one_the_project_installs():
+    # A name left over from a dropped dependency would be recorded as null in every run.
+    for name in PACKAGES:
+        assert metadata.version(name), name
