@@ -40,7 +40,13 @@ from synapse_ei.evaluation.metrics import (
 from synapse_ei.evaluation.neurons import neuron_level
 from synapse_ei.evaluation.sufficiency import DEFAULT_DRAWS, DEFAULT_KS, synapses_needed
 from synapse_ei.outputs import atomic_path, read_json, write_json, write_parquet
-from synapse_ei.tables import CAVE_POSITION_RESOLUTION, INHIBITORY, LABELS, PREDICTION_COLUMNS
+from synapse_ei.tables import (
+    CAVE_POSITION_RESOLUTION,
+    INHIBITORY,
+    LABELS,
+    PREDICTION_COLUMNS,
+    require_values_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +89,8 @@ def _check_predictions(predictions: pd.DataFrame, model_name: str) -> pd.DataFra
             f"{where}: prob_inhibitory row {row} is {predictions['prob_inhibitory'].iloc[row]!r}; "
             "probabilities must lie in [0, 1]. Check the model's output layer (sigmoid/softmax)."
         )
-    bad = ~predictions["label"].isin(LABELS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"{where}: label row {row} is {predictions['label'].iloc[row]!r}, not one of "
-            f"{list(LABELS)}."
-        )
+    require_values_in(predictions, "label", LABELS, where,
+                      "Rerun the evaluate stage, which writes these predictions.")
     return predictions.assign(prob_inhibitory=prob.astype(float)).reset_index(drop=True)
 
 

@@ -46,6 +46,7 @@ from synapse_ei.tables import (  # noqa: E402
     PREDICTION_COLUMNS,
     require_columns,
     require_ids_in,
+    require_values_in,
     SPLITS,
     to_int64,
 )
@@ -96,13 +97,7 @@ def with_split_of(manifest: pd.DataFrame, split_table: pd.DataFrame, where: str)
 def _check_split_table(split_table: pd.DataFrame, where: str) -> pd.DataFrame:
     require_columns(split_table, ["id", PRE_ROOT, "label", "split"], where)
     for column, allowed in (("label", LABELS), ("split", SPLITS)):
-        bad = ~split_table[column].isin(allowed)
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise DataError(
-                f"{where}: column {column!r} row {row} holds {split_table[column].iloc[row]!r}; "
-                f"it must be one of {list(allowed)}. Rerun the split stage."
-            )
+        require_values_in(split_table, column, allowed, where, "Rerun the split stage.")
     return to_int64(split_table, ["id", PRE_ROOT], where)
 
 

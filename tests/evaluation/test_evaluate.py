@@ -103,6 +103,13 @@ def test_probabilities_outside_unit_interval_are_refused(tmp_path):
         evaluate_predictions(predictions, None, "m", tmp_path)
 
 
+def test_a_label_outside_the_two_classes_is_refused_naming_its_row(tmp_path):
+    predictions = make_predictions()
+    predictions.loc[4, "label"] = "unknown"
+    with pytest.raises(DataError, match=r"'label' row 4 holds 'unknown'.*Rerun the evaluate"):
+        evaluate_predictions(predictions, None, "m", tmp_path)
+
+
 def test_evaluation_writes_the_researchers_analyses(tmp_path):
     """The k-synapse curve and the recall breakdown reach metrics.json, their CSVs and
     figures, at the tuned threshold, with cell types, sizes and depths from the split table."""
