@@ -127,10 +127,12 @@ def _join(log_files: Sequence[str], device_type: str) -> tuple[World, torch.devi
 def _run_process(function: Callable[..., Any], log_files: Sequence[str], device_type: str,
                  kwargs: dict[str, Any]) -> Any:
     world, device = _join(log_files, device_type)
-    try:
-        return function(world=world, device=device, **kwargs)
-    finally:
-        dist.destroy_process_group()
+    result = function(world=world, device=device, **kwargs)
+    # Not in a `finally`: on a failure the group must stay up until `record` has written this
+    # process's error, or the others fail first on the closed connection and theirs is the
+    # error reported; the process's exit closes the group instead.
+    dist.destroy_process_group()
+    return result
 
 
 def _start_method() -> str:
