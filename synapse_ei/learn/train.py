@@ -585,9 +585,10 @@ def train_image_model(
     Returns the history.
 
     With ``gpus: N`` (N > 1) in ``settings``, N processes train data-parallel, one per GPU (on
-    a CPU ``device``, N CPU processes with the gloo backend), each on 1/N of every batch and
-    ``threads // N`` threads (:mod:`synapse_ei.learn.distributed`); ``on_epoch_end`` then runs
-    in rank 0's process and must pickle.
+    a CPU ``device``, N CPU processes with the gloo backend), each on 1/N of every batch
+    (:mod:`synapse_ei.learn.distributed`); ``on_epoch_end`` then runs in rank 0's process and
+    must pickle. ``threads`` is each process's intra-op CPU threads, so the job uses N times
+    them (the train rule asks Slurm for that many CPUs).
 
     ``settings`` is the model's config entry (validated by :meth:`TrainingSettings.from_config`;
     its errors name ``models.<name>``) or :class:`TrainingSettings`.
@@ -607,9 +608,7 @@ def train_image_model(
     if gpus == 1:
         return run_training(world=World(), device=torch_device, threads=threads, **arguments)
     distributed.check_processes(gpus, settings.batch_size, torch_device, architecture)
-    return distributed.launch(run_training, gpus, torch_device,
-                              threads=None if threads is None else max(1, threads // gpus),
-                              **arguments)
+    return distributed.launch(run_training, gpus, torch_device, threads=threads, **arguments)
 
 
 def run_training(

@@ -93,17 +93,25 @@ def test_every_network_job_gets_a_gpu_threads_and_memory(
                 assert not gpus, f"{profile}: {rule} asks for a GPU it does not use: {resources}"
                 continue
             assert gpus, f"{profile}/{config_name}: {rule} runs a network without a GPU: {resources}"
-            assert int(resources["mem_mb"]) >= 8000, (profile, rule, resources)
-            if profile in CLUSTER_PROFILES:
-                # Declared for this very rule (set-resources replace, they never merge), and
-                # Slurm's CPUs equal the threads the script uses.
-                assert job["threads"] == settings["set-threads"][rule], (profile, rule, job)
-                assert resources["cpus_per_task"] == str(job["threads"]), (profile, rule, job)
-                assert job["threads"] >= 4, (profile, rule, job)
-                declared = settings["set-resources"][rule]
+            if profile not in CLUSTER_PROFILES:
+                assert int(resources["mem_mb"]) >= 8000, (profile, rule, resources)
+                continue
+            # Declared for this very rule (set-resources replace, they never merge), and
+            # Slurm's CPUs are the threads the script uses: per training process, one per GPU.
+            assert job["threads"] == settings["set-threads"][rule], (profile, rule, job)
+            assert job["threads"] >= 4, (profile, rule, job)
+            processes = int(resources.get("gpu", 1)) if rule.startswith("train") else 1
+            cpus = int(resources["cpus_per_task"])
+            assert cpus == processes * job["threads"], (profile, rule, job)
+            declared = settings["set-resources"][rule]
+            if "mem_mb_per_cpu" in declared:  # --mem-per-cpu: grows with the CPUs
+                memory = int(resources["mem_mb_per_cpu"]) * cpus
+                assert resources["mem_mb_per_cpu"] == str(declared["mem_mb_per_cpu"])
+            else:
+                memory = int(resources["mem_mb"])
                 assert resources["mem_mb"] == str(declared["mem_mb"]), (profile, rule, resources)
-                assert int(resources["mem_mb"]) >= 16000, (profile, rule, resources)
-                assert resources["runtime"] == str(declared["runtime"]), (profile, rule)
+            assert memory >= 16000 * processes, (profile, rule, resources)
+            assert resources["runtime"] == str(declared["runtime"]), (profile, rule)
 
 
 # --- `snakemake --profile slurm`: the profiles installed under their names -------------------

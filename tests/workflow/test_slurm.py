@@ -37,9 +37,9 @@ def in_ci() -> bool:
 # --- the profiles, merged with the workflow: no Slurm needed --------------------------------
 
 EXPECTED_TRAIN = {
-    "slurm": {"threads": 8, "gpu": "1", "mem_mb": "32000", "runtime": "720",
+    "slurm": {"threads": 8, "gpu": "1", "mem_mb_per_cpu": "4000", "runtime": "720",
               "slurm_partition": "debug"},
-    "hyak": {"threads": 6, "gpu": "1", "mem_mb": "48000", "runtime": "480",
+    "hyak": {"threads": 6, "gpu": "1", "mem_mb_per_cpu": "8000", "runtime": "480",
              "slurm_partition": "ckpt-all", "slurm_account": "YOUR_ACCOUNT"},
 }  # fmt: skip
 
@@ -129,6 +129,8 @@ def profile_for_this_node(tmp_path: Path) -> Path:
         for gpu_key in ("gpu", "gres", "gpu_model"):
             resources.pop(gpu_key, None)
         resources["mem_mb"] = min(int(resources.get("mem_mb", 2000)), 2000)
+        if "mem_mb_per_cpu" in resources:  # train's memory grows with its CPUs
+            resources["mem_mb_per_cpu"] = 2000 // settings["set-threads"]["train"]
     # The train rules ask for their model's `gpus` themselves: none on this node.
     for rule in ("train", "train_leaky"):
         settings["set-resources"].setdefault(rule, {})["gpu"] = 0
@@ -212,9 +214,11 @@ class _Resources(dict):
 
 @pytest.mark.parametrize("profile", ["slurm", "hyak"])
 def test_a_multi_gpu_model_is_one_sbatch_task_with_its_gpus(profile: str, tmp_path: Path):
-    """`gpus: 4` on a model: its train job gets --gpus=4, the profile's CPUs and memory, and one
-    task (its script starts the 4 processes); the other model keeps one GPU. The sbatch line is
-    the one snakemake-executor-plugin-slurm builds from the planned job's resources."""
+    """`gpus: 4` on a model: its train job gets --gpus=4, 4 times the profile's CPUs (one
+    training process per GPU, each with the set-threads CPUs) and memory (per CPU), and one task
+    (its script starts the 4 processes); the other model keeps one GPU and the profile's CPUs.
+    The sbatch line is the one snakemake-executor-plugin-slurm builds from the planned job's
+    resources."""
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
@@ -236,6 +240,9 @@ def test_a_multi_gpu_model_is_one_sbatch_task_with_its_gpus(profile: str, tmp_pa
     sbatch = get_submit_command(job, params) + set_gres_string(job)  # as the plugin submits
     expected = EXPECTED_TRAIN[profile]
     assert " --gpus=4" in sbatch, sbatch
-    assert f" --cpus-per-task={expected['threads']}" in sbatch, sbatch
-    assert f" --mem {expected['mem_mb']}" in sbatch and f" -t {expected['runtime']}" in sbatch
+    assert f" --cpus-per-task={4 * expected['threads']}" in sbatch, sbatch
+    assert f" --mem-per-cpu {expected['mem_mb_per_cpu']}" in sbatch, sbatch
+    assert f" -t {expected['runtime']}" in sbatch, sbatch
+    single = next(job for job in jobs["train"] if job["resources"]["gpu"] == "1")
+    assert single["resources"]["cpus_per_task"] == str(expected["threads"])
     assert "--ntasks" not in sbatch, sbatch  # one task: srun -n1 runs the job's script once

@@ -37,6 +37,11 @@ def architecture(model):
     return config["models"][model]["architecture"]
 
 
+def model_gpus(model):
+    """GPUs that train ``model`` data-parallel (its `gpus`, default 1)."""
+    return int(config["models"][model].get("gpus", 1))
+
+
 BASELINE_MODELS = [m for m in MODELS if architecture(m) == "connectivity"]
 IMAGE_MODELS = [m for m in MODELS if architecture(m) != "connectivity"]
 

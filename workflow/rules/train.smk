@@ -17,8 +17,11 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
-        # The model's `gpus`; one task, whose script starts a training process per GPU.
-        gpu=lambda wildcards: int(config["models"][wildcards.model].get("gpus", 1)),
+        # The model's `gpus`: one task, whose script starts a training process per GPU, each
+        # with `threads` CPU threads, so the job's CPUs (and a profile's `mem_mb_per_cpu`)
+        # grow with its GPUs.
+        gpu=lambda wildcards: model_gpus(wildcards.model),
+        cpus_per_task=lambda wildcards, threads: threads * model_gpus(wildcards.model),
     params:
         architecture=lambda wildcards: architecture(wildcards.model),
         settings=lambda wildcards: config["models"][wildcards.model],
