@@ -6,13 +6,12 @@ from synapse_ei.logs import log_to_file
 log_to_file(snakemake.log[0])
 
 from synapse_ei.evaluation.gallery import write_gallery  # noqa: E402
-from synapse_ei.learn.models import input_kind  # noqa: E402
 
 write_gallery(
     snakemake.input.predictions,
     manifest_path=snakemake.input.manifest,
     cutout_root=snakemake.params.cutout_root,
-    kind=input_kind(snakemake.params.architecture),
+    architecture=snakemake.params.architecture,
     model_name=snakemake.wildcards.model,
     out_path=snakemake.output.gallery,
     html_path=snakemake.output.html,

@@ -350,7 +350,7 @@ def _chunk_crop(dtype: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]
     return crop
 
 
-def _distinct_chunks(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> list[tuple]:
+def distinct_chunks(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> list[tuple]:
     """Every chunk the XYZ boxes ``[starts[k], stops[k])`` touch, once each, sorted. In numpy:
     :meth:`ChunkReader.chunks_of` per box cost more CPU than the check it feeds."""
     origin, size = reader.info.bounds_start, reader.chunk_size
@@ -370,7 +370,7 @@ def _tensorstore_misreads(
 ) -> dict[tuple, str]:
     """The chunks the boxes need that tensorstore would read as zeros without an error:
     ``{chunk: "missing" | "gzip"}`` (cloud-volume's default ``.gz`` raw chunks)."""
-    return missing_chunks(reader, _distinct_chunks(reader, starts, stops))
+    return missing_chunks(reader, distinct_chunks(reader, starts, stops))
 
 
 def _pick_reader(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> str:

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 _WRITES_IN_FLIGHT = 32
 
 
-def _blank(array: np.ndarray, kind: str) -> str | None:
+def constant_cutout(array: np.ndarray, kind: str) -> str | None:
     """What a manifest row says of a constant cutout (the volume holds no image there: such a
     cutout is skipped, never trained on), or None. EM varies within a row, so the first row
     settles almost every cutout without a pass over all of it (a full min and max took ~4% of
@@ -239,7 +239,7 @@ def _cut_and_write(
         cube_array = crop(*cube)
     except SkippedSynapse as skip:
         return skip.reason, skip.detail
-    blank = _blank(patch_array, "2D patch") or _blank(cube_array, "3D cube")
+    blank = constant_cutout(patch_array, "2D patch") or constant_cutout(cube_array, "3D cube")
     if blank:
         return BLANK, blank
     files["2d"].write(patch_array.data)  # C-contiguous (Y, X) and (Z, Y, X): the page layout

@@ -90,7 +90,7 @@ def _calibration_scores(draws, target, prob, neuron_of_synapse, n_bins, n_synaps
         return gap / n_synapses
 
 
-def _neuron_weighted_scores(
+def neuron_weighted_scores(
     draws: np.ndarray,
     target: np.ndarray,
     prob: np.ndarray,
@@ -157,7 +157,7 @@ def bootstrap_over_neurons(
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         draws = rng.multinomial(len(neurons), np.full(len(neurons), 1.0 / len(neurons)), size=size)
-        chunk_scores = _neuron_weighted_scores(
+        chunk_scores = neuron_weighted_scores(
             draws.astype(float), target, prob, neuron_of_synapse, threshold
         )
         both_classes = np.isfinite(chunk_scores["balanced_accuracy"]) & np.isfinite(

@@ -20,6 +20,7 @@ from synapse_ei.evaluation.metrics import DEFAULT_THRESHOLD  # noqa: E402
 from synapse_ei.outputs import atomic_path  # noqa: E402
 from synapse_ei.reporting.render import html_document, save_figure  # noqa: E402
 from synapse_ei.learn.dataset import CutoutDataset, load_manifest  # noqa: E402
+from synapse_ei.learn.models import input_kind  # noqa: E402
 from synapse_ei.tables import INHIBITORY, LABELS  # noqa: E402
 from synapse_ei.viewer import (  # noqa: E402
     DEFAULT_LOCAL_URL,
@@ -75,7 +76,7 @@ def write_gallery(
     predictions_path: str | Path,
     manifest_path: str | Path,
     cutout_root: str | Path,
-    kind: str,
+    architecture: str,
     model_name: str,
     out_path: str | Path,
     threshold: float = DEFAULT_THRESHOLD,
@@ -86,7 +87,8 @@ def write_gallery(
     site: str | None = None,
     local_url: str | None = DEFAULT_LOCAL_URL,
 ) -> dict[str, int]:
-    """A figure of right and wrong test calls of both classes with their probabilities.
+    """A figure of right and wrong test calls of both classes of the ``architecture`` model
+    ``model_name``, with their probabilities.
 
     Four rows (excitatory right/wrong, inhibitory right/wrong) of up to ``per_group`` cutouts
     chosen by :func:`gallery_examples`; 2D patches as stored, 3D cubes as their central
@@ -96,6 +98,7 @@ def write_gallery(
     ``local_url`` as in :func:`synapse_ei.viewer.viewer_sources`). Returns how many examples
     each row shows.
     """
+    kind = input_kind(architecture)
     predictions = pd.read_parquet(predictions_path)
     manifest = load_manifest(manifest_path, "test", kind)
     chosen = gallery_examples(predictions, threshold, per_group)

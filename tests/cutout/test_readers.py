@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from synapse_ei.cutout.readers import _distinct_chunks
+from synapse_ei.cutout.readers import distinct_chunks
 from synapse_ei.cutout.volume import ChunkReader, open_volume, volume_info
 from volume_helpers import OFFSET, SIZE, make_volume
 
@@ -20,6 +20,6 @@ def test_the_distinct_chunks_are_those_the_boxes_touch_once_each(tmp_path):
     starts[:10] = np.array(OFFSET) + np.array([64, 128, 16])  # starts on a chunk border
     stops = starts + sizes
     expected = sorted({key for a, b in zip(starts, stops) for key in reader.chunks_of(a, b)})
-    assert _distinct_chunks(reader, starts, stops) == expected
+    assert distinct_chunks(reader, starts, stops) == expected
     assert len(expected) > 8
-    assert _distinct_chunks(reader, starts[:0], stops[:0]) == []
+    assert distinct_chunks(reader, starts[:0], stops[:0]) == []

@@ -414,11 +414,11 @@ def test_each_stack_row_is_the_cutout_of_its_synapse(raw_volume, tmp_path):
 
 
 def test_a_cutout_is_blank_only_if_every_voxel_is_equal():
-    from synapse_ei.cutout.shard import _blank
+    from synapse_ei.cutout.shard import constant_cutout
 
     cube = np.full((4, 6, 8), 7, dtype=np.uint8)
-    assert _blank(cube, "3D cube") == "3D cube constant (every voxel = 7)"
+    assert constant_cutout(cube, "3D cube") == "3D cube constant (every voxel = 7)"
     cube[3, 5, 7] = 8  # its first row is constant, the rest is not
-    assert _blank(cube, "3D cube") is None
-    assert _blank(cube[0, 0], "2D patch") == "2D patch constant (every voxel = 7)"
-    assert _blank(np.arange(12, dtype=np.uint8).reshape(3, 4), "2D patch") is None
+    assert constant_cutout(cube, "3D cube") is None
+    assert constant_cutout(cube[0, 0], "2D patch") == "2D patch constant (every voxel = 7)"
+    assert constant_cutout(np.arange(12, dtype=np.uint8).reshape(3, 4), "2D patch") is None

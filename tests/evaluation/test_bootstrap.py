@@ -10,7 +10,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from synapse_ei.evaluation.bootstrap import bootstrap_over_neurons, _neuron_weighted_scores
+from synapse_ei.evaluation.bootstrap import bootstrap_over_neurons, neuron_weighted_scores
 from synapse_ei.evaluation.metrics import expected_calibration_error
 
 
@@ -50,7 +50,7 @@ def test_vectorised_resample_scores_equal_sklearn_with_weights():
     target = (neuron % 3 == 0).astype(int)  # a neuron's synapses share its label
     prob = np.round(np.clip(0.2 * target + rng.random(n) * 0.8, 0, 1), 1)  # many ties
     draws = rng.multinomial(n_neurons, np.full(n_neurons, 1 / n_neurons), size=6).astype(float)
-    scores = _neuron_weighted_scores(draws, target, prob, neuron, 0.5)
+    scores = neuron_weighted_scores(draws, target, prob, neuron, 0.5)
     called = (prob >= 0.5).astype(int)
     labels = np.where(target == 1, "inhibitory", "excitatory")
     for row in range(len(draws)):

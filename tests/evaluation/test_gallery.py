@@ -33,8 +33,9 @@ def test_gallery_shows_the_most_confident_right_and_wrong_calls():
     }
 
 
-@pytest.mark.parametrize("kind,shape", [("2d", (12, 12)), ("3d", (4, 10, 10))])
-def test_gallery_figure_reads_the_test_cutouts(tmp_path, kind, shape):
+@pytest.mark.parametrize("architecture,kind,shape",
+                         [("cnn2d", "2d", (12, 12)), ("r3d_18", "3d", (4, 10, 10))])
+def test_gallery_figure_reads_the_test_cutouts(tmp_path, architecture, kind, shape):
     predictions = make_predictions(n_neurons=6, per_neuron=3)
     rng = np.random.default_rng(0)
     write_stack(tmp_path / f"shards/000/{kind}.tif", kind,
@@ -45,7 +46,7 @@ def test_gallery_figure_reads_the_test_cutouts(tmp_path, kind, shape):
     manifest.to_parquet(tmp_path / "manifest.parquet")
     predictions.to_parquet(tmp_path / "predictions.parquet")
     shown = write_gallery(tmp_path / "predictions.parquet", tmp_path / "manifest.parquet",
-                          tmp_path, kind, "m", tmp_path / "gallery.png", per_group=3)
+                          tmp_path, architecture, "m", tmp_path / "gallery.png", per_group=3)
     assert (tmp_path / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     test = predictions[predictions["split"] == "test"]
     called_inhibitory = test["prob_inhibitory"] >= 0.5
@@ -67,7 +68,7 @@ def test_gallery_names_a_synapse_without_cutout(tmp_path):
     predictions.to_parquet(tmp_path / "predictions.parquet")
     with pytest.raises(DataError, match="no 2d cutout"):
         write_gallery(tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path,
-                      "2d", "m", tmp_path / "gallery.png")
+                      "cnn2d", "m", tmp_path / "gallery.png")
 
 
 def test_gallery_page_links_every_tile_to_its_synapse(tmp_path):
@@ -92,7 +93,7 @@ def test_gallery_page_links_every_tile_to_its_synapse(tmp_path):
         "source": "synthetic", "position_resolution": [4, 4, 40],
         "em_path": "precomputed://file:///em"})
     shown = write_gallery(
-        tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path, "2d", "m",
+        tmp_path / "predictions.parquet", tmp_path / "manifest.parquet", tmp_path, "cnn2d", "m",
         tmp_path / "gallery.png", per_group=2, html_path=tmp_path / "gallery.html",
         provenance_path=tmp_path / "provenance.json", synapses_path=tmp_path / "synapses.parquet",
     )

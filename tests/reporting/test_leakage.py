@@ -124,7 +124,8 @@ def synthetic_tables(tmp_path_factory):
     original = synthetic._write_em
     synthetic._write_em = lambda *args: None
     try:
-        synthetic.synthesize(out, n_synapses=900, n_neurons=80, inhibitory_fraction=0.2, seed=3)
+        synthetic.synthesize(out, n_synapses=900, n_neurons=80, inhibitory_fraction=0.2, seed=3,
+                              neuron_traits=0.0)
     finally:
         synthetic._write_em = original
     synapses = pd.read_parquet(out / "synapses.parquet")

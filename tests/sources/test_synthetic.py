@@ -36,7 +36,7 @@ FRACTION = 0.2
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synthetic")
-    stats = synthesize(out, N_SYNAPSES, N_NEURONS, FRACTION, seed=5)
+    stats = synthesize(out, N_SYNAPSES, N_NEURONS, FRACTION, seed=5, neuron_traits=0.0)
     return out, stats
 
 
@@ -144,9 +144,9 @@ def test_truth_matches_cell_types_for_labelled_neurons(tables):
 
 def test_same_seed_gives_byte_identical_output_and_another_seed_differs(tmp_path):
     first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    synthesize(first, 40, 8, 0.2, seed=3)
-    synthesize(second, 40, 8, 0.2, seed=3)
-    synthesize(other, 40, 8, 0.2, seed=4)
+    synthesize(first, 40, 8, 0.2, seed=3, neuron_traits=0.0)
+    synthesize(second, 40, 8, 0.2, seed=3, neuron_traits=0.0)
+    synthesize(other, 40, 8, 0.2, seed=4, neuron_traits=0.0)
     assert _tree_digest(first) == _tree_digest(second)
     assert _tree_digest(first)["synapses.parquet"] != _tree_digest(other)["synapses.parquet"]
     assert not list(first.glob(".em.*")), "no temporary volume left behind"
@@ -224,9 +224,9 @@ def test_load_of_a_missing_dataset_says_to_run_synthesize(tmp_path):
 
 def test_bad_arguments_raise_data_error(tmp_path):
     with pytest.raises(DataError, match="inhibitory_fraction"):
-        synthesize(tmp_path, 100, 10, 1.5, seed=0)
+        synthesize(tmp_path, 100, 10, 1.5, seed=0, neuron_traits=0.0)
     with pytest.raises(DataError, match="n_synapses"):
-        synthesize(tmp_path, 5, 10, 0.2, seed=0)
+        synthesize(tmp_path, 5, 10, 0.2, seed=0, neuron_traits=0.0)
 
 
 def test_bad_neuron_trait_strength_raises_data_error(tmp_path):

@@ -642,14 +642,15 @@ def synthesize(
     n_neurons: int,
     inhibitory_fraction: float,
     seed: int,
-    neuron_traits: float = 0.0,
+    neuron_traits: float,
 ) -> dict:
     """Write the whole synthetic dataset under out_dir, deterministically from seed; return stats.
 
     Writes ``synapses.parquet``, ``cell_types.parquet``, ``truth.parquet`` (per-synapse generator
     parameters and true class), ``stats.json`` and ``em/`` (jpeg precomputed, 8x8x40 nm).
     ``neuron_traits`` is the strength of the per-neuron appearance traits (:data:`NEURON_TRAITS`);
-    0 draws none (the workflow's default is the schema's, ``dataset.synthetic.neuron_traits``).
+    0 draws none. No default here: the workflow's is the schema's
+    (``dataset.synthetic.neuron_traits``), one place.
     The tables depend only on the other arguments.
     """
     _check_arguments(n_synapses, n_neurons, inhibitory_fraction, neuron_traits)
