@@ -109,8 +109,7 @@ def measure_ddp(model_name: str, manifest, root: Path, args) -> dict:
         work = root / f"{model_name}-{n}"
         history = train_image_model(root / "manifest.parquet", root, model_name, settings,
                                     work / "out", work / "ckpt", seed=0, device=args.device,
-                                    num_workers=args.workers,
-                                    threads=max(1, args.workers) * n)
+                                    num_workers=args.workers, threads=max(1, args.workers))
         rows[n] = {"samples_per_second": round(float(history["samples_per_second"].iloc[-1]), 1)}
     one = rows[1]["samples_per_second"]
     for n, row in rows.items():

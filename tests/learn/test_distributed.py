@@ -15,7 +15,7 @@ from torch.utils.data import BatchSampler, SequentialSampler
 from synapse_ei.errors import DataError
 from synapse_ei.learn.distributed import RankBatches, World
 from synapse_ei.learn.settings import TrainingSettings
-from training_helpers import run, stop_after_first_epoch
+from training_helpers import report_threads, run, stop_after_first_epoch
 
 #: EMA and the class-balanced sampler on: both must behave as in one process.
 SETTINGS = {
@@ -73,6 +73,13 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_end(cutouts, tmp_pat
                       ("out/model.pt", "state_dict")):
         assert_same_weights(weights(tmp_path / "whole" / name, key),
                             weights(tmp_path / "cut" / name, key), rtol=0, atol=0)
+
+
+def test_each_process_gets_the_jobs_threads(cutouts, tmp_path):
+    """`threads` are per training process: the train rule asks Slurm for threads x gpus CPUs."""
+    settings = {**SETTINGS, "gpus": 2, "norm": "group"}
+    with pytest.raises(RuntimeError, match=r"training process 0 of 2 failed: .*intra-op threads 2"):
+        run(cutouts, tmp_path, settings=settings, threads=2, on_epoch_end=report_threads)
 
 
 def test_each_process_takes_its_share_of_every_global_batch():

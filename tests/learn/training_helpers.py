@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from synapse_ei.cutout.stacks import write_stack
 from synapse_ei.learn.train import train_image_model
@@ -42,10 +43,11 @@ def write_learnable_cutouts(root: Path, n: int = 40) -> Path:
     return manifest
 
 
-def run(cutouts, work: Path, settings=SETTINGS_2D, architecture="cnn2d", seed=5, **kwargs):
+def run(cutouts, work: Path, settings=SETTINGS_2D, architecture="cnn2d", seed=5, threads=1,
+        **kwargs):
     root, manifest = cutouts
     return train_image_model(manifest, root, architecture, settings, work / "out", work / "ckpt",
-                             seed=seed, device="cpu", threads=1, **kwargs)
+                             seed=seed, device="cpu", threads=threads, **kwargs)
 
 
 class Interrupted(Exception):
@@ -57,3 +59,9 @@ def stop_after_first_epoch(row) -> None:
     spawned processes of a data-parallel run can unpickle it."""
     if row["epoch"] == 1:
         raise Interrupted(f"stopped after epoch {row['epoch']}")
+
+
+def report_threads(row) -> None:
+    """An ``on_epoch_end`` that stops training, saying how many intra-op threads its process
+    has (module-level, so a data-parallel run's processes can unpickle it)."""
+    raise Interrupted(f"intra-op threads {torch.get_num_threads()}")
