@@ -54,7 +54,7 @@ EM_LAYER, SEGMENTATION_LAYER, SYNAPSE_LAYER = "em", "segmentation", "synapses"
 NO_SEGMENTATION = {
     "synthetic": "no segmentation: the synthetic dataset has EM and tables only "
                  "(root ids are in the point descriptions)",
-    "files": "no segmentation: the files source names an EM volume only "
+    "files": "no segmentation: dataset.files.segmentation_path is not set "
              "(root ids are in the point descriptions)",
 }
 
@@ -129,13 +129,15 @@ def viewer_sources(
         )
     if "em_path" not in provenance:
         raise DataError(f"{where}: no em_path; rerun the query stage.")
+    segmentation = provenance.get("segmentation_path")  # the files source's, remote, if given
+    segmentation = served_source(str(segmentation)) if segmentation else None
     return ViewerSources(
         image=served_source(str(provenance["em_path"]), local_url),
-        segmentation=None,
+        segmentation=segmentation,
         resolution=position_resolution,
         position_resolution=position_resolution,
         site=site or DEFAULT_SITE,
-        note=NO_SEGMENTATION.get(str(source), "no segmentation volume"),
+        note=None if segmentation else NO_SEGMENTATION.get(str(source), "no segmentation volume"),
     )
 
 

@@ -83,6 +83,30 @@ def test_local_volume_is_named_by_its_serving_url_and_has_no_segmentation():
     assert viewer.synapse_link(sources, synapse, "s").startswith(viewer.DEFAULT_SITE + "/#!")
 
 
+@pytest.mark.parametrize("segmentation,layer", [
+    ("precomputed://gs://bucket/seg", "precomputed://gs://bucket/seg"),
+    ("gs://bucket/seg", "precomputed://gs://bucket/seg"),
+    ("graphene://https://example.org/segmentation/table/v1",
+     "graphene://https://example.org/segmentation/table/v1"),
+])
+def test_a_files_source_with_a_segmentation_selects_the_presynaptic_neuron(segmentation, layer):
+    files = {"source": "files", "position_resolution": [4.0, 4.0, 40.0],
+             "em_path": "precomputed://gs://bucket/em", "segmentation_path": segmentation}
+    sources = viewer.viewer_sources(files)
+    synapse = {"id": 3, "pre_pt_root_id": ROOT, "ctr_pt_position_x": 64,
+               "ctr_pt_position_y": 32, "ctr_pt_position_z": 5}
+    state = parsed(viewer.synapse_link(sources, synapse, "synapse 3"))
+    assert [layer.name for layer in state.layers] == ["em", "segmentation", "synapses"]
+    assert state.layers["segmentation"].source[0].url == layer
+    assert set(state.layers["segmentation"].segments) == {ROOT}
+    assert "no segmentation" not in (state.title or "")
+    # Without the key the link still opens, and says why it has no segmentation.
+    bare = parsed(viewer.synapse_link(viewer.viewer_sources({**files, "segmentation_path": None}),
+                                      synapse, "synapse 3"))
+    assert [layer.name for layer in bare.layers] == ["em", "synapses"]
+    assert "segmentation_path is not set" in bare.title
+
+
 @pytest.mark.parametrize("em_path,expected", [
     ("precomputed://https://example.org/em", "precomputed://https://example.org/em"),
     ("gs://bucket/em", "precomputed://gs://bucket/em"),

@@ -52,6 +52,7 @@ def load_source(dataset: dict[str, Any], synthetic_dir: str) -> SourceTables:
             em_path=settings["em_path"],
             position_resolution=settings["position_resolution"],
             columns=settings.get("columns"),
+            segmentation_path=settings.get("segmentation_path"),
         )
     if source == "cave":
         from synapse_ei.sources import cave

@@ -31,8 +31,13 @@ def load(
     em_path: str,
     position_resolution: Sequence[float] = (4, 4, 40),
     columns: Mapping[str, Mapping[str, str]] | None = None,
+    segmentation_path: str | None = None,
 ) -> SourceTables:
     """Read a synapse and a cell-type export and return them in the shared schema.
+
+    ``segmentation_path`` (optional) is the segmentation whose root ids the tables name, as a
+    remote Neuroglancer source; it is recorded in the provenance for the viewer links, which
+    then show each link's presynaptic neuron.
 
     ``columns`` maps export names to CAVE names per table, e.g.
     ``{"synapses": {"pre_root_id": "pre_pt_root_id"}, "cell_types": {}}``. Points packed in one
@@ -45,6 +50,7 @@ def load(
     """
     resolution = _check_resolution(position_resolution)
     renames = _check_columns_setting(columns)
+    _check_segmentation_path(segmentation_path)
     synapses, cell_types = Path(synapses), Path(cell_types)
     synapse_frame, repeated = _synapse_table(synapses, renames["synapses"])
     cell_frame, repeated_cells = _cell_type_table(cell_types, renames["cell_types"])
@@ -53,6 +59,7 @@ def load(
         "synapses": str(synapses),
         "cell_types": str(cell_types),
         "em_path": em_path,
+        "segmentation_path": segmentation_path,
         "rows": {"synapses": len(synapse_frame), "cell_types": len(cell_frame)},
         "repeated_synapse_rows_dropped": repeated,
         "repeated_cell_type_rows_dropped": repeated_cells,
@@ -66,6 +73,22 @@ def load(
         position_resolution=resolution,
         provenance=provenance,
     )
+
+
+def _check_segmentation_path(path: str | None) -> None:
+    """A segmentation Neuroglancer can open from the link itself: a remote source. A local
+    volume has no URL in a link (the EM's is served by ``viewer.local_url``; nothing serves a
+    second one)."""
+    if path is None:
+        return
+    rest = path.split("://", 1)[1] if isinstance(path, str) and path.count("://") > 1 else path
+    if not isinstance(rest, str) or "://" not in rest or rest.startswith("file://"):
+        raise DataError(
+            f"dataset.files.segmentation_path: {path!r} is not a remote Neuroglancer source; "
+            "give one such as 'precomputed://gs://bucket/seg' or "
+            "'graphene://https://host/segmentation/table/name', or null for links without a "
+            "segmentation."
+        )
 
 
 def _synapse_table(path: Path, renames: Mapping[str, str]) -> tuple[pd.DataFrame, int]:

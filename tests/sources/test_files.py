@@ -188,6 +188,13 @@ def test_bad_settings_name_the_key(exports):
         load(synapses, cells, columns={"synapse": SYNAPSE_MAP})
 
 
+@pytest.mark.parametrize("path", ["/data/seg", "precomputed://file:///data/seg", "file:///seg"])
+def test_a_local_segmentation_path_is_refused_naming_the_key(exports, path):
+    synapses, cells = exports
+    with pytest.raises(DataError, match=r"dataset.files.segmentation_path: .* not a remote"):
+        load(synapses, cells, segmentation_path=path)
+
+
 def test_load_source_dispatches_to_files(exports):
     synapses, cells = exports
     dataset = {
@@ -203,6 +210,10 @@ def test_load_source_dispatches_to_files(exports):
     result = load_source(dataset, synthetic_dir="unused")
     assert len(result.synapses) == 3
     assert result.position_resolution == (8.0, 8.0, 40.0)
+    assert result.provenance["segmentation_path"] is None
+    dataset["files"]["segmentation_path"] = "precomputed://gs://bucket/seg"
+    seg = load_source(dataset, synthetic_dir="unused").provenance["segmentation_path"]
+    assert seg == "precomputed://gs://bucket/seg"
     # No default resolution: a config without one is refused, naming the key.
     del dataset["files"]["position_resolution"]
     with pytest.raises(DataError, match=r"dataset.files.position_resolution is not set"):
