@@ -2,22 +2,25 @@
 
 from pathlib import Path
 
-from synapse_ei.logs import log_to_file
+# A model with `gpus: N` trains in N spawned processes, and each imports this script again (as
+# `__mp_main__`): only the job's own process may run it.
+if __name__ == "__main__":
+    from synapse_ei.logs import log_to_file
 
-log_to_file(snakemake.log[0])
+    log_to_file(snakemake.log[0])
 
-from synapse_ei.learn.train import train_image_model  # noqa: E402
+    from synapse_ei.learn.train import train_image_model
 
-train_image_model(
-    manifest_path=snakemake.input.manifest,
-    cutout_root=snakemake.params.cutout_root,
-    architecture=snakemake.params.architecture,
-    settings=snakemake.params.settings,
-    out_dir=Path(snakemake.output.model).parent,
-    checkpoint_dir=snakemake.params.checkpoint_dir,
-    seed=snakemake.params.seed,
-    device=snakemake.params.device,
-    num_workers=snakemake.params.num_workers,
-    threads=snakemake.threads,
-    name=snakemake.wildcards.model,
-)
+    train_image_model(
+        manifest_path=snakemake.input.manifest,
+        cutout_root=snakemake.params.cutout_root,
+        architecture=snakemake.params.architecture,
+        settings=snakemake.params.settings,
+        out_dir=Path(snakemake.output.model).parent,
+        checkpoint_dir=snakemake.params.checkpoint_dir,
+        seed=snakemake.params.seed,
+        device=snakemake.params.device,
+        num_workers=snakemake.params.num_workers,
+        threads=snakemake.threads,
+        name=snakemake.wildcards.model,
+    )

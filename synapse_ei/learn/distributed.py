@@ -5,6 +5,12 @@
 Snakemake rule keeps calling one Python function and a Slurm job is one task holding N GPUs.
 Each process joins the process group (NCCL on GPUs, gloo on the CPU), trains a DDP copy of the
 model on its share of every global batch (:class:`RankBatches`) and the gradients are averaged.
+
+The processes are started with ``spawn`` (fresh interpreters), never ``fork``: a child forked
+from a process whose OpenMP threads have run (any multi-threaded torch op on the CPU) hangs in
+its first multi-threaded op (libgomp is not fork-safe), and a forked child cannot use CUDA
+after its parent did. A spawned child imports the parent's main module again, so a script that
+trains data-parallel keeps its work under ``if __name__ == "__main__":`` (scripts/train.py).
 """
 
 from __future__ import annotations
@@ -135,23 +141,13 @@ def _run_process(function: Callable[..., Any], log_files: Sequence[str], device_
     return result
 
 
-def _start_method() -> str:
-    """``fork`` unless this process has initialised CUDA (which a forked child cannot use).
-
-    Forked processes start at once, without importing torch again, and never run the main
-    module again, which ``spawn`` does: under Snakemake's ``script:`` that module is the job's
-    script, whose training it would start again in every process.
-    """
-    return "spawn" if torch.cuda.is_initialized() else "fork"
-
-
 def launch(function: Callable[..., Any], processes: int, device: torch.device,
            **kwargs: Any) -> Any:
     """Run ``function(world=..., device=..., **kwargs)`` in ``processes`` processes on this
     machine (one per GPU on CUDA); rank 0's return value.
 
-    ``function`` and ``kwargs`` must pickle (a process started by ``spawn`` unpickles them). A
-    failed process stops the others; the error names its rank and message.
+    ``function`` and ``kwargs`` must pickle (each process, started by ``spawn``, unpickles
+    them). A failed process stops the others; the error names its rank and message.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -160,7 +156,7 @@ def launch(function: Callable[..., Any], processes: int, device: torch.device,
         # What `torchrun --standalone` uses: a rendezvous on a free local port.
         rdzv_backend="c10d", rdzv_endpoint="localhost:0",
         # A failure is retried by Snakemake's retries, resuming from the checkpoint.
-        max_restarts=0, monitor_interval=0.1, start_method=_start_method(),
+        max_restarts=0, monitor_interval=0.1, start_method="spawn",
     )
     log.info("launching %d training processes on %s", processes, device.type)
     try:

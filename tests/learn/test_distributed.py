@@ -8,6 +8,12 @@ for the same reason (each process draws its own).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
@@ -15,7 +21,12 @@ from torch.utils.data import BatchSampler, SequentialSampler
 from synapse_ei.errors import DataError
 from synapse_ei.learn.distributed import RankBatches, World
 from synapse_ei.learn.settings import TrainingSettings
-from training_helpers import report_threads, run, stop_after_first_epoch
+from paths import REPO
+from snakemake_helpers import SNAKEMAKE, environment
+from training_helpers import run, stop_after_first_epoch
+
+#: Seconds after which a tiny two-process training counts as hung (it takes about 20).
+HANG_S = 300
 
 #: EMA and the class-balanced sampler on: both must behave as in one process.
 SETTINGS = {
@@ -75,11 +86,68 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_end(cutouts, tmp_pat
                             weights(tmp_path / "cut" / name, key), rtol=0, atol=0)
 
 
-def test_each_process_gets_the_jobs_threads(cutouts, tmp_path):
-    """`threads` are per training process: the train rule asks Slurm for threads x gpus CPUs."""
-    settings = {**SETTINGS, "gpus": 2, "norm": "group"}
-    with pytest.raises(RuntimeError, match=r"training process 0 of 2 failed: .*intra-op threads 2"):
-        run(cutouts, tmp_path, settings=settings, threads=2, on_epoch_end=report_threads)
+def test_each_process_gets_the_jobs_threads_even_after_threads_ran_in_the_job(tmp_path):
+    """`threads` are per training process (the train rule asks Slurm for threads x gpus CPUs),
+    and a job whose own process has run multi-threaded torch ops first still starts them: a
+    process forked from it would hang in its first multi-threaded op (libgomp is not
+    fork-safe). In a fresh interpreter, whose OpenMP threads this test controls."""
+    code = f"""
+import torch
+from pathlib import Path
+from training_helpers import report_threads, run, write_learnable_cutouts
+torch.set_num_threads(2)
+a = torch.randn(1000, 1000)
+(a @ a).add_(1).sum()  # OpenMP threads of this process have run
+root = Path({str(tmp_path)!r})
+try:
+    run((root, write_learnable_cutouts(root)), root / "work", settings={dict(SETTINGS, gpus=2)!r},
+        threads=2, on_epoch_end=report_threads)
+except RuntimeError as error:
+    print(error)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), str(REPO / "tests"), str(Path(__file__).parent)])}
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=env, timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"two training processes did not finish one tiny epoch in {HANG_S} s: hung")
+    assert "training process 0 of 2 failed: Interrupted: intra-op threads 2" in result.stdout, (
+        result.stdout[-2000:] + result.stderr[-4000:])
+
+
+def test_the_train_script_trains_data_parallel_as_a_snakemake_job(cutouts, tmp_path):
+    """scripts/train.py under Snakemake's `script:` with `gpus: 2`: each spawned process
+    imports the job's script again, which must not train again."""
+    root, manifest = cutouts
+    settings = {**SETTINGS, "gpus": 2}
+    (tmp_path / "Snakefile").write_text(f"""
+rule train:
+    input:
+        manifest={str(manifest)!r},
+    output:
+        model="models/{{model}}/model.pt",
+        history="models/{{model}}/history.csv",
+    log:
+        "logs/{{model}}.log",
+    threads: 1
+    params:
+        architecture="resnet18", settings={settings!r}, cutout_root={str(root)!r},
+        checkpoint_dir="checkpoints/{{model}}", seed=5, device="cpu", num_workers=0,
+    script:
+        {str(REPO / "scripts" / "train.py")!r}
+""")
+    result = subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
+         "--cores", "2", "models/m/model.pt"],
+        capture_output=True, text=True, env=environment(), timeout=HANG_S,
+    )  # fmt: skip
+    log = (tmp_path / "logs" / "m.log").read_text() if (tmp_path / "logs" / "m.log").exists() else ""
+    assert result.returncode == 0, result.stderr[-4000:] + log[-4000:]
+    assert log.count("launching 2 training processes") == 1, log
+    saved = torch.load(tmp_path / "models" / "m" / "model.pt", weights_only=True)
+    assert saved["settings"]["gpus"] == 2
+    assert pd.read_csv(tmp_path / "models" / "m" / "history.csv")["epoch"].tolist() == [1]
 
 
 def test_each_process_takes_its_share_of_every_global_batch():
