@@ -84,17 +84,23 @@ def _triple(value: Any, where: str) -> tuple[float, float, float]:
     return triple  # type: ignore[return-value]
 
 
+def is_local(path: str) -> bool:
+    """Whether a data path, after its format (``precomputed://``, ``zarr://``, ...), is a local
+    file (``file://`` or a plain path), which a link cannot name: only a server can show it."""
+    named = path.startswith("precomputed://") or path.count("://") > 1
+    rest = path.split("://", 1)[1] if named else path
+    return rest.startswith("file://") or "://" not in rest
+
+
 def served_source(em_path: str, local_url: str | None = DEFAULT_LOCAL_URL) -> str:
     """The EM path as a Neuroglancer data source: remote paths as they are (``precomputed://``
-    added when no format is named), a local one (``file://`` or a plain path) as the URL
-    ``local_url`` (None: :data:`DEFAULT_LOCAL_URL`) that serves it."""
-    local_url = local_url or DEFAULT_LOCAL_URL
-    rest = em_path[len("precomputed://"):] if em_path.startswith("precomputed://") else em_path
-    if rest.startswith("file://") or "://" not in rest:
-        return f"precomputed://{local_url.rstrip('/')}"
-    if em_path.startswith("precomputed://") or rest.count("://") > 1:
+    added when no format is named), a local one (:func:`is_local`) as the URL ``local_url``
+    (None: :data:`DEFAULT_LOCAL_URL`) that serves it."""
+    if is_local(em_path):
+        return f"precomputed://{(local_url or DEFAULT_LOCAL_URL).rstrip('/')}"
+    if em_path.startswith("precomputed://") or em_path.count("://") > 1:
         return em_path
-    return f"precomputed://{rest}"
+    return f"precomputed://{em_path}"
 
 
 def viewer_sources(

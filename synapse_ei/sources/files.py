@@ -81,8 +81,9 @@ def _check_segmentation_path(path: str | None) -> None:
     second one)."""
     if path is None:
         return
-    rest = path.split("://", 1)[1] if isinstance(path, str) and path.count("://") > 1 else path
-    if not isinstance(rest, str) or "://" not in rest or rest.startswith("file://"):
+    from synapse_ei.viewer import is_local  # only here: the query needs no viewer otherwise
+
+    if not isinstance(path, str) or is_local(path):
         raise DataError(
             f"dataset.files.segmentation_path: {path!r} is not a remote Neuroglancer source; "
             "give one such as 'precomputed://gs://bucket/seg' or "
