@@ -7,9 +7,10 @@ any-angle in-plane rotation, elastic deformation, section slip) are composed int
 grid per cutout and applied by a single bilinear ``grid_sample`` over the batch: every output
 pixel is interpolated once, however many ops are on. A cube's sections are the channels of that
 call, so they share the sample's in-plane grid (nothing mixes z, 40 nm, with the 4 nm plane); a
-slipped section is resampled from the input with its grid shifted. The pointwise ops
-(brightness/contrast, per-section intensity, Gaussian noise) are one fused affine map plus noise
-and one clamp; the blur is kornia's batched Gaussian with a sigma per sample.
+slipped section is resampled from the input with its grid shifted. The intensity ops
+(brightness/contrast, per-section intensity) are one affine map per section, applied before the
+resampling, so pixels moved in from outside stay mid-grey; then the noise and one clamp. The
+blur is kornia's batched Gaussian with a sigma per sample.
 
 Serial-section EM has defects a 2D library does not model: a section's brightness differs from
 its neighbours', a section slips a few pixels against the stack, a section is lost (the aligner
@@ -94,10 +95,11 @@ class BatchAugmentation:
     odds 1/2 each; rotation by any angle; elastic deformation of about a pixel (torchvision's
     field: uniform noise smoothed by a Gaussian of sigma ``min(5, (side - 1) / 8)`` px, alpha
     10 sigma) with odds 1/2; brightness and contrast factors in 1 +- 0.15 (contrast about each
-    section's mean); blur with sigma in [0.1, 1] px, odds 0.3; per-section contrast 1 +- 0.1
-    about mid-grey and brightness +- 0.05, odds 1/2; one section slipped by up to 3 whole pixels,
-    odds 0.3; one section lost (a neighbour's copy or blank mid-grey), odds 0.2; Gaussian noise
-    of sigma 0.03. Results are clipped to [0, 1]; pixels moved in from outside are mid-grey.
+    section's own mean, before a turn brings in mid-grey); blur with sigma in [0.1, 1] px, odds
+    0.3; per-section contrast 1 +- 0.1 about mid-grey and brightness +- 0.05, odds 1/2; one
+    section slipped by up to 3 whole pixels, odds 0.3; one section lost (a neighbour's copy or
+    blank mid-grey), odds 0.2; Gaussian noise of sigma 0.03. Results are clipped to [0, 1];
+    pixels moved in from outside are mid-grey (before the noise).
     Picklable, so DataLoader workers can run it.
     """
 
@@ -109,7 +111,7 @@ class BatchAugmentation:
         self.ops = frozenset(op for op in chosen if op in always or s > 0)
         if kind != "3d":
             self.ops -= set(SECTION_AUGMENTATIONS)
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._buffers: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return (f"BatchAugmentation({self.kind!r}, {sorted(self.ops)}, "
@@ -186,13 +188,17 @@ class BatchAugmentation:
 
     def apply(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
         """``x`` (N, 1, H, W) or (N, 1, D, H, W), raw uint8 or float in [0, 1], augmented with
-        the parameters ``draw``: a new float tensor in [0, 1] (``x`` is left as it was)."""
+        the parameters ``draw``: a new float tensor in [0, 1] (``x`` is left as it was).
+
+        The order: z flip (an exact reordering), the per-section affine map of the intensity
+        ops, one resampling, blur, lost sections, noise, one clip. Before a resampling the
+        values are centred on mid-grey, so the resampling's zero padding brings in mid-grey;
+        the noise's mean puts the centre back, in the same pass."""
         n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         planes = x.reshape(n, -1, height, width)  # a cube's sections as channels
         device = x.device
         # The large random fields (noise, elastic) are drawn where the batch is.
         fields = torch.Generator(device=device).manual_seed(draw.seed)
-        owned = False
         if bool(draw.flip_z.any()):
             # The z flip reorders whole sections, exactly; on raw uint8 it is a cheap copy.
             sections = planes.shape[1]
@@ -201,29 +207,44 @@ class BatchAugmentation:
             order += sections * torch.arange(n).view(n, 1)
             planes = planes.reshape(n * sections, height, width).index_select(
                 0, order.flatten().to(device)).view(n, sections, height, width)
-            owned = True
-        if planes.dtype == torch.uint8:
-            planes, owned = to_unit_range(planes), True
-        elif not owned:
-            planes = planes.clone()  # every later step works in place
-        out = _resample(planes, draw, fields) if self.ops & set(GEOMETRIC) else planes
+        unit = 1 / 255 if planes.dtype == torch.uint8 else 1.0
+        dtype = planes.dtype if planes.is_floating_point() else torch.float32
+        geometric = bool(self.ops & set(GEOMETRIC))
+        if geometric:
+            # Only the resampling reads this copy, so one buffer serves every batch. On the
+            # CPU a cube's sections go innermost, where grid_sample reads a corner's sections
+            # at once (its output is in the usual layout).
+            layout = (torch.channels_last if device.type == "cpu" and planes.shape[1] > 1
+                      else torch.contiguous_format)
+            values = self._buffer("input", planes.shape, dtype, device, layout)
+        else:
+            values = torch.empty(planes.shape, dtype=dtype, device=device)
+        values.copy_(planes)
+        centre = MID_GREY if geometric else 0.0
+        _intensity(values, draw, unit, centre)
+        out = _resample(values, draw, fields) if geometric else values
         blurred = _rows(draw.blur_sigma > 0, device)
         if len(blurred):
             sigma = draw.blur_sigma.to(device)[blurred]
             out[blurred] = gaussian_blur2d(out[blurred], BLUR_KERNEL,
                                            torch.stack([sigma, sigma], dim=1), "reflect")
-        _lose_sections(out, draw)
-        _pointwise(out, draw, fields, self._scratch(out) if draw.noise_sigma > 0 else None)
-        return out.reshape(x.shape)
+        _lose_sections(out, draw, MID_GREY - centre)
+        if draw.noise_sigma > 0:
+            noise = self._buffer("noise", out.shape, out.dtype, device)
+            out.add_(noise.normal_(centre, draw.noise_sigma, generator=fields))
+        elif centre:
+            out.add_(centre)
+        return out.clamp_(0.0, 1.0).reshape(x.shape)
 
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A reused buffer of ``like``'s shape for the noise: a fresh CPU allocation of a batch
-        of cubes (tens of MB) faults its pages in at every call and costs about as much as
-        drawing the noise itself."""
-        key = (like.shape, like.dtype, like.device)
-        if key not in self._buffers:
-            self._buffers = {key: torch.empty_like(like)}  # one at a time: shapes are fixed
-        return self._buffers[key]
+    def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device,
+                layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """A reused buffer, one per ``name``: a fresh CPU allocation of a batch of cubes (tens
+        of MB) faults its pages in at every call and costs about as much as filling it."""
+        key = (tuple(shape), dtype, device, layout)
+        if self._buffers.get(name, (None,))[0] != key:  # one at a time: shapes are fixed
+            self._buffers[name] = (key, torch.empty(shape, dtype=dtype, device=device,
+                                                    memory_format=layout))
+        return self._buffers[name][1]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_buffers": {}}
@@ -234,9 +255,9 @@ def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torch.Tensor:
-    """One bilinear resampling of (N, S, H, W) ``planes`` (changed: this owns them) through
-    each sample's composed grid: flips, rotation and elastic field shared by its sections, a
-    shift for a slipped section."""
+    """One bilinear resampling of (N, S, H, W) ``planes``, centred on mid-grey, through each
+    sample's composed grid: flips, rotation and elastic field shared by its sections, a shift
+    for a slipped section. Pixels from outside are 0: mid-grey once the centre is put back."""
     n, sections, height, width = planes.shape
     device = planes.device
     cos, sin = draw.angle.cos(), draw.angle.sin()
@@ -252,8 +273,6 @@ def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torc
     if len(deformed):
         grid[deformed] += _elastic_field(len(deformed), height, width, fields, device,
                                          planes.dtype)
-    # Sampling x - mid-grey with zero padding fills pixels from outside with mid-grey.
-    planes.sub_(MID_GREY)
     out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     slipped = _rows(draw.slip_section >= 0, device)
     if len(slipped):
@@ -266,7 +285,7 @@ def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torc
         moved = F.grid_sample(planes[slipped, section].unsqueeze(1), moved_grid, mode="bilinear",
                               padding_mode="zeros", align_corners=False)
         out[slipped, section] = moved[:, 0]
-    return out.add_(MID_GREY)
+    return out
 
 
 def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
@@ -285,8 +304,9 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
     return field.permute(0, 2, 3, 1)
 
 
-def _lose_sections(planes: torch.Tensor, draw: Draw) -> None:
-    """In place: each lost section becomes blank mid-grey or a copy of its neighbour."""
+def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
+    """In place: each lost section becomes ``blank`` (mid-grey in the values' frame) or a copy
+    of its neighbour."""
     lost = _rows(draw.missing_section >= 0, planes.device)
     if not len(lost):
         return
@@ -294,15 +314,16 @@ def _lose_sections(planes: torch.Tensor, draw: Draw) -> None:
     section = draw.missing_section[cpu_rows]
     step = draw.missing_step[cpu_rows]
     copies = planes[lost, (section + step).to(planes.device)]
-    blank = (step == 0).to(planes.device).view(-1, 1, 1)
-    planes[lost, section.to(planes.device)] = torch.where(blank, MID_GREY, copies)
+    is_blank = (step == 0).to(planes.device).view(-1, 1, 1)
+    planes[lost, section.to(planes.device)] = torch.where(is_blank, blank, copies)
 
 
-def _pointwise(planes: torch.Tensor, draw: Draw, fields: torch.Generator,
-               noise: torch.Tensor | None) -> None:
-    """In place: brightness, contrast about each section's mean and the per-section intensity
-    as one affine map ``x * scale + offset`` per section, then the noise, then one clip to
-    [0, 1] (torchvision clipped after each op; the difference is in the clipped tails)."""
+def _intensity(planes: torch.Tensor, draw: Draw, unit: float, centre: float) -> None:
+    """In place: ``planes`` (values ``unit`` apart, 1/255 for raw uint8) become the [0, 1]
+    image after brightness, contrast about each section's mean and the per-section intensity,
+    minus ``centre``, as one affine map ``x * scale + offset`` per section (one pass; none
+    where the map is the identity). torchvision clipped after each op; here the one clip
+    comes last, and the difference is in the clipped tails."""
     n, sections = planes.shape[:2]
     device, dtype = planes.device, planes.dtype
     brightness = draw.brightness.view(n, 1, 1, 1).to(device, dtype)
@@ -310,16 +331,14 @@ def _pointwise(planes: torch.Tensor, draw: Draw, fields: torch.Generator,
     scale = brightness * contrast
     offset = torch.zeros(n, 1, 1, 1, device=device, dtype=dtype)
     if bool((draw.contrast != 1).any()):
-        offset = brightness * planes.mean(dim=(-2, -1), keepdim=True) * (1 - contrast)
+        mean = planes.mean(dim=(-2, -1), keepdim=True) * unit
+        offset = brightness * mean * (1 - contrast)
     section_contrast = draw.section_contrast.view(n, sections, 1, 1).to(device, dtype)
-    scale = section_contrast * scale
+    scale = section_contrast * scale * unit
     offset = (section_contrast * offset + MID_GREY * (1 - section_contrast)
-              + draw.section_brightness.view(n, sections, 1, 1).to(device, dtype))
-    if bool((scale != 1).any()) or bool((offset != 0).any()):  # else skip two passes
+              + draw.section_brightness.view(n, sections, 1, 1).to(device, dtype) - centre)
+    if bool((scale != 1).any()) or bool((offset != 0).any()):
         planes.mul_(scale).add_(offset)
-    if draw.noise_sigma > 0 and noise is not None:
-        planes.add_(noise.normal_(generator=fields), alpha=draw.noise_sigma)
-    planes.clamp_(0.0, 1.0)
 
 
 def _beta(alpha: float) -> float:

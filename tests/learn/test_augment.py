@@ -305,3 +305,31 @@ def test_mix_batch_is_a_no_op_when_off():
     x, target = torch.rand(4, 1, 8, 8), one_hot(torch.tensor([0, 1, 0, 1]))
     out, mixed = mix_batch(x, target)
     assert out is x and mixed is target
+
+
+def test_pixels_from_outside_are_mid_grey_whatever_the_intensity_ops():
+    """A turn brings pixels in from outside the cutout: they are mid-grey, not a grey that the
+    brightness, contrast or a section's intensity then shifted."""
+    x = torch.full((6, 1, 4, 32, 32), 0.9)
+    augmentation = BatchAugmentation("3d", ["rotate", "intensity", "section_intensity"], 2.0)
+    draw = replace(augmentation.draw(x.shape, seeded(18)),
+                   angle=torch.full((6,), math.pi / 4))
+    assert (draw.brightness != 1).all() and (draw.section_contrast != 1).any()
+    out = augmentation.apply(x, draw)
+    torch.testing.assert_close(out[..., 0, 0], torch.full_like(out[..., 0, 0], MID_GREY))
+    inside = out[..., 16, 16]
+    assert (inside - MID_GREY).abs().min() > 0.1  # the content itself was changed
+
+
+def test_a_batch_is_not_changed_by_the_next_one():
+    """The augmentation reuses buffers between batches; what it returned stays as it was."""
+    augmentation = BatchAugmentation("3d", AUGMENTATIONS, 1.0)
+    first_input = torch.randint(0, 256, (3, 1, 4, 16, 16), dtype=torch.uint8,
+                                generator=seeded(19))
+    first = augmentation(first_input, seeded(20))
+    kept = first.clone()
+    augmentation(torch.randint(0, 256, first_input.shape, dtype=torch.uint8,
+                               generator=seeded(21)), seeded(22))
+    assert torch.equal(first, kept)
+    fresh = BatchAugmentation("3d", AUGMENTATIONS, 1.0)(first_input, seeded(20))
+    assert torch.equal(first, fresh)
