@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import math
+# As the training job runs (scripts/train.py); THP_MEM_ALLOC_ENABLE=0 measures without.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import numpy as np
 import pandas as pd
