@@ -312,7 +312,8 @@ def test_unlabelled_synapses_are_predicted_on_request(finished_run: Path):
                   "results/predict/cnn2d/neuroglancer.csv")
     predict = finished_run / "predict"
     synapses = pd.read_parquet(predict / "cnn2d" / "synapses.parquet")
-    neurons = pd.read_csv(predict / "cnn2d" / "neurons.csv")
+    # The CSV holds the exact float; pandas' default parser may read it 1 ulp off.
+    neurons = pd.read_csv(predict / "cnn2d" / "neurons.csv", float_precision="round_trip")
     typed = set(pd.read_parquet(finished_run / "query" / "cell_types.parquet")["pt_root_id"])
     assert len(synapses) > 0 and not set(synapses["pre_pt_root_id"]) & typed
     assert synapses["prob_inhibitory"].between(0, 1).all()
