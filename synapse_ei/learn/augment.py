@@ -9,8 +9,9 @@ pixel is interpolated once, however many ops are on. A cube's sections are the c
 call, so they share the sample's in-plane grid (nothing mixes z, 40 nm, with the 4 nm plane); a
 slipped section is resampled from the input with its grid shifted. The intensity ops
 (brightness/contrast, per-section intensity) are one affine map per section, applied before the
-resampling, so pixels moved in from outside stay mid-grey; then the noise and one clamp. The
-blur is kornia's batched Gaussian with a sigma per sample.
+resampling, so pixels moved in from outside stay mid-grey; then the noise (each sample's window
+of one pool of normals drawn for the batch) and one clamp. The blur is kornia's batched
+Gaussian with a sigma per sample.
 
 Serial-section EM has defects a 2D library does not model: a section's brightness differs from
 its neighbours', a section slips a few pixels against the stack, a section is lost (the aligner
@@ -84,7 +85,8 @@ class Draw:
     missing_section: torch.Tensor
     missing_step: torch.Tensor
     noise_sigma: float
-    seed: int  # of the device generator that draws the noise and the elastic fields
+    noise_offset: torch.Tensor  # (N,) where each sample's window starts in the batch's noise pool
+    seed: int  # of the device generator that draws the noise pool and the elastic fields
 
 
 class BatchAugmentation:
@@ -184,6 +186,7 @@ class BatchAugmentation:
             slip_section=slip_section, slip_shift=slip_shift, missing_section=missing_section,
             missing_step=missing_step, noise_sigma=0.03 * s if "noise" in ops else 0.0,
             seed=int(torch.randint(2**62, (), generator=g, dtype=torch.int64)),
+            noise_offset=torch.randint(math.prod(shape[1:]) + 1, (n,), generator=g),
         )
 
     def apply(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
@@ -230,8 +233,8 @@ class BatchAugmentation:
                                            torch.stack([sigma, sigma], dim=1), "reflect")
         _lose_sections(out, draw, MID_GREY - centre)
         if draw.noise_sigma > 0:
-            noise = self._buffer("noise", out.shape, out.dtype, device)
-            out.add_(noise.normal_(centre, draw.noise_sigma, generator=fields))
+            _add_noise(out, self._buffer("noise", (2 * out[0].numel(),), out.dtype, device),
+                       draw, centre, fields)
         elif centre:
             out.add_(centre)
         return out.clamp_(0.0, 1.0).reshape(x.shape)
@@ -302,6 +305,19 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
     sides = torch.tensor([width, height], device=device, dtype=dtype).view(1, 2, 1, 1)
     field = field * alpha / sides
     return field.permute(0, 2, 3, 1)
+
+
+def _add_noise(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
+               fields: torch.Generator) -> None:
+    """In place: Gaussian noise of mean ``centre`` and sigma ``draw.noise_sigma`` on every value
+    of ``out``. Each sample takes a window of a pool of twice its size, drawn anew for the batch,
+    at its own offset: a sample's values are independent normals, and a batch draws two samples'
+    worth of normals, not one per value of every sample (drawing them was the largest cost of a
+    CPU batch). Samples of a batch share values, each at its own shifted position."""
+    size = pool.numel() // 2
+    pool.normal_(centre, draw.noise_sigma, generator=fields)
+    for row, start in zip(out.view(len(out), size), draw.noise_offset.tolist()):
+        row.add_(pool[start:start + size])
 
 
 def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:

@@ -333,3 +333,19 @@ def test_a_batch_is_not_changed_by_the_next_one():
     assert torch.equal(first, kept)
     fresh = BatchAugmentation("3d", AUGMENTATIONS, 1.0)(first_input, seeded(20))
     assert torch.equal(first, fresh)
+
+
+def test_noise_is_independent_within_and_across_samples_and_replays():
+    x = torch.full((16, 1, 4, 64, 64), 0.5)
+    augmentation = only("noise")
+    noise = (augmentation(x, seeded(30)) - x).flatten(1)
+    assert noise.std().item() == pytest.approx(0.03, rel=0.03)
+    # No two samples share their noise at the same voxel, and neighbours are uncorrelated.
+    correlation = torch.corrcoef(noise)
+    off_diagonal = correlation[~torch.eye(len(noise), dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.1
+    first = noise[0]
+    assert abs(torch.corrcoef(torch.stack([first[:-1], first[1:]]))[0, 1]) < 0.04
+    torch.testing.assert_close(augmentation(x, seeded(30)) - x, noise.view(x.shape),
+                               rtol=0, atol=0)
+    assert not torch.equal(augmentation(x, seeded(31)) - x, noise.view(x.shape))
