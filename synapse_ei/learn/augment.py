@@ -45,6 +45,8 @@ AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SEC
 GEOMETRIC = ("flip", "rotate", "elastic", "section_slip")
 #: Kernel size of the ``blur`` op (torchvision's GaussianBlur(5) before the batched version).
 BLUR_KERNEL = 5
+#: The noise pool a batch draws, in samples' worth of values; each sample adds a window of it.
+NOISE_POOL_SAMPLES = 2
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +188,8 @@ class BatchAugmentation:
             slip_section=slip_section, slip_shift=slip_shift, missing_section=missing_section,
             missing_step=missing_step, noise_sigma=0.03 * s if "noise" in ops else 0.0,
             seed=int(torch.randint(2**62, (), generator=g, dtype=torch.int64)),
-            noise_offset=torch.randint(math.prod(shape[1:]) + 1, (n,), generator=g),
+            noise_offset=torch.randint((NOISE_POOL_SAMPLES - 1) * math.prod(shape[1:]) + 1, (n,),
+                                       generator=g),
         )
 
     def apply(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
@@ -233,8 +236,9 @@ class BatchAugmentation:
                                            torch.stack([sigma, sigma], dim=1), "reflect")
         _lose_sections(out, draw, MID_GREY - centre)
         if draw.noise_sigma > 0:
-            _add_noise(out, self._buffer("noise", (2 * out[0].numel(),), out.dtype, device),
-                       draw, centre, fields)
+            pool = self._buffer("noise", (NOISE_POOL_SAMPLES * out[0].numel(),), out.dtype,
+                                device)
+            _add_noise(out, pool, draw, centre, fields)
         elif centre:
             out.add_(centre)
         return out.clamp_(0.0, 1.0).reshape(x.shape)
@@ -310,11 +314,12 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
 def _add_noise(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
                fields: torch.Generator) -> None:
     """In place: Gaussian noise of mean ``centre`` and sigma ``draw.noise_sigma`` on every value
-    of ``out``. Each sample takes a window of a pool of twice its size, drawn anew for the batch,
-    at its own offset: a sample's values are independent normals, and a batch draws two samples'
-    worth of normals, not one per value of every sample (drawing them was the largest cost of a
-    CPU batch). Samples of a batch share values, each at its own shifted position."""
-    size = pool.numel() // 2
+    of ``out``. Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES` samples'
+    worth, drawn anew for the batch) that starts at its ``draw.noise_offset``: a sample's values
+    are independent normals, and a batch draws a few samples' worth of normals, not one per value
+    of every sample (drawing them was the largest cost of a CPU batch). Samples of a batch share
+    values, each at its own shifted position."""
+    size = out[0].numel()
     pool.normal_(centre, draw.noise_sigma, generator=fields)
     for row, start in zip(out.view(len(out), size), draw.noise_offset.tolist()):
         row.add_(pool[start:start + size])
