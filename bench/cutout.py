@@ -1,6 +1,7 @@
 """Cutout throughput: the workflow's chunk reader against the naive loop and the decode bound.
 
-Usage: ``python bench/cutout.py [--synapses 2000] [--naive-sample 100] [--rounds 2] [--dir DIR]``
+Usage: ``python bench/cutout.py [--synapses 2000] [--naive-sample 100] [--rounds 2]
+[--placement random|isolated] [--shape X Y Z] [--dir DIR]``
 
 On a local jpeg precomputed volume shaped like MICrONS mip 0 (8x8x40 nm, 128x128x16 chunks),
 built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x128x32) of
@@ -12,10 +13,18 @@ built once and cached under ``DIR``, cuts the MICrONS sizes (2D 256x256, 3D 128x
   ``reader="chunks"`` (``workflow_chunks``: cloud-volume's decoder in one thread);
 - ``(a) naive``: the same, but one cloud-volume read per synapse with no cache, on a random
   ``--naive-sample`` of the synapses (it decodes ~27 chunks per synapse; a rate needs no more);
-- ``(b) decode bound``: every chunk the shard's boxes touch, read and decoded exactly once, and
-  nothing else;
+- ``(b) decode bound``: every chunk the shard's patches and cubes touch, read and decoded exactly
+  once, and nothing else;
 - ``(w) write``: writing the same outputs from memory as cut_shard writes them (the shard's two
   TIFF stacks), the output's share of any cutout job.
+
+Placement: ``random`` (default) draws the synapses uniformly in the volume, so at the default
+2,000 synapses in 1,152 chunks neighbours share most chunks (0.58 chunk decodes per synapse) and the
+writes weigh as much as they ever can against the decoding. ``isolated`` puts one synapse, at a
+random position, in each 3x3x3-chunk cell of the volume, so no two share a chunk and each needs
+the ~16.6 chunks of a synapse in a training set drawn from the whole of MICrONS (BENCHMARKS.md,
+"Scale on paper"): the density a cluster-scale run cuts at. ``--synapses`` is then at most the
+number of cells.
 
 Each is run ``--rounds`` times, interleaved, and keeps its best wall and CPU time: on a shared
 machine the load of others comes and goes, and CPU seconds (this process, all threads) are the
@@ -37,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from synapse_ei.cutout.plan import cutout_boxes, plan_shards
+from synapse_ei.cutout.readers import distinct_chunks
 from synapse_ei.cutout.shard import cut_shard
 from synapse_ei.cutout.stacks import STACK_NAMES, start_stack
 from synapse_ei.cutout.volume import ChunkReader, open_volume, table_to_volume_voxels, volume_info
@@ -93,6 +103,31 @@ def random_synapses(n: int, shape: tuple[int, int, int], seed: int = 0) -> pd.Da
     })
 
 
+def isolated_synapses(n: int, shape: tuple[int, int, int], seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` synapses, one per 3x3x3-chunk cell, none sharing a chunk with another.
+
+    A cell spans 384x384x48 voxels; the box around the patch and the cube (256x256x32) starts at
+    a random voxel of the cell's first chunk, so it lies inside the cell and the patch and the
+    cube cross chunk borders as boxes placed at random do (~16.6 chunks a synapse).
+    """
+    cell = 3 * np.array(CHUNK)
+    extent = np.array([SIZE_2D[0], SIZE_2D[1], SIZE_3D[2]])  # the box around both, XYZ
+    counts = np.array(shape) // cell
+    if counts.min() < 1:
+        raise SystemExit(f"--shape {shape} holds no 3x3x3-chunk cell of {tuple(cell)} voxels")
+    cells = np.stack(np.meshgrid(*(np.arange(c) for c in counts), indexing="ij"), -1).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    cells = cells[rng.permutation(len(cells))[:n]]
+    start = np.array(OFFSET) + cells * cell + rng.integers(0, np.array(CHUNK), size=cells.shape)
+    centres = start + np.array([extent[0] // 2, extent[1] // 2, SIZE_3D[2] // 2])
+    return pd.DataFrame({
+        "id": np.arange(10**6, 10**6 + len(cells), dtype=np.int64),
+        "ctr_pt_position_x": centres[:, 0] * 2,
+        "ctr_pt_position_y": centres[:, 1] * 2,
+        "ctr_pt_position_z": centres[:, 2],
+    })
+
+
 def chunk_bytes(path: Path) -> float:
     """Mean size of a stored chunk file (bytes)."""
     sizes = [file.stat().st_size for file in (path / "8_8_40").iterdir()]
@@ -107,15 +142,17 @@ def timed(fn) -> tuple[float, float]:
 
 
 def needed_chunks(url: str, synapses: pd.DataFrame) -> tuple[ChunkReader, list]:
-    """A chunk reader and every chunk the synapses' union boxes touch."""
+    """A chunk reader and every chunk the synapses' patches and cubes touch."""
     vol = open_volume(url, 0)
     reader = ChunkReader(vol, volume_info(vol))
     centres = table_to_volume_voxels(
         synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy(),
         TABLE_RESOLUTION, RESOLUTION,
     )
-    start, stop = cutout_boxes(centres, SIZE_2D, SIZE_3D)["union"]
-    return reader, sorted({key for a, b in zip(start, stop) for key in reader.chunks_of(a, b)})
+    boxes = cutout_boxes(centres, SIZE_2D, SIZE_3D)
+    starts, stops = (np.concatenate([boxes[kind][end] for kind in ("patch", "cube")])
+                     for end in (0, 1))
+    return reader, distinct_chunks(reader, starts, stops)
 
 
 def write_only(out: Path, n: int) -> None:
@@ -143,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "load comes and goes)")
     parser.add_argument("--shape", type=int, nargs=3, default=(1536, 1536, 128),
                         help="volume size in voxels (XYZ)")
+    parser.add_argument("--placement", choices=("random", "isolated"), default="random",
+                        help="random: uniform in the volume (neighbours share chunks); isolated: "
+                        "one per 3x3x3-chunk cell, no chunk shared (a whole-MICrONS training set)")
     parser.add_argument("--threads", type=int, default=None,
                         help="chunk read threads (default: the workflow's, 1 for a local volume)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "synapse-ei-bench")
@@ -151,9 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
     shape = tuple(args.shape)
 
     built = time.perf_counter()
-    url = build_volume(args.dir / "em", shape)
+    em_dir = args.dir / f"em-{'x'.join(map(str, shape))}"  # one cached volume per shape
+    url = build_volume(em_dir, shape)
     print(f"volume {url} {shape} ready in {time.perf_counter() - built:.1f} s")
-    synapses = random_synapses(args.synapses, shape)
+    place = isolated_synapses if args.placement == "isolated" else random_synapses
+    synapses = place(args.synapses, shape)
     plan = plan_shards(synapses, 1)
     naive_plan = plan_shards(synapses.sample(n=min(args.naive_sample, len(synapses)),
                                              random_state=0), 1)
@@ -187,12 +229,14 @@ def main(argv: list[str] | None = None) -> dict:
             rounds[-1][name] = (wall, cpu)
 
     result: dict = {
-        "synapses": len(plan), "naive_sample": len(naive_plan), "volume_shape": list(shape),
+        "synapses": len(plan), "placement": args.placement, "naive_sample": len(naive_plan),
+        "volume_shape": list(shape),
         "rounds": args.rounds, "chunks_needed": len(needed),
         "workflow_reader": stats["reader"],
         "chunks_decoded_by_chunks_reader": chunk_stats["chunks_decoded"],
         "chunk_decodes_per_cpu_second": round(len(needed) / best["decode_bound"][1], 1),
-        "chunk_bytes_on_disk": chunk_bytes(args.dir / "em"),
+        "chunk_decodes_per_synapse": round(len(needed) / len(plan), 2),
+        "chunk_bytes_on_disk": chunk_bytes(em_dir),
     }
     bound_plus_write = [a + b for a, b in zip(best["decode_bound"], best["write"])]
     for index, clock in enumerate(("wall", "cpu")):
@@ -213,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
                 round(times["workflow"][index] / times["decode_bound"][index], 2)
                 for times in rounds],
         }
-    print(f"{result['synapses']} synapses, {len(needed)} chunks needed, "
+    print(f"{result['synapses']} synapses placed {args.placement}, {len(needed)} chunks needed "
+          f"({result['chunk_decodes_per_synapse']} per synapse), "
           f"{result['chunks_decoded_by_chunks_reader']} decoded by the chunks reader; workflow "
           f"reader {result['workflow_reader']!r} (naive: a sample of "
           f"{result['naive_sample']}); {result['chunk_decodes_per_cpu_second']} chunk decodes "

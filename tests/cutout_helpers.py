@@ -59,21 +59,24 @@ def stored(root: Path, row, kind: str) -> np.ndarray:
     return tifffile.imread(root / getattr(row, f"path_{kind}"))[getattr(row, "stack_index")]
 
 
-def _union_chunks(centres: np.ndarray, chunk=(64, 64, 16)) -> set:
-    """Grid indices of the chunks the union boxes (SIZE_2D patch + SIZE_3D cube) touch."""
-    half = np.array([max(SIZE_2D[0], SIZE_3D[0]) // 2, max(SIZE_2D[1], SIZE_3D[1]) // 2,
-                     SIZE_3D[2] // 2])
-    start = centres - np.array(OFFSET) - half
-    stop = start + np.array([max(SIZE_2D[0], SIZE_3D[0]), max(SIZE_2D[1], SIZE_3D[1]),
-                             SIZE_3D[2]])
-    first, last = start // np.array(chunk), (stop - 1) // np.array(chunk)
-    return {
-        (x, y, z)
-        for a, b in zip(first, last)
-        for x in range(a[0], b[0] + 1)
-        for y in range(a[1], b[1] + 1)
-        for z in range(a[2], b[2] + 1)
-    }
+def _needed_chunks(centres: np.ndarray, chunk=(64, 64, 16)) -> set:
+    """Grid indices of the chunks the synapses' SIZE_2D patches (their centre's section) and
+    SIZE_3D cubes touch: what a reader must read, not every chunk of the box around both."""
+    local = centres - np.array(OFFSET)
+    patch = np.array([SIZE_2D[0], SIZE_2D[1], 1])
+    patch_start = local - np.array([SIZE_2D[0] // 2, SIZE_2D[1] // 2, 0])
+    cube_start = local - np.array(SIZE_3D) // 2
+    needed = set()
+    for start, size in ((patch_start, patch), (cube_start, np.array(SIZE_3D))):
+        first, last = start // np.array(chunk), (start + size - 1) // np.array(chunk)
+        needed |= {
+            (x, y, z)
+            for a, b in zip(first, last)
+            for x in range(a[0], b[0] + 1)
+            for y in range(a[1], b[1] + 1)
+            for z in range(a[2], b[2] + 1)
+        }
+    return needed
 
 
 # ------------------------------------------------------------------------------ holes
@@ -108,7 +111,7 @@ def holey_volume(tmp_path_factory):
                            row.ctr_pt_position_z])
         if centre[0] - OFFSET[0] < SIZE_2D[0] // 2:
             expected[row.id] = "out_of_bounds"
-        elif _union_chunks(centre[None]) & set(HOLES):
+        elif _needed_chunks(centre[None]) & set(HOLES):
             expected[row.id] = "missing_chunk"
         elif SLAB[0] <= centre[2] - OFFSET[2] < SLAB[1]:  # the patch's section is blank
             expected[row.id] = "blank"

@@ -270,7 +270,7 @@ def bbox_text(start: np.ndarray, stop: np.ndarray) -> str:
 
 
 def cutout_extent(patch_size: np.ndarray, cube_size: np.ndarray) -> np.ndarray:
-    """XYZ voxels of the union box read per synapse: the patch and the cube around a centre."""
+    """XYZ voxels of the box around a synapse's patch and cube (both must lie in the volume)."""
     return np.maximum(np.array([patch_size[0], patch_size[1], 1]), cube_size)
 
 

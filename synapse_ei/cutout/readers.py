@@ -2,12 +2,17 @@
 description of the cutout readers (``cutout.reader``); the README, config/README.md and
 BENCHMARKS.md point here.
 
-:func:`read_shard` picks the reader and yields ``(k, crop)`` for the ``k``-th box of the
-shard, in the given (Morton) order; ``crop(start, stop)`` returns a part of the box as a
-C-contiguous (Z, Y, X) array, the TIFF page order. Every reader writes the same bytes (tested
-on jpeg, raw and gzip volumes, with holes).
+:func:`read_shard` picks the reader and yields ``(k, crop)`` for the ``k``-th synapse of the
+shard, in the given (Morton) order; ``crop(start, stop)`` returns the synapse's patch or cube
+as a C-contiguous (Z, Y, X) array, the TIFF page order. Every reader writes the same bytes
+(tested on jpeg, raw and gzip volumes, with holes).
 
-- ``chunks`` (:func:`iter_boxes`): every chunk the boxes touch is decoded once by cloud-volume's
+A synapse needs the chunks its patch or its cube touches, not every chunk of the box around
+both: that box's corners hold chunks neither reads (at the MICrONS sizes a synapse's patch and
+cube touch ~16.6 chunks on average, the box around them ~26.3: BENCHMARKS.md, "Scale on paper").
+Only those chunks are read, and only a missing one of those skips the synapse.
+
+- ``chunks`` (:func:`iter_boxes`): every chunk the synapses need is decoded once by cloud-volume's
   own decoder (:class:`~synapse_ei.cutout.volume.ChunkReader`, byte-identical to a ``vol[...]``
   read without its per-call overhead) and kept in a cache only until the last box that needs
   it. Chunks are decoded in waves, ``threads`` at a time (by default 1 for a local volume:
@@ -27,8 +32,9 @@ on jpeg, raw and gzip volumes, with holes).
 - ``auto`` (the default): ``tensorstore`` where that check finds every needed chunk readable on
   an unsharded volume (it was measured faster, bench/cutout.py), ``chunks`` elsewhere; the
   shard's ``stats.json`` says which ran (``"auto: tensorstore"``).
-- ``per_synapse`` (:func:`_read_box`): one cloud-volume read per synapse, no cache; the
-  reference the others are tested and benchmarked against (not a config choice).
+- ``per_synapse`` (:func:`_read_boxes`): one cloud-volume read of the patch and one of the
+  cube per synapse, no cache; the reference the others are tested and benchmarked against (not
+  a config choice).
 
 With any reader, a chunk that exists but cannot be decoded stops the shard with a
 :class:`~synapse_ei.errors.DataError` naming its file and a synapse whose box needs it (a
@@ -124,27 +130,52 @@ def _skip_crop(reason: str, detail: str) -> Crop:
     return crop
 
 
-def _read_box(
-    vol: Any, info: VolumeInfo, start: np.ndarray, stop: np.ndarray, synapse_id: Any
+#: A synapse's boxes to read: ``[(patch_start, patch_stop), (cube_start, cube_stop)]``, each an
+#: (N, 3) XYZ array over the shard's synapses in reading order.
+Parts = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def _box_key(start: np.ndarray, stop: np.ndarray) -> tuple[int, ...]:
+    return (*map(int, start), *map(int, stop))
+
+
+def _read_boxes(
+    vol: Any, info: VolumeInfo, boxes: Sequence[tuple[np.ndarray, np.ndarray]], synapse_id: Any
 ) -> Crop:
-    """Crops of the XYZ box ``[start, stop)``, read with one cloud-volume call."""
-    try:
-        cutout = vol[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
-    except cv_exceptions.EmptyVolumeException as error:
-        return _skip_crop(MISSING_CHUNK, f"chunk(s) missing in {error}")
-    except Exception as error:  # cloud-volume re-raises the codec's own error type
-        raise _corrupt_chunk_error(info, None, synapse_id, start, stop, error) from error
-    return _crop_of(np.asarray(cutout)[..., 0], start)
-
-
-def _crop_of(box: np.ndarray, origin: np.ndarray) -> Crop:
-    """Crops out of ``box``, an (X, Y, Z) array whose first voxel is ``origin``."""
+    """Crops of the XYZ boxes ``[(start, stop), ...]`` of one synapse, each read with one
+    cloud-volume call."""
+    arrays = {}
+    for start, stop in boxes:
+        try:
+            cutout = vol[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+        except cv_exceptions.EmptyVolumeException as error:
+            return _skip_crop(MISSING_CHUNK, f"chunk(s) missing in {error}")
+        except Exception as error:  # cloud-volume re-raises the codec's own error type
+            raise _corrupt_chunk_error(info, None, synapse_id, start, stop, error) from error
+        arrays[_box_key(start, stop)] = np.asarray(cutout)[..., 0]
 
     def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-        lo, hi = start - origin, stop - origin
-        return np.ascontiguousarray(box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].T)
+        return np.ascontiguousarray(arrays[_box_key(start, stop)].T)
 
     return crop
+
+
+def _bounding(parts: Parts) -> tuple[np.ndarray, np.ndarray]:
+    """The XYZ box around each synapse's parts (what messages name)."""
+    return (np.minimum.reduce([np.asarray(start) for start, _ in parts]),
+            np.maximum.reduce([np.asarray(stop) for _, stop in parts]))
+
+
+def _box_needs(reader: ChunkReader, parts: Parts) -> list[list[tuple[int, int, int]]]:
+    """Per synapse, the chunks its parts (patch, cube) touch, once each, sorted."""
+    return [sorted({key for start, stop in parts for key in reader.chunks_of(start[k], stop[k])})
+            for k in range(len(parts[0][0]))]
+
+
+def _all_boxes(parts: Parts) -> tuple[np.ndarray, np.ndarray]:
+    """Every part of every synapse as one list of boxes (for :func:`distinct_chunks`)."""
+    return (np.concatenate([np.asarray(start) for start, _ in parts]),
+            np.concatenate([np.asarray(stop) for _, stop in parts]))
 
 
 def read_shard(
@@ -158,8 +189,9 @@ def read_shard(
     threads: int | None = None,
 ) -> tuple[str, ChunkReader, Iterator[tuple[int, Crop]]]:
     """Read a shard's boxes with ``reader`` (one of :data:`READERS`, as the module docstring
-    describes them): ``boxes`` holds the ``(start, stop)`` XYZ arrays of the ``patch``, ``cube``
-    and ``union`` of each synapse, in reading order, ``ids`` its synapse ids (for messages).
+    describes them): ``boxes`` holds the ``(start, stop)`` XYZ arrays of the ``patch`` and the
+    ``cube`` of each synapse (any other key is ignored), in reading order, ``ids`` its synapse
+    ids (for messages). Only the chunks a patch or a cube touches are read.
 
     Returns the reader that runs (what ``auto`` chose), the shard's :class:`ChunkReader`
     (``decodes`` counts the chunks the ``chunks`` reader decoded) and the iterator of ``(k,
@@ -167,29 +199,25 @@ def read_shard(
     box ``k``. ``threads`` is the number of decoding threads (tensorstore) or reads in flight
     (chunks); None means the reader's default.
     """
-    union_start, union_stop = boxes["union"]
+    parts = [boxes["patch"], boxes["cube"]]
     chunk_reader = ChunkReader(vol, info)
     holes: dict[int, str] = {}  # auto takes tensorstore only where no chunk is missing
     if reader == "auto":
-        reader = _pick_reader(chunk_reader, union_start, union_stop)
+        reader = _pick_reader(chunk_reader, parts)
     elif reader == "tensorstore":
-        holes = _tensorstore_holes(chunk_reader, union_start, union_stop, ids)
+        holes = _tensorstore_holes(chunk_reader, parts, ids)
+    per_box = [[(start[k], stop[k]) for start, stop in parts] for k in range(len(ids))]
     if reader == "tensorstore":
         view = open_tensorstore(info, lru_bytes,
                                 threads if threads is not None else len(os.sched_getaffinity(0)))
-        (patch_start, patch_stop), (cube_start, cube_stop) = boxes["patch"], boxes["cube"]
-        per_box = [[(patch_start[k], patch_stop[k]), (cube_start[k], cube_stop[k])]
-                   for k in range(len(ids))]
         crops = iter_tensorstore_boxes(view, per_box, ids, info.path, holes=holes,
                                        chunk_reader=chunk_reader)
     elif reader == "chunks":
         if threads is None:
             threads = 1 if info.path.startswith("file://") else DEFAULT_READ_THREADS
-        crops = iter_boxes(chunk_reader, union_start, union_stop, ids, cache_bytes=lru_bytes,
-                           threads=threads)
+        crops = iter_boxes(chunk_reader, parts, ids, cache_bytes=lru_bytes, threads=threads)
     else:
-        crops = ((k, _read_box(vol, info, union_start[k], union_stop[k], ids[k]))
-                 for k in range(len(ids)))
+        crops = ((k, _read_boxes(vol, info, per_box[k], ids[k])) for k in range(len(ids)))
     return reader, chunk_reader, crops
 
 
@@ -279,17 +307,17 @@ def _decode_wave(
 
 def iter_boxes(
     reader: ChunkReader,
-    starts: np.ndarray,
-    stops: np.ndarray,
+    parts: Parts,
     ids: Sequence[Any],
     *,
     cache_bytes: int = DEFAULT_LRU_BYTES,
     threads: int = DEFAULT_READ_THREADS,
 ) -> Iterator[tuple[int, Crop]]:
-    """Yield ``(k, crop)`` for every XYZ box ``[starts[k], stops[k])``, in the given order:
-    the ``chunks`` reader of the module docstring.
+    """Yield ``(k, crop)`` for every synapse ``k``, in the given order, whose XYZ boxes are
+    ``[start[k], stop[k])`` for each ``(start, stop)`` of ``parts``: the ``chunks`` reader of
+    the module docstring.
 
-    ``crop(start, stop)`` copies any part of box ``k`` out of the decoded chunks as a
+    ``crop(start, stop)`` copies any of synapse ``k``'s boxes out of the decoded chunks as a
     C-contiguous (Z, Y, X) array. It holds the chunks it needs, so it stays valid after later
     items (another thread may call it), at the cost of their memory. Chunks are decoded in
     waves of at most ``4 * threads`` new chunks, ``threads`` at a time, into a cache of at
@@ -297,8 +325,8 @@ def iter_boxes(
     :class:`SkippedSynapse`; a chunk that exists but cannot be decoded raises
     :class:`DataError` naming its file and the first synapse (from ``ids``) whose box needs it.
     """
-    starts, stops = np.asarray(starts), np.asarray(stops)
-    needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
+    needs = _box_needs(reader, parts)
+    starts, stops = _bounding(parts)
     chunk_bytes = int(np.prod(reader.chunk_size)) * np.dtype(reader.info.dtype).itemsize
     cache = _ChunkCache(needs, max(int(cache_bytes) // chunk_bytes,
                                    max((len(keys) for keys in needs), default=1)))
@@ -330,7 +358,7 @@ def _missing_detail(reader: ChunkReader, keys: Sequence[tuple]) -> str:
 
 def _chunk_crop(dtype: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]]) -> Crop:
     """Crops assembled straight from decoded ``(origin, chunk)`` pairs (only the voxels asked
-    for). Plain ints: a crop visits ~27 chunks, and numpy's per-call cost on 3-vectors would
+    for). Plain ints: a crop visits up to 17 chunks, and numpy's per-call cost on 3-vectors would
     outweigh the copying."""
 
     def crop(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
@@ -365,20 +393,18 @@ def distinct_chunks(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) 
     return [(int(x), int(y), int(z)) for x, y, z in np.unique(keys, axis=0)]
 
 
-def _tensorstore_misreads(
-    reader: ChunkReader, starts: np.ndarray, stops: np.ndarray
-) -> dict[tuple, str]:
-    """The chunks the boxes need that tensorstore would read as zeros without an error:
-    ``{chunk: "missing" | "gzip"}`` (cloud-volume's default ``.gz`` raw chunks)."""
-    return missing_chunks(reader, distinct_chunks(reader, starts, stops))
+def _tensorstore_misreads(reader: ChunkReader, parts: Parts) -> dict[tuple, str]:
+    """The chunks the synapses' boxes need that tensorstore would read as zeros without an
+    error: ``{chunk: "missing" | "gzip"}`` (cloud-volume's default ``.gz`` raw chunks)."""
+    return missing_chunks(reader, distinct_chunks(reader, *_all_boxes(parts)))
 
 
-def _pick_reader(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> str:
+def _pick_reader(reader: ChunkReader, parts: Parts) -> str:
     """The reader ``auto`` means for these boxes: tensorstore, which decodes in its own threads
     (measured faster, bench/cutout.py), wherever it reads every needed chunk as stored."""
     if reader.sharded:
         return "chunks"
-    misreads = _tensorstore_misreads(reader, starts, stops)
+    misreads = _tensorstore_misreads(reader, parts)
     if misreads:
         log.info("cutout reader: chunks, since tensorstore would read %d chunk(s) as zeros "
                  "(missing or gzip-compressed)", len(misreads))
@@ -386,18 +412,17 @@ def _pick_reader(reader: ChunkReader, starts: np.ndarray, stops: np.ndarray) -> 
     return "tensorstore"
 
 
-def _tensorstore_holes(
-    reader: ChunkReader, starts: np.ndarray, stops: np.ndarray, ids: Sequence[Any]
-) -> dict[int, str]:
+def _tensorstore_holes(reader: ChunkReader, parts: Parts, ids: Sequence[Any]) -> dict[int, str]:
     """The boxes (by position) that need a missing chunk, each with its manifest detail:
     tensorstore would read those chunks as zeros, so their synapses are skipped as
     ``missing_chunk`` without a read. Refuses, naming the first synapse that needs one, boxes
     that need a chunk stored as cloud-volume's gzip-compressed ``.gz`` file, which tensorstore
     would also read as zeros although the data is there."""
-    misreads = _tensorstore_misreads(reader, starts, stops)
+    misreads = _tensorstore_misreads(reader, parts)
     if not misreads:
         return {}
-    needs = [reader.chunks_of(start, stop) for start, stop in zip(starts, stops)]
+    needs = _box_needs(reader, parts)
+    starts, stops = _bounding(parts)
     gzipped = {key for key, why in misreads.items() if why == "gzip"}
     if gzipped:
         k = next(k for k, keys in enumerate(needs) if gzipped & set(keys))

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: Synapses handed to the writer thread and not yet written. Enough for the reader to decode
 #: the next chunks while the writer cuts (4 left the reader waiting: 1.3x slower, measured
 #: with bench/cutout.py); few enough to bound the memory in flight, since each holds the decoded
-#: chunks its crops need (at most ~27 chunks of 256 kB for a MICrONS-sized union box).
+#: chunks its crops need (at most 17 chunks of 256 kB for a MICrONS-sized patch and cube).
 _WRITES_IN_FLIGHT = 32
 
 

@@ -19,7 +19,7 @@ from cutout_helpers import (
     SIZE_2D,
     SIZE_3D,
     stored,
-    _union_chunks,
+    _needed_chunks,
 )
 from synapse_ei.cutout.gather import gather
 from synapse_ei.cutout.manifest import MANIFEST_COLUMNS
@@ -140,9 +140,40 @@ def test_each_chunk_is_decoded_once_per_shard(raw_volume, tmp_path, monkeypatch)
     stats = cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D, SIZE_3D,
                       tmp_path / "shards" / "000", threads=3)
     centres = synapses[["ctr_pt_position_x", "ctr_pt_position_y", "ctr_pt_position_z"]].to_numpy()
-    needed = _union_chunks(centres // np.array([2, 2, 1]))
+    needed = _needed_chunks(centres // np.array([2, 2, 1]))
     assert sorted(decoded) == sorted(needed)  # every needed chunk, each exactly once
     assert stats["chunks_decoded"] == len(needed) < len(synapses)
+
+
+def test_a_synapse_reads_only_the_chunks_its_patch_and_cube_touch(tmp_path, monkeypatch):
+    # At local (68, 100, 16) the patch (12 wide, section 16) crosses x = 64 and the cube (8 wide,
+    # 4 deep) crosses z = 16 only, so chunk (0, 1, 0) is in the box around both but in neither:
+    # with its file gone the synapse is still cut, by every reader, and nothing reads it.
+    path, data, _ = make_volume(tmp_path, "corner", data=volume_data(seed=13), compress=False,
+                                with_mip1=False)
+    local = np.array([68, 100, 16])
+    (tmp_path / "corner" / "8_8_40" / _chunk_file(0, 1, 0)).unlink()
+    synapses = make_synapses((np.array(OFFSET) + local)[None])
+    assert _needed_chunks(synapses[CTR_COLUMNS].to_numpy() // np.array([2, 2, 1])) == {
+        (0, 1, 1), (1, 1, 1), (1, 1, 0)}
+    decoded = []
+    original = ChunkReader.read
+    monkeypatch.setattr(ChunkReader, "read", lambda self, key: decoded.append(key)
+                        or original(self, key))
+    cx, cy, cz = SIZE_3D
+    x, y, z = local - np.array(SIZE_3D) // 2
+    for reader in ("chunks", "tensorstore", "per_synapse", "auto"):
+        decoded.clear()
+        out = tmp_path / reader / "shards" / "000"
+        stats = cut_shard(plan_shards(synapses, 1), 0, path, 0, TABLE_RESOLUTION, SIZE_2D,
+                          SIZE_3D, out, reader=reader)
+        assert stats["written"] == 1 and stats["skipped"] == {}, reader
+        row = next(pd.read_parquet(out / "manifest.parquet").itertuples())
+        np.testing.assert_array_equal(stored(tmp_path / reader, row, "3d"),
+                                      data[x : x + cx, y : y + cy, z : z + cz].transpose(2, 1, 0))
+        if reader == "chunks":
+            assert sorted(decoded) == [(0, 1, 1), (1, 1, 0), (1, 1, 1)]
+    assert stats["reader"] == "auto: tensorstore"  # no chunk it needs is missing
 
 
 def test_a_small_chunk_cache_rereads_but_writes_the_same_bytes(raw_volume, tmp_path):
@@ -294,7 +325,7 @@ def test_a_corrupt_chunk_names_the_chunk_file_and_a_synapse(tmp_path):
                              data=volume_data(smooth=True), with_mip1=False)
     synapses = make_synapses(random_centres(8, seed=9))
     centres = synapses[CTR_COLUMNS].to_numpy() // np.array([2, 2, 1])
-    hole = sorted(_union_chunks(centres[:1]))[0]
+    hole = sorted(_needed_chunks(centres[:1]))[0]
     chunk = tmp_path / "broken" / "8_8_40" / _chunk_file(*hole)
     content = chunk.read_bytes()
     chunk.write_bytes(content[: len(content) // 2])  # a download cut short
@@ -311,7 +342,7 @@ def test_a_corrupt_chunk_names_the_chunk_file_and_a_synapse(tmp_path):
                 message)
         synapse_id = int(message.split("synapse id ")[1].split(" ")[0])
         position = centres[synapses["id"].to_numpy() == synapse_id]
-        assert hole in _union_chunks(position), reader
+        assert hole in _needed_chunks(position), reader
     # cloud-volume's default gzip-compressed raw chunks: a .gz cut short is named too.
     path, _, _ = make_volume(tmp_path, "gzip", with_mip1=False)
     chunk = tmp_path / "gzip" / "8_8_40" / (_chunk_file(*hole) + ".gz")
