@@ -18,12 +18,22 @@ the machine's GPUs): ``--batch-size`` samples per GPU (the global batch grows wi
 ``--steps`` steps an epoch, two epochs; the second epoch's samples/s of the history, the
 speed-up over one GPU and the efficiency (speed-up / N). ``--device cpu --gpus 2`` runs it with
 CPU processes (gloo), to check the script; those numbers mean nothing either.
+
+``--augment-cost`` instead times the training augmentations alone on the device, side by side
+on one batch of ``--batch-size`` raw uint8 cutouts of each kind already there: the batched
+:class:`~synapse_ei.learn.augment.BatchAugmentation` (the default ops), the per-sample
+torchvision path it replaced (bench/loader.py's reference) and one ``grid_sample`` (the floor),
+milliseconds a batch (median of ``--steps`` calls after ``--warmup``), and how many times one
+batched call waits for the GPU (CUDA's sync debug mode counts them).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
+import statistics
 import shutil
 import sys
 import tempfile
@@ -31,7 +41,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from synapse_ei.learn.augment import AUGMENTATIONS, BatchAugmentation, SECTION_AUGMENTATIONS
 from synapse_ei.learn.dataset import CutoutDataset, make_loader
 from synapse_ei.learn.device import to_device
 from synapse_ei.learn.models import build_model, input_kind
@@ -39,7 +51,7 @@ from synapse_ei.learn.train import train_image_model
 from synapse_ei.learn.transforms import build_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
-from loader import write_cutouts  # noqa: E402
+from loader import PerSampleReference, SHAPES, write_cutouts  # noqa: E402
 
 
 def measure(model_name: str, manifest, root: Path, args) -> dict:
@@ -90,32 +102,136 @@ def measure(model_name: str, manifest, root: Path, args) -> dict:
             "peak_memory_gib": None if peak is None else round(peak, 2)}
 
 
+def measure_augment(kind: str, args) -> dict:
+    """Milliseconds a batch of the augmentations alone on the device (see the module's doc)."""
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (args.batch_size, 1, *SHAPES[kind]), dtype=torch.uint8,
+                      generator=generator).to(device)
+    batched = build_transforms(kind, train=True)
+    reference = PerSampleReference(kind)
+
+    def one_grid_sample(batch: torch.Tensor) -> torch.Tensor:
+        n, height, width = len(batch), batch.shape[-2], batch.shape[-1]
+        angle = ((torch.rand(n, generator=generator) * 2 - 1) * math.pi).to(device)
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n, device=device)
+        theta = torch.stack([torch.stack([cos, sin, zero], 1),
+                             torch.stack([-sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+        return F.grid_sample(batch.float().div_(255).reshape(n, -1, height, width), grid,
+                             mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    paths = {"batched": batched, "per-sample": reference, "one grid_sample": one_grid_sample}
+    times = {name: [] for name in paths}
+    for call in range(args.warmup + args.steps):
+        for name, path in paths.items():  # interleaved, so drifting clocks hit each alike
+            sync()
+            started = time.perf_counter()
+            path(x)
+            sync()
+            if call >= args.warmup:
+                times[name].append(1000 * (time.perf_counter() - started))
+    row = {f"{name}_ms": round(statistics.median(t), 3) for name, t in times.items()}
+    row["per_sample_over_batched"] = round(row["per-sample_ms"] / row["batched_ms"], 2)
+    row["batched_over_floor"] = round(row["batched_ms"] / row["one grid_sample_ms"], 2)
+    if device.type == "cuda":
+        every_op = [n for n in AUGMENTATIONS if kind == "3d" or n not in SECTION_AUGMENTATIONS]
+        for label, augment in (("", batched), ("_every_op", BatchAugmentation(kind, every_op))):
+            try:
+                row.update({f"{key}{label}": value
+                            for key, value in count_gpu_waits(augment, x).items()})
+            except Exception as error:  # noqa: BLE001 -- keep the timings whatever this hits
+                row[f"gpu_waits_error{label}"] = repr(error)
+    return row
+
+
+def count_gpu_waits(function, x: torch.Tensor) -> dict:
+    """How many times ``function(x)`` makes the host wait for the GPU (after a first call, which
+    allocates), and where."""
+    import warnings
+    function(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            function(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"gpu_waits_per_batched_call": len(waits),
+            "gpu_waits_where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in waits})}
+
+
+def report_augment(results: dict, args) -> None:
+    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"{device}: the default training augmentations alone, a batch of {args.batch_size} "
+          f"raw uint8 cutouts on the device, ms a batch (median of {args.steps}):")
+    for kind, row in results.items():
+        waits = row.get("gpu_waits_per_batched_call")
+        print(f"  {kind}  batched {row['batched_ms']:8.2f}  per-sample {row['per-sample_ms']:8.2f}"
+              f"  one grid_sample {row['one grid_sample_ms']:8.2f}  per-sample/batched "
+              f"{row['per_sample_over_batched']:.1f}x  batched/floor "
+              f"{row['batched_over_floor']:.2f}x"
+              + ("" if waits is None else f"  GPU waits {waits} {row['gpu_waits_where']}, "
+                 f"every op {row.get('gpu_waits_per_batched_call_every_op')} "
+                 f"{row.get('gpu_waits_where_every_op')}"))
+
+
 def process_counts(available: int) -> list[int]:
     """1, 2, 4, ... up to ``available``, and ``available`` itself."""
     counts = [n for n in (2 ** k for k in range(available.bit_length())) if n <= available]
     return sorted(set(counts) | {available})
 
 
+def second_epoch_rate(train, model_name: str, manifest, root: Path, work: Path, gpus: int,
+                      args) -> float:
+    """Training samples/s of the second of two epochs of ``train`` (a ``train_image_model``),
+    ``--steps`` batches of ``--batch-size`` per GPU an epoch."""
+    manifest.assign(split=["val" if i % 8 == 0 else "train" for i in range(len(manifest))]
+                    ).to_parquet(root / "manifest.parquet", index=False)
+    settings = {"architecture": model_name, "epochs": 2, "batch_size": args.batch_size * gpus,
+                "samples_per_epoch": args.steps * args.batch_size * gpus, "gpus": gpus,
+                "augment_on": args.augment_on, "learning_rate": 1e-4}
+    history = train(root / "manifest.parquet", root, model_name, settings, work / "out",
+                    work / "ckpt", seed=0, device=args.device, num_workers=args.workers,
+                    threads=max(1, args.workers))
+    return round(float(history["samples_per_second"].iloc[-1]), 1)
+
+
 def measure_ddp(model_name: str, manifest, root: Path, args) -> dict:
     """Samples/s of the training's second epoch on 1, 2, 4, ... GPUs; speed-up and efficiency."""
     available = args.gpus or torch.cuda.device_count()
-    split = manifest.assign(split=["val" if i % 8 == 0 else "train" for i in range(len(manifest))])
-    split.to_parquet(root / "manifest.parquet", index=False)
     rows = {}
     for n in process_counts(available):
-        settings = {"architecture": model_name, "epochs": 2, "batch_size": args.batch_size * n,
-                    "samples_per_epoch": args.steps * args.batch_size * n, "gpus": n,
-                    "augment_on": args.augment_on, "learning_rate": 1e-4}
-        work = root / f"{model_name}-{n}"
-        history = train_image_model(root / "manifest.parquet", root, model_name, settings,
-                                    work / "out", work / "ckpt", seed=0, device=args.device,
-                                    num_workers=args.workers, threads=max(1, args.workers))
-        rows[n] = {"samples_per_second": round(float(history["samples_per_second"].iloc[-1]), 1)}
+        rows[n] = {"samples_per_second": second_epoch_rate(
+            train_image_model, model_name, manifest, root, root / f"{model_name}-{n}", n, args)}
     one = rows[1]["samples_per_second"]
     for n, row in rows.items():
         row["speedup"] = round(row["samples_per_second"] / one, 2)
         row["efficiency"] = round(row["speedup"] / n, 2)
     return {"kind": input_kind(model_name), "gpus": rows}
+
+
+def measure_loop(model_name: str, manifest, root: Path, args) -> dict:
+    """The training loop of this tree against the ``learn/train.py`` of another version
+    (``--loop-against``), one GPU, two rounds in alternating order: second-epoch samples/s."""
+    spec = importlib.util.spec_from_file_location("train_other", args.loop_against)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other  # its dataclasses look their module up there
+    spec.loader.exec_module(other)
+    versions = {"this": train_image_model, "other": other.train_image_model}
+    rates = {name: [] for name in versions}
+    for round_ in range(2):
+        for name in (list(versions) if round_ == 0 else list(versions)[::-1]):
+            rates[name].append(second_epoch_rate(versions[name], model_name, manifest, root,
+                                                 root / f"{model_name}-{name}-{round_}", 1, args))
+    return {"kind": input_kind(model_name), "samples_per_second": rates,
+            "this_over_other": round(max(rates["this"]) / max(rates["other"]), 3)}
 
 
 def report_ddp(results: dict, args) -> None:
@@ -144,16 +260,38 @@ def main(argv: list[str] | None = None) -> dict:
                         help="measure data-parallel scaling over 1, 2, 4, ... GPUs instead")
     parser.add_argument("--gpus", type=int, default=None,
                         help="with --ddp: the most GPUs (processes) to use (default: all)")
+    parser.add_argument("--augment-cost", action="store_true",
+                        help="time the augmentations alone on the device instead")
+    parser.add_argument("--loop-against", type=Path, default=None,
+                        help="time the training loop against this other version of "
+                             "synapse_ei/learn/train.py instead (one GPU)")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
+    if args.augment_cost:
+        results = {kind: measure_augment(kind, args) for kind in SHAPES}
+        report_augment(results, args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return results
 
     root = Path(tempfile.mkdtemp(prefix="synapse-ei-train-", dir=args.dir))
     try:
         manifest = write_cutouts(root, args.cutouts)
-        bench = measure_ddp if args.ddp else measure
+        bench = (measure_loop if args.loop_against else measure_ddp if args.ddp
+                 else measure)
         results = {name: bench(name, manifest, root, args) for name in args.models}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.loop_against:
+        print(f"training loop, one {args.device} device, this tree against {args.loop_against}, "
+              f"second epoch of {args.steps} batches of {args.batch_size}:")
+        for name, row in results.items():
+            print(f"  {name:<12} this {row['samples_per_second']['this']}  other "
+                  f"{row['samples_per_second']['other']} samples/s  best this/other "
+                  f"{row['this_over_other']:.3f}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return results
     if args.ddp:
         report_ddp(results, args)
         if args.json:

@@ -212,7 +212,7 @@ class BatchAugmentation:
             order[draw.flip_z] = order[draw.flip_z].flip(1)
             order += sections * torch.arange(n).view(n, 1)
             planes = planes.reshape(n * sections, height, width).index_select(
-                0, order.flatten().to(device)).view(n, sections, height, width)
+                0, _on(order.flatten(), device)).view(n, sections, height, width)
         unit = 1 / 255 if planes.dtype == torch.uint8 else 1.0
         dtype = planes.dtype if planes.is_floating_point() else torch.float32
         geometric = bool(self.ops & set(GEOMETRIC))
@@ -229,11 +229,13 @@ class BatchAugmentation:
         centre = MID_GREY if geometric else 0.0
         _intensity(values, draw, unit, centre)
         out = _resample(values, draw, fields) if geometric else values
-        blurred = _rows(draw.blur_sigma > 0, device)
+        blurred = torch.nonzero(draw.blur_sigma > 0).flatten()
         if len(blurred):
-            sigma = draw.blur_sigma.to(device)[blurred]
-            out[blurred] = gaussian_blur2d(out[blurred], BLUR_KERNEL,
-                                           torch.stack([sigma, sigma], dim=1), "reflect")
+            # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
+            sigma = draw.blur_sigma[blurred]
+            rows = _on(blurred, device)
+            out[rows] = gaussian_blur2d(out[rows], BLUR_KERNEL,
+                                        torch.stack([sigma, sigma], dim=1), "reflect")
         _lose_sections(out, draw, MID_GREY - centre)
         if draw.noise_sigma > 0:
             pool = self._buffer("noise", (NOISE_POOL_SAMPLES * out[0].numel(),), out.dtype,
@@ -257,8 +259,20 @@ class BatchAugmentation:
         return {**self.__dict__, "_buffers": {}}
 
 
+def _on(values: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+        ) -> torch.Tensor:
+    """CPU ``values`` (a draw's parameters) on ``device`` as ``dtype``. To a GPU they go from
+    pinned memory without waiting: a copy from pageable memory waits for every kernel queued
+    before it, so each one stalled the host behind the training step still running there."""
+    if dtype is not None:
+        values = values.to(dtype)
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.nonzero(mask).flatten().to(device)
+    return _on(torch.nonzero(mask).flatten(), device)
 
 
 def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torch.Tensor:
@@ -274,21 +288,21 @@ def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torc
     pixel = torch.stack([fx * cos, fx * sin, -fy * sin, fy * cos], dim=1).view(n, 2, 2)
     half = torch.tensor([width / 2, height / 2])
     normalised = pixel * half.view(1, 1, 2) / half.view(1, 2, 1)
-    theta = torch.cat([normalised, torch.zeros(n, 2, 1)], dim=2).to(device, planes.dtype)
+    theta = _on(torch.cat([normalised, torch.zeros(n, 2, 1)], dim=2), device, planes.dtype)
     grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
     deformed = _rows(draw.elastic, device)
     if len(deformed):
         grid[deformed] += _elastic_field(len(deformed), height, width, fields, device,
                                          planes.dtype)
     out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    slipped = _rows(draw.slip_section >= 0, device)
-    if len(slipped):
-        cpu_rows = slipped.cpu()
-        section = draw.slip_section[cpu_rows].to(device)
+    cpu_rows = torch.nonzero(draw.slip_section >= 0).flatten()
+    if len(cpu_rows):
+        slipped = _on(cpu_rows, device)
+        section = _on(draw.slip_section[cpu_rows], device)
         # The slipped section's output pixel p reads where p - shift would: grid - A shift.
         shift = draw.slip_shift[cpu_rows].float() * 2 / torch.tensor([width, height])
         delta = (normalised[cpu_rows] @ shift.unsqueeze(-1)).squeeze(-1)
-        moved_grid = grid[slipped] - delta.to(device, grid.dtype).view(-1, 1, 1, 2)
+        moved_grid = grid[slipped] - _on(delta, device, grid.dtype).view(-1, 1, 1, 2)
         moved = F.grid_sample(planes[slipped, section].unsqueeze(1), moved_grid, mode="bilinear",
                               padding_mode="zeros", align_corners=False)
         out[slipped, section] = moved[:, 0]
@@ -306,7 +320,7 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
     alpha = 10.0 * sigma
     noise = torch.rand(count, 2, height, width, generator=fields, device=device, dtype=dtype)
     field = gaussian_blur2d(noise * 2 - 1, kernel, (sigma, sigma), "reflect")
-    sides = torch.tensor([width, height], device=device, dtype=dtype).view(1, 2, 1, 1)
+    sides = _on(torch.tensor([width, height], dtype=dtype), device).view(1, 2, 1, 1)
     field = field * alpha / sides
     return field.permute(0, 2, 3, 1)
 
@@ -328,15 +342,15 @@ def _add_noise(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
 def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
     """In place: each lost section becomes ``blank`` (mid-grey in the values' frame) or a copy
     of its neighbour."""
-    lost = _rows(draw.missing_section >= 0, planes.device)
-    if not len(lost):
+    cpu_rows = torch.nonzero(draw.missing_section >= 0).flatten()
+    if not len(cpu_rows):
         return
-    cpu_rows = lost.cpu()
+    lost = _on(cpu_rows, planes.device)
     section = draw.missing_section[cpu_rows]
     step = draw.missing_step[cpu_rows]
-    copies = planes[lost, (section + step).to(planes.device)]
-    is_blank = (step == 0).to(planes.device).view(-1, 1, 1)
-    planes[lost, section.to(planes.device)] = torch.where(is_blank, blank, copies)
+    copies = planes[lost, _on(section + step, planes.device)]
+    is_blank = _on(step == 0, planes.device).view(-1, 1, 1)
+    planes[lost, _on(section, planes.device)] = torch.where(is_blank, blank, copies)
 
 
 def _intensity(planes: torch.Tensor, draw: Draw, unit: float, centre: float) -> None:
@@ -347,18 +361,22 @@ def _intensity(planes: torch.Tensor, draw: Draw, unit: float, centre: float) -> 
     comes last, and the difference is in the clipped tails."""
     n, sections = planes.shape[:2]
     device, dtype = planes.device, planes.dtype
-    brightness = draw.brightness.view(n, 1, 1, 1).to(device, dtype)
-    contrast = draw.contrast.view(n, 1, 1, 1).to(device, dtype)
+    brightness = _on(draw.brightness.view(n, 1, 1, 1), device, dtype)
+    contrast = _on(draw.contrast.view(n, 1, 1, 1), device, dtype)
     scale = brightness * contrast
     offset = torch.zeros(n, 1, 1, 1, device=device, dtype=dtype)
     if bool((draw.contrast != 1).any()):
         mean = planes.mean(dim=(-2, -1), keepdim=True) * unit
         offset = brightness * mean * (1 - contrast)
-    section_contrast = draw.section_contrast.view(n, sections, 1, 1).to(device, dtype)
+    section_contrast = _on(draw.section_contrast.view(n, sections, 1, 1), device, dtype)
     scale = section_contrast * scale * unit
     offset = (section_contrast * offset + MID_GREY * (1 - section_contrast)
-              + draw.section_brightness.view(n, sections, 1, 1).to(device, dtype) - centre)
-    if bool((scale != 1).any()) or bool((offset != 0).any()):
+              + _on(draw.section_brightness.view(n, sections, 1, 1), device, dtype) - centre)
+    # Decided on the CPU draw: testing scale and offset where they are would wait for the GPU.
+    identity = (unit == 1 and centre == 0 and bool((draw.brightness == 1).all())
+                and bool((draw.contrast == 1).all()) and bool((draw.section_contrast == 1).all())
+                and bool((draw.section_brightness == 0).all()))
+    if not identity:
         planes.mul_(scale).add_(offset)
 
 
@@ -413,7 +431,7 @@ def mix_batch(
     if not methods or len(x) < 2:
         return x, target
     method = methods[int(torch.randint(len(methods), ()))]
-    partner = torch.randperm(len(x)).to(x.device)
+    partner = _on(torch.randperm(len(x)), x.device)
     if method == "mixup":
         lam = _beta(mixup_alpha)
         lam = max(lam, 1.0 - lam)

@@ -416,10 +416,16 @@ def augmented_batch(x: torch.Tensor, y: torch.Tensor, settings: TrainingSettings
     """A loaded batch on ``device``, augmented there (``device_transform``) and mixed (MixUp/
     CutMix): the model input, the labels and the (soft) targets. The one call into
     augmentation of the training steps."""
-    x, y = to_device(x, device, kind, device_transform), y.to(device)
+    x, y = to_device(x, device, kind, device_transform), y.to(device, non_blocking=True)
     x, target = augment.mix_batch(x, losses.one_hot(y, len(LABELS)), settings.mixup,
                                   settings.cutmix)
     return x, y, target
+
+
+# Batches between the checks that the loss is finite. Reading a loss on the host waits for the
+# GPU to finish its step, so a check every batch (before the backward pass) kept the host from
+# queueing the next step while the GPU worked; a NaN is still caught within this many steps.
+FINITE_CHECK_EVERY = 20
 
 
 @dataclass
@@ -433,27 +439,40 @@ class EpochResult:
     seconds: float
 
 
+def _check_finite(batch_losses: list[torch.Tensor], first: int, architecture: str, epoch: int,
+                  checkpoint_path: Path) -> None:
+    """Raise if a loss of ``batch_losses`` (batches ``first``, ``first + 1``, ... of ``epoch``,
+    on the device) is not finite, naming the first such batch."""
+    if not batch_losses:
+        return
+    values = torch.stack(batch_losses)
+    bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()  # one wait for the device
+    if bad:
+        raise RuntimeError(
+            f"{architecture}: loss is {values[bad[0]].item()} at epoch {epoch}, batch "
+            f"{first + bad[0]}; stopped. {checkpoint_path} keeps the last good epoch. Lower "
+            "the learning_rate or check the cutouts for corrupt values."
+        )
+
+
 def train_one_epoch(training: Training, loader: DataLoader, settings: TrainingSettings,
                     device: torch.device, data: TrainingData, epoch: int, architecture: str,
                     checkpoint_path: Path) -> EpochResult:
-    """One pass over ``loader``: a clipped optimizer step, schedule step and EMA update a batch."""
+    """One pass over ``loader``: a clipped optimizer step, schedule step and EMA update a batch.
+    Losses and predictions stay on the device until the end (the finite check reads them every
+    :data:`FINITE_CHECK_EVERY` batches), so the host queues each step while the last one runs."""
     training.model.train()
     started = time.perf_counter()
-    loss_sum, seen = 0.0, 0
-    truths, predictions = [], []
+    seen, checked = 0, 0
+    truths, predictions, batch_losses = [], [], []
     batches = tqdm(loader, desc=f"{architecture} epoch {epoch}/{settings.epochs}",
                    unit="batch", leave=False, disable=not sys.stderr.isatty())
     for batch, (x, y) in enumerate(batches):
+        truths.append(y.numpy())  # the loader's labels, on the CPU already
         x, y, target = augmented_batch(x, y, settings, device, data.kind, data.device_transform)
         with autocast_for(device):
             logits = training.forward(x)
         loss = training.criterion(logits.float(), target)
-        if not torch.isfinite(loss):
-            raise RuntimeError(
-                f"{architecture}: loss is {loss.item()} at epoch {epoch}, batch {batch}; "
-                f"stopped. {checkpoint_path} keeps the last good epoch. Lower the "
-                "learning_rate or check the cutouts for corrupt values."
-            )
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(training.model.parameters(), settings.grad_clip)
@@ -461,12 +480,20 @@ def train_one_epoch(training: Training, loader: DataLoader, settings: TrainingSe
         training.scheduler.step()
         if training.ema is not None:
             training.ema.update_parameters(training.model)
-        loss_sum += loss.item() * len(y)
+        batch_losses.append(loss.detach())
         seen += len(y)
-        truths.append(y.cpu().numpy())
-        predictions.append(logits.detach().argmax(dim=1).cpu().numpy())
-    return EpochResult(loss_sum, seen, np.concatenate(truths), np.concatenate(predictions),
-                       time.perf_counter() - started)
+        predictions.append(logits.detach().argmax(dim=1))
+        if batch + 1 - checked == FINITE_CHECK_EVERY:
+            _check_finite(batch_losses[checked:], checked, architecture, epoch, checkpoint_path)
+            checked = batch + 1
+    _check_finite(batch_losses[checked:], checked, architecture, epoch, checkpoint_path)
+    sizes = torch.tensor([len(t) for t in truths], dtype=torch.float64)
+    loss_sum = (float(torch.stack(batch_losses).double().cpu() @ sizes) if batch_losses
+                else 0.0)
+    predicted = (torch.cat(predictions).cpu().numpy() if predictions
+                 else np.array([], dtype=np.int64))
+    truth = np.concatenate(truths) if truths else np.array([], dtype=np.int64)
+    return EpochResult(loss_sum, seen, truth, predicted, time.perf_counter() - started)
 
 
 def history_row(epoch: int, result: EpochResult, scores: Mapping[str, float], lr: float,

@@ -348,3 +348,45 @@ def test_noise_is_independent_within_and_across_samples_and_replays():
     assert abs(torch.corrcoef(torch.stack([first[:-1], first[1:]]))[0, 1]) < 0.04
     assert torch.equal(augmentation(x, seeded(30)) - x, noise.view(x.shape))
     assert not torch.equal(augmentation(x, seeded(31)) - x, noise.view(x.shape))
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind, shape", [("2d", (8, 1, 64, 64)), ("3d", (8, 1, 8, 64, 64))])
+def test_on_the_gpu_no_op_makes_the_host_wait(kind, shape):
+    """On the GPU (``augment_on: device``) a batch is augmented while the training step queued
+    before it still runs there; an op that waits for the GPU (a copy from pageable memory, a
+    test of a value there) stalls the host behind that step on every batch."""
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, device="cuda")
+    target = one_hot(torch.randint(2, (shape[0],))).cuda()
+    names = AUGMENTATIONS if kind == "3d" else OPS_2D
+    augment = BatchAugmentation(kind, names, 1.0)
+    augment(x, seeded(0))  # the first call allocates its buffers and pinned blocks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in range(4):  # every op fires in some of these draws
+            out = augment(x, seeded(seed))
+            mix_batch(out, target, 0.4, 0.0)
+            mix_batch(out, target, 0.0, 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind, shape", [("2d", (6, 1, 32, 32)), ("3d", (6, 1, 6, 32, 32))])
+def test_the_gpu_gives_what_the_cpu_gives_for_one_draw(kind, shape, monkeypatch):
+    """The same code on both: one draw applied on the CPU and on the GPU gives the same batch
+    (the noise and elastic fields are drawn on the device, so those two are left out)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the blur's convolution
+    names = [n for n in (AUGMENTATIONS if kind == "3d" else OPS_2D)
+             if n not in ("noise", "elastic")]
+    augment = BatchAugmentation(kind, names, 1.0)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=seeded(1))
+    for seed in range(3):
+        draw = augment.draw(x.shape, seeded(seed))
+        on_cpu = augment.apply(x, draw)
+        on_gpu = augment.apply(x.cuda(), draw).cpu()
+        assert (on_gpu - on_cpu).abs().max() < 1e-4

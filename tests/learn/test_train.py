@@ -276,3 +276,16 @@ def test_bad_settings_name_the_model_before_training(cutouts, tmp_path):
     with pytest.raises(DataError, match=r"models\.small: setting 'epochs' is 0"):
         run(cutouts, tmp_path, settings={**SETTINGS_2D, "epochs": 0}, name="small")
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("check_every", [1, 20], ids=["every-batch", "deferred"])
+def test_an_exploding_loss_stops_training_naming_its_batch(cutouts, tmp_path, monkeypatch,
+                                                           check_every):
+    """The losses are read every FINITE_CHECK_EVERY batches (reading one waits for the GPU),
+    yet the error names the first batch whose loss is not finite, as a check of every batch
+    does, and no model is written."""
+    monkeypatch.setattr(train_module, "FINITE_CHECK_EVERY", check_every)
+    settings = {**SETTINGS_2D, "learning_rate": 1.0e30, "epochs": 1}
+    with pytest.raises(RuntimeError, match=r"cnn2d: loss is (nan|inf) at epoch 1, batch 1;"):
+        run(cutouts, tmp_path, settings=settings)
+    assert not (tmp_path / "out" / "model.pt").exists()
