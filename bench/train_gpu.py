@@ -167,8 +167,12 @@ def count_gpu_waits(function, x: torch.Tensor) -> dict:
             "gpu_waits_where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in waits})}
 
 
+def device_name(args) -> str:
+    return torch.cuda.get_device_name() if args.device == "cuda" else args.device
+
+
 def report_augment(results: dict, args) -> None:
-    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    device = device_name(args)
     print(f"{device}: the default training augmentations alone, a batch of {args.batch_size} "
           f"raw uint8 cutouts on the device, ms a batch (median of {args.steps}):")
     for kind, row in results.items():
@@ -234,8 +238,28 @@ def measure_loop(model_name: str, manifest, root: Path, args) -> dict:
             "this_over_other": round(max(rates["this"]) / max(rates["other"]), 3)}
 
 
+def report_train(results: dict, args) -> None:
+    device = device_name(args)
+    precision = "bf16" if args.device == "cuda" else "float32"
+    print(f"{device}, batch {args.batch_size}, {args.workers} loader workers, {precision}, "
+          f"channels_last, training augmentations on the {args.augment_on}:")
+    for name, row in results.items():
+        print(f"  {name:<12} {row['kind']}  {row['samples_per_second']:8.1f} samples/s  "
+              f"waiting for data {100 * row['data_wait_share']:5.1f}%  "
+              f"peak memory {row['peak_memory_gib']} GiB")
+
+
+def report_loop(results: dict, args) -> None:
+    print(f"training loop, one {args.device} device, this tree against {args.loop_against}, "
+          f"second epoch of {args.steps} batches of {args.batch_size}:")
+    for name, row in results.items():
+        print(f"  {name:<12} this {row['samples_per_second']['this']}  other "
+              f"{row['samples_per_second']['other']} samples/s  best this/other "
+              f"{row['this_over_other']:.3f}")
+
+
 def report_ddp(results: dict, args) -> None:
-    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    device = device_name(args)
     print(f"{device}: data-parallel training, batch {args.batch_size} per GPU, {args.steps} "
           f"steps an epoch, {args.workers} loader workers per GPU (second epoch):")
     for name, result in results.items():
@@ -270,41 +294,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.augment_cost:
         results = {kind: measure_augment(kind, args) for kind in SHAPES}
         report_augment(results, args)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return results
-
-    root = Path(tempfile.mkdtemp(prefix="synapse-ei-train-", dir=args.dir))
-    try:
-        manifest = write_cutouts(root, args.cutouts)
-        bench = (measure_loop if args.loop_against else measure_ddp if args.ddp
-                 else measure)
-        results = {name: bench(name, manifest, root, args) for name in args.models}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    if args.loop_against:
-        print(f"training loop, one {args.device} device, this tree against {args.loop_against}, "
-              f"second epoch of {args.steps} batches of {args.batch_size}:")
-        for name, row in results.items():
-            print(f"  {name:<12} this {row['samples_per_second']['this']}  other "
-                  f"{row['samples_per_second']['other']} samples/s  best this/other "
-                  f"{row['this_over_other']:.3f}")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return results
-    if args.ddp:
-        report_ddp(results, args)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return results
-    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    precision = "bf16" if args.device == "cuda" else "float32"
-    print(f"{device}, batch {args.batch_size}, {args.workers} loader workers, {precision}, "
-          f"channels_last, training augmentations on the {args.augment_on}:")
-    for name, row in results.items():
-        print(f"  {name:<12} {row['kind']}  {row['samples_per_second']:8.1f} samples/s  "
-              f"waiting for data {100 * row['data_wait_share']:5.1f}%  "
-              f"peak memory {row['peak_memory_gib']} GiB")
+    else:
+        bench, report = ((measure_loop, report_loop) if args.loop_against
+                         else (measure_ddp, report_ddp) if args.ddp else (measure, report_train))
+        root = Path(tempfile.mkdtemp(prefix="synapse-ei-train-", dir=args.dir))
+        try:
+            manifest = write_cutouts(root, args.cutouts)
+            results = {name: bench(name, manifest, root, args) for name in args.models}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        report(results, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
