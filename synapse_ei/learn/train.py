@@ -153,21 +153,25 @@ def _stopped_early(history: list[dict[str, Any]], best_epoch: int, patience: int
 def evaluate(
     model: nn.Module, loader: DataLoader, weights: torch.Tensor, device: torch.device, kind: str
 ) -> dict[str, float]:
-    """Class-weighted loss, accuracy and balanced accuracy of ``model`` over ``loader``."""
+    """Class-weighted loss, accuracy and balanced accuracy of ``model`` over ``loader``.
+    The sums and predictions stay on the device until the end (a host read a batch would make
+    the host wait for each batch's forward pass before queueing the next)."""
     model.eval()
     weights = weights.to(device)
-    loss_sum, weight_sum = 0.0, 0.0
-    truths, predictions = [], []
+    losses, weight_sums, truths, predictions = [], [], [], []
     for x, y in loader:
-        x, y = to_device(x, device, kind), y.to(device)
+        truths.append(y.numpy())  # the loader's labels, on the CPU already
+        x, y = to_device(x, device, kind), y.to(device, non_blocking=True)
         with autocast_for(device):
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, weight=weights, reduction="sum").item()
-        weight_sum += weights[y].sum().item()
-        truths.append(y.cpu().numpy())
-        predictions.append(logits.argmax(dim=1).cpu().numpy())
-    truth, predicted = np.concatenate(truths), np.concatenate(predictions)
+        losses.append(F.cross_entropy(logits, y, weight=weights, reduction="sum"))
+        weight_sums.append(weights[y].sum())
+        predictions.append(logits.argmax(dim=1))
+    truth, predicted = np.concatenate(truths), torch.cat(predictions).cpu().numpy()
+    # Summed in double on the host, as the per-batch floats were before.
+    loss_sum = float(torch.stack(losses).cpu().double().sum())
+    weight_sum = float(torch.stack(weight_sums).cpu().double().sum())
     return {
         "loss": loss_sum / weight_sum,
         "accuracy": float(accuracy_score(truth, predicted)),
