@@ -126,16 +126,23 @@ def grid_sample_rate(dataset: CutoutDataset, batch_size: int, n_samples: int) ->
 
     def run():
         for x, _ in loader:
-            n, height, width = len(x), x.shape[-2], x.shape[-1]
-            angle = (torch.rand(n, generator=generator) * 2 - 1) * math.pi
-            cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n)
-            theta = torch.stack([torch.stack([cos, sin, zero], 1),
-                                 torch.stack([-sin, cos, zero], 1)], 1)
-            grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
-            F.grid_sample(to_unit_range(x).reshape(n, -1, height, width), grid,
-                          mode="bilinear", padding_mode="zeros", align_corners=False)
+            one_grid_sample(x, generator)
 
     return rate(run, (n_samples // batch_size) * batch_size)
+
+
+def one_grid_sample(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The augmentations' floor: raw uint8 ``x`` scaled to [0, 1] and resampled once, one
+    bilinear ``grid_sample`` with a random rotation per cutout (drawn from the CPU
+    ``generator``), a cube's sections as its channels, on ``x``'s device."""
+    n, height, width = len(x), x.shape[-2], x.shape[-1]
+    angle = ((torch.rand(n, generator=generator) * 2 - 1) * math.pi).to(x.device)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n, device=x.device)
+    theta = torch.stack([torch.stack([cos, sin, zero], 1),
+                         torch.stack([-sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    return F.grid_sample(to_unit_range(x).reshape(n, -1, height, width), grid,
+                         mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def floor_rate(stack: Path, kind: str, batch_size: int) -> float:

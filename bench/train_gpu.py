@@ -32,16 +32,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import statistics
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from synapse_ei.learn.augment import AUGMENTATIONS, BatchAugmentation, SECTION_AUGMENTATIONS
 from synapse_ei.learn.dataset import CutoutDataset, make_loader
@@ -51,7 +50,7 @@ from synapse_ei.learn.train import train_image_model
 from synapse_ei.learn.transforms import build_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
-from loader import PerSampleReference, SHAPES, write_cutouts  # noqa: E402
+from loader import one_grid_sample, PerSampleReference, SHAPES, write_cutouts  # noqa: E402
 
 
 def measure(model_name: str, manifest, root: Path, args) -> dict:
@@ -111,21 +110,12 @@ def measure_augment(kind: str, args) -> dict:
     batched = build_transforms(kind, train=True)
     reference = PerSampleReference(kind)
 
-    def one_grid_sample(batch: torch.Tensor) -> torch.Tensor:
-        n, height, width = len(batch), batch.shape[-2], batch.shape[-1]
-        angle = ((torch.rand(n, generator=generator) * 2 - 1) * math.pi).to(device)
-        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n, device=device)
-        theta = torch.stack([torch.stack([cos, sin, zero], 1),
-                             torch.stack([-sin, cos, zero], 1)], 1)
-        grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
-        return F.grid_sample(batch.float().div_(255).reshape(n, -1, height, width), grid,
-                             mode="bilinear", padding_mode="zeros", align_corners=False)
-
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    paths = {"batched": batched, "per-sample": reference, "one grid_sample": one_grid_sample}
+    paths = {"batched": batched, "per-sample": reference,
+             "one grid_sample": lambda batch: one_grid_sample(batch, generator)}
     times = {name: [] for name in paths}
     for call in range(args.warmup + args.steps):
         for name, path in paths.items():  # interleaved, so drifting clocks hit each alike
@@ -152,7 +142,6 @@ def measure_augment(kind: str, args) -> dict:
 def count_gpu_waits(function, x: torch.Tensor) -> dict:
     """How many times ``function(x)`` makes the host wait for the GPU (after a first call, which
     allocates), and where."""
-    import warnings
     function(x)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
@@ -192,16 +181,24 @@ def process_counts(available: int) -> list[int]:
     return sorted(set(counts) | {available})
 
 
-def second_epoch_rate(train, model_name: str, manifest, root: Path, work: Path, gpus: int,
-                      args) -> float:
-    """Training samples/s of the second of two epochs of ``train`` (a ``train_image_model``),
-    ``--steps`` batches of ``--batch-size`` per GPU an epoch."""
+def split_manifest(manifest, root: Path) -> Path:
+    """``manifest`` with one cutout in 8 for validation, the rest for training, as a parquet
+    file under ``root``: what ``train_image_model`` reads."""
+    path = root / "manifest.parquet"
     manifest.assign(split=["val" if i % 8 == 0 else "train" for i in range(len(manifest))]
-                    ).to_parquet(root / "manifest.parquet", index=False)
+                    ).to_parquet(path, index=False)
+    return path
+
+
+def second_epoch_rate(train, model_name: str, table: Path, root: Path, work: Path, gpus: int,
+                      args) -> float:
+    """Training samples/s of the second of two epochs of ``train`` (a ``train_image_model``)
+    over ``table`` (the parquet file of :func:`split_manifest`), ``--steps`` batches of
+    ``--batch-size`` per GPU an epoch."""
     settings = {"architecture": model_name, "epochs": 2, "batch_size": args.batch_size * gpus,
                 "samples_per_epoch": args.steps * args.batch_size * gpus, "gpus": gpus,
                 "augment_on": args.augment_on, "learning_rate": 1e-4}
-    history = train(root / "manifest.parquet", root, model_name, settings, work / "out",
+    history = train(table, root, model_name, settings, work / "out",
                     work / "ckpt", seed=0, device=args.device, num_workers=args.workers,
                     threads=max(1, args.workers))
     return round(float(history["samples_per_second"].iloc[-1]), 1)
@@ -210,10 +207,11 @@ def second_epoch_rate(train, model_name: str, manifest, root: Path, work: Path, 
 def measure_ddp(model_name: str, manifest, root: Path, args) -> dict:
     """Samples/s of the training's second epoch on 1, 2, 4, ... GPUs; speed-up and efficiency."""
     available = args.gpus or torch.cuda.device_count()
+    table = split_manifest(manifest, root)
     rows = {}
     for n in process_counts(available):
         rows[n] = {"samples_per_second": second_epoch_rate(
-            train_image_model, model_name, manifest, root, root / f"{model_name}-{n}", n, args)}
+            train_image_model, model_name, table, root, root / f"{model_name}-{n}", n, args)}
     one = rows[1]["samples_per_second"]
     for n, row in rows.items():
         row["speedup"] = round(row["samples_per_second"] / one, 2)
@@ -229,10 +227,11 @@ def measure_loop(model_name: str, manifest, root: Path, args) -> dict:
     sys.modules[spec.name] = other  # its dataclasses look their module up there
     spec.loader.exec_module(other)
     versions = {"this": train_image_model, "other": other.train_image_model}
+    table = split_manifest(manifest, root)
     rates = {name: [] for name in versions}
     for round_ in range(2):
         for name in (list(versions) if round_ == 0 else list(versions)[::-1]):
-            rates[name].append(second_epoch_rate(versions[name], model_name, manifest, root,
+            rates[name].append(second_epoch_rate(versions[name], model_name, table, root,
                                                  root / f"{model_name}-{name}-{round_}", 1, args))
     return {"kind": input_kind(model_name), "samples_per_second": rates,
             "this_over_other": round(max(rates["this"]) / max(rates["other"]), 3)}
