@@ -9,8 +9,9 @@
 # KINDS.md) but not kornia or jsonschema: those travel as Python 3.12 wheels, pinned as in
 # pyproject.toml. Results land in $OUT (the device tool brings them back): gpu.txt, log.txt and
 # each step's JSON: the GPU-only tests, the augmentations alone, the five models with augmentation
-# on the device, two of them with it in the loader, the training loop against the one before its
-# losses stayed on the device, and (on several GPUs) the data-parallel scaling. Each step has its
+# on the device, two of them with it in the loader, the training loop (EMA on, as in
+# config/microns.yaml) against the one before its losses stayed on the device and its EMA update
+# stopped waiting for the GPU, and (on several GPUs) the data-parallel scaling. Each step has its
 # own time limit, so one that hangs leaves the others' numbers and the run ends inside the
 # device's 10-minute limit.
 set -euo pipefail
@@ -45,7 +46,7 @@ if [[ $mode == smoke ]]; then
     augment_args=(--device cpu --steps 1 --warmup 1 --batch-size 2)
     train_args=(--device cpu --steps 1 --warmup 1 --batch-size 2 --workers 0 --cutouts 8)
     loader_args=("${train_args[@]}")
-    loop_args=(--device cpu --cutouts 48 --steps 2 --batch-size 2 --workers 0)
+    loop_args=(--device cpu --cutouts 48 --steps 2 --batch-size 2 --workers 0 --ema-decay 0.999)
     ddp_args=(--device cpu --gpus 2 --cutouts 48 --steps 2 --batch-size 2 --workers 0
               --augment-on loader)
 else
@@ -64,7 +65,7 @@ torchvision.__version__, 'GPUs', torch.cuda.device_count(), 'CPUs', __import__('
     augment_args=(--steps 20 --warmup 3 --batch-size 32)
     train_args=(--steps 150 --workers 8)
     loader_args=(--steps 100 --workers 14)
-    loop_args=(--steps 80 --batch-size 32 --workers 8)
+    loop_args=(--steps 80 --batch-size 32 --workers 8 --ema-decay 0.999)
     ddp_args=(--steps 60 --batch-size 32 --workers 6)
 fi
 
@@ -76,8 +77,10 @@ run_step() {
     timeout "$limit" "$@" 2>&1 | sed -u '/y_pred contains/d; /warnings.warn(/d' | tee -a "$log" \
         || status=$?
 }
-# The GPU-only tests (skipped on a CPU): no host waits in the augmentations, same as the CPU.
-run_step 45 "$python" -m pytest -q --noconftest -p no:cacheprovider tests/learn/test_augment.py
+# The GPU-only tests (skipped on a CPU): no host waits in the augmentations or the EMA update,
+# the same augmentation as on the CPU.
+run_step 45 "$python" -m pytest -q --noconftest -p no:cacheprovider tests/learn/test_augment.py \
+    tests/learn/test_ema.py
 run_step 40 "$python" bench/train_gpu.py --augment-cost "${augment_args[@]}" \
     --json "$OUT/augment_gpu.json"
 run_step 200 "$python" bench/train_gpu.py --models "${models[@]}" "${train_args[@]}" \

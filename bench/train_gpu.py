@@ -25,6 +25,12 @@ on one batch of ``--batch-size`` raw uint8 cutouts of each kind already there: t
 torchvision path it replaced (bench/loader.py's reference) and one ``grid_sample`` (the floor),
 milliseconds a batch (median of ``--steps`` calls after ``--warmup``), and how many times one
 batched call waits for the GPU (CUDA's sync debug mode counts them).
+
+``--loop-against FILE`` instead times this tree's training loop against another version's
+``synapse_ei/learn/train.py`` (``git show REV:synapse_ei/learn/train.py > FILE``) through
+``train_image_model`` on one device, two rounds in alternating order, the other version's EMA
+being torch's own ``AveragedModel``; ``--ema-decay`` sets the models' ``ema_decay`` (the
+MICrONS configuration's 0.999) so both loops average their weights.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synapse_ei.learn.augment import AUGMENTATIONS, BatchAugmentation, SECTION_AUGMENTATIONS
 from synapse_ei.learn.dataset import CutoutDataset, make_loader
@@ -197,7 +204,7 @@ def second_epoch_rate(train, model_name: str, table: Path, root: Path, work: Pat
     ``--batch-size`` per GPU an epoch."""
     settings = {"architecture": model_name, "epochs": 2, "batch_size": args.batch_size * gpus,
                 "samples_per_epoch": args.steps * args.batch_size * gpus, "gpus": gpus,
-                "augment_on": args.augment_on, "learning_rate": 1e-4}
+                "augment_on": args.augment_on, "learning_rate": 1e-4, "ema_decay": args.ema_decay}
     history = train(table, root, model_name, settings, work / "out",
                     work / "ckpt", seed=0, device=args.device, num_workers=args.workers,
                     threads=max(1, args.workers))
@@ -226,6 +233,9 @@ def measure_loop(model_name: str, manifest, root: Path, args) -> dict:
     other = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = other  # its dataclasses look their module up there
     spec.loader.exec_module(other)
+    # The other version's EMA is torch's own AveragedModel, as before ema.py's update.
+    other.build_ema = lambda model, decay: AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     versions = {"this": train_image_model, "other": other.train_image_model}
     table = split_manifest(manifest, root)
     rates = {name: [] for name in versions}
@@ -250,7 +260,8 @@ def report_train(results: dict, args) -> None:
 
 def report_loop(results: dict, args) -> None:
     print(f"training loop, one {args.device} device, this tree against {args.loop_against}, "
-          f"second epoch of {args.steps} batches of {args.batch_size}:")
+          f"second epoch of {args.steps} batches of {args.batch_size}, ema_decay "
+          f"{args.ema_decay}:")
     for name, row in results.items():
         print(f"  {name:<12} this {row['samples_per_second']['this']}  other "
               f"{row['samples_per_second']['other']} samples/s  best this/other "
@@ -287,7 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time the augmentations alone on the device instead")
     parser.add_argument("--loop-against", type=Path, default=None,
                         help="time the training loop against this other version of "
-                             "synapse_ei/learn/train.py instead (one GPU)")
+                             "synapse_ei/learn/train.py instead (one GPU), its EMA torch's "
+                             "own AveragedModel")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="with --loop-against and --ddp: the models' ema_decay "
+                             "(config/microns.yaml sets 0.999)")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     if args.augment_cost:
