@@ -77,10 +77,11 @@ run_step() {
     timeout "$limit" "$@" 2>&1 | sed -u '/y_pred contains/d; /warnings.warn(/d' | tee -a "$log" \
         || status=$?
 }
-# The GPU-only tests (skipped on a CPU): no host waits in the augmentations or the EMA update,
-# the same augmentation as on the CPU.
-run_step 45 "$python" -m pytest -q --noconftest -p no:cacheprovider tests/learn/test_augment.py \
-    tests/learn/test_ema.py
+# The GPU-only tests (skipped on a CPU): no host waits in the augmentations, the EMA update or a
+# whole training epoch, the same augmentation as on the CPU.
+run_step 90 "$python" -m pytest -q --noconftest -p no:cacheprovider tests/learn/test_augment.py \
+    tests/learn/test_ema.py \
+    tests/learn/test_train.py::test_on_the_gpu_a_training_epoch_waits_for_the_device_only_at_its_end
 run_step 40 "$python" bench/train_gpu.py --augment-cost "${augment_args[@]}" \
     --json "$OUT/augment_gpu.json"
 run_step 200 "$python" bench/train_gpu.py --models "${models[@]}" "${train_args[@]}" \

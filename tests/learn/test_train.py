@@ -17,7 +17,7 @@ from synapse_ei.learn import train as train_module, transforms
 from synapse_ei.learn.inference import load_trained, predict_cutouts
 from synapse_ei.learn.settings import TrainingSettings
 from synapse_ei.learn.train import class_weights, HISTORY_COLUMNS, warmup_cosine
-from training_helpers import run, SETTINGS_2D
+from training_helpers import run, SETTINGS_2D, write_learnable_cutouts
 
 #: Every stateful technique at once: resume must replay the EMA, sampler, mixing and schedule.
 TECHNIQUES_2D = {
@@ -289,3 +289,39 @@ def test_an_exploding_loss_stops_training_naming_its_batch(cutouts, tmp_path, mo
     with pytest.raises(RuntimeError, match=r"cnn2d: loss is (nan|inf) at epoch 1, batch 1;"):
         run(cutouts, tmp_path, settings=settings)
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("architecture, kind", [("cnn2d", "2d"), ("r3d_18", "3d")])
+def test_on_the_gpu_a_training_epoch_waits_for_the_device_only_at_its_end(
+        architecture, kind, tmp_path, monkeypatch):
+    """Every technique at once (device augmentation, MixUp/CutMix, focal loss, balanced sampler,
+    EMA): no step of an epoch makes the host wait for the GPU, so the host queues the next step
+    while the last one runs; only the end of the epoch reads the device (its finite check, the
+    losses and predictions). The first epoch warms up (cuDNN's choices, allocations)."""
+    manifest = write_learnable_cutouts(tmp_path)
+    settings = TrainingSettings.from_config({**TECHNIQUES_2D, "augment_on": "device",
+                                             "batch_size": 4})
+    device = torch.device("cuda")
+    data = train_module.load_data(manifest, tmp_path, kind, settings, device)
+    loader, _, per_epoch = train_module.make_loaders(data, settings, 0, 0, device)
+    training = train_module.build_training(architecture, settings, data.train_set.labels,
+                                           len(loader), device, kind)
+    epoch = lambda number: train_module.train_one_epoch(  # noqa: E731
+        training, loader, settings, device, data, number, architecture, tmp_path / "last.pt")
+    epoch(1)
+    real_check = train_module._check_finite
+
+    def check_at_the_end(*args):
+        torch.cuda.set_sync_debug_mode("default")
+        real_check(*args)
+
+    monkeypatch.setattr(train_module, "FINITE_CHECK_EVERY", 10**6)
+    monkeypatch.setattr(train_module, "_check_finite", check_at_the_end)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = epoch(2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.seen == per_epoch and np.isfinite(result.loss_sum)
