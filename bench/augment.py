@@ -1,6 +1,7 @@
 """Cost of each training augmentation per cutout, beside the default set, in one run.
 
-Usage: ``python bench/augment.py [--repeats 20] [--batch 16] [--threads 1] [--sizes demo microns]``
+Usage: ``python bench/augment.py [--repeats 20] [--batch 16] [--threads 1] [--sizes demo microns]
+[--against REV]``
 
 For each kind (2D patch, 3D cube) and size (``demo``: 64x64 and 8x32x32 as config/config.yaml
 cuts them; ``microns``: 256x256 and 32x128x128 as config/microns.yaml does), times
@@ -10,12 +11,26 @@ configured odds), and with all of them, on a batch of ``--batch`` random scaled 
 augmentations take whole batches); then :func:`synapse_ei.learn.augment.mix_batch` (MixUp,
 CutMix) on a batch of 32. Prints milliseconds per cutout and the ratio to the default set: the
 price the loader (or the device) pays for switching an op on.
+
+``--against REV`` instead times this tree's :class:`~synapse_ei.learn.augment.BatchAugmentation`
+against the one of git revision ``REV`` (``synapse_ei/learn/augment.py`` read with ``git show``)
+in one process, on one batch of ``--batch`` raw uint8 cutouts (as the loader gives them), the
+default and all augmentations, at each of ``--threads`` intra-op threads: ``--repeats`` rounds
+in alternating order, the same seed for both in a round; milliseconds a batch, best and median,
+and this tree's over the other's. Both must give the same batch for the same seed, or the
+ratio would compare different work; a version whose output changed on purpose says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,14 +51,68 @@ def per_call_ms(function, x: torch.Tensor, repeats: int) -> float:
     return 1000 * (time.perf_counter() - started) / repeats
 
 
+def module_at(revision: str):
+    """``synapse_ei/learn/augment.py`` as it was at git ``revision``, imported on its own."""
+    source = subprocess.run(["git", "show", f"{revision}:synapse_ei/learn/augment.py"],
+                            check=True, capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent).stdout
+    path = Path(tempfile.mkdtemp(prefix="synapse-ei-augment-")) / "augment_other.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("augment_other", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(args) -> None:
+    """This tree's batched augmentation against revision ``args.against``'s (module doc)."""
+    from synapse_ei.learn import augment as this
+    other = module_at(args.against)
+    print(f"BatchAugmentation, this tree against {args.against}, a batch of {args.batch} raw "
+          f"uint8 cutouts, {args.repeats} rounds alternating, ms a batch:")
+    for size in args.sizes:
+        for kind, shape in SIZES[size].items():
+            names = [n for n in AUGMENTATIONS if kind == "3d" or n not in SECTION_AUGMENTATIONS]
+            x = torch.randint(0, 256, (args.batch, 1, *shape), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+            for label, chosen in (("default", list(model_defaults()["augmentations"])),
+                                  ("all", names)):
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    versions = {"this": this.BatchAugmentation(kind, chosen),
+                                "other": other.BatchAugmentation(kind, chosen)}
+                    same = torch.equal(versions["this"](x, torch.Generator().manual_seed(1)),
+                                       versions["other"](x, torch.Generator().manual_seed(1)))
+                    times = {name: [] for name in versions}
+                    for round_ in range(args.repeats):
+                        order = list(versions) if round_ % 2 else list(versions)[::-1]
+                        for name in order:
+                            generator = torch.Generator().manual_seed(round_)
+                            started = time.perf_counter()
+                            versions[name](x, generator)
+                            times[name].append(1000 * (time.perf_counter() - started))
+                    best = {name: min(t) for name, t in times.items()}
+                    median = {name: statistics.median(t) for name, t in times.items()}
+                    print(f"  {size:8} {kind} {label:8} t={threads}  this {best['this']:7.1f} "
+                          f"other {best['other']:7.1f} best ({best['this'] / best['other']:.2f}x)"
+                          f"  median {median['this']:7.1f} / {median['other']:7.1f} "
+                          f"({median['this'] / median['other']:.2f}x)"
+                          f"{'' if same else '  OUTPUTS DIFFER'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="time this tree's batched augmentation against git revision REV's")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.against:
+        return against(args)
+    torch.set_num_threads(args.threads[0])
     torch.manual_seed(0)
     print(f"{'size':8} {'kind':4} {'augmentations':34} {'ms/cutout':>10} {'x default':>10}")
     for size in args.sizes:

@@ -26,6 +26,7 @@ least one half; the soft targets are mixed with the same weights.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -225,7 +226,14 @@ class BatchAugmentation:
             values = self._buffer("input", planes.shape, dtype, device, layout)
         else:
             values = torch.empty(planes.shape, dtype=dtype, device=device)
-        values.copy_(planes)
+        if values.stride(1) == 1 and planes.shape[1] > 1:  # sections innermost
+            raw = values if planes.dtype == dtype else self._buffer(
+                "raw", planes.shape, planes.dtype, device, torch.channels_last)
+            copy_sections_last(planes, raw)
+            if raw is not values:
+                values.copy_(raw)  # the same layout: a contiguous conversion
+        else:
+            values.copy_(planes)
         centre = MID_GREY if geometric else 0.0
         _intensity(values, draw, unit, centre)
         out = _resample(values, draw, fields) if geometric else values
@@ -351,6 +359,33 @@ def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
     copies = planes[lost, _on(section + step, planes.device)]
     is_blank = _on(step == 0, planes.device).view(-1, 1, 1)
     planes[lost, _on(section, planes.device)] = torch.where(is_blank, blank, copies)
+
+
+def copy_sections_last(planes: torch.Tensor, out: torch.Tensor) -> None:
+    """``planes`` (N, S, H, W) copied into ``out``, the same shape and dtype in channels-last
+    memory (each pixel's S sections together).
+
+    One (S, H*W) to (H*W, S) transposing copy per sample, which torch runs as a blocked
+    transpose (a 2D copy of a transposed matrix), about half the time of the one strided copy
+    of the whole batch; the samples are split over the intra-op threads, each its own Python
+    thread (the copy releases the GIL), as that copy is single-threaded. Threads are started
+    per call, not pooled, so a forked DataLoader worker never inherits a pool's dead threads."""
+    n, sections = planes.shape[:2]
+    source = planes.reshape(n, sections, -1)
+    target = out.permute(0, 2, 3, 1).view(n, -1, sections)  # a view of out's memory
+
+    def copy_rows(rows: range) -> None:
+        for i in rows:
+            target[i].copy_(source[i].t())
+
+    parts = max(1, min(torch.get_num_threads(), n))
+    helpers = [threading.Thread(target=copy_rows, args=(range(k, n, parts),))
+               for k in range(1, parts)]
+    for helper in helpers:
+        helper.start()
+    copy_rows(range(0, n, parts))
+    for helper in helpers:
+        helper.join()
 
 
 def _intensity(planes: torch.Tensor, draw: Draw, unit: float, centre: float) -> None:

@@ -11,6 +11,7 @@ from synapse_ei.learn.augment import (
     AUGMENTATIONS,
     BatchAugmentation,
     centre_margins,
+    copy_sections_last,
     MID_GREY,
     mix_batch,
     SECTION_AUGMENTATIONS,
@@ -390,3 +391,16 @@ def test_the_gpu_gives_what_the_cpu_gives_for_one_draw(kind, shape, monkeypatch)
         on_cpu = augment.apply(x, draw)
         on_gpu = augment.apply(x.cuda(), draw).cpu()
         assert (on_gpu - on_cpu).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_sections_last_copy_is_the_batch_whatever_the_threads(dtype, threads, monkeypatch):
+    """The resampling's input on the CPU: each sample's sections moved innermost, the samples
+    split over the intra-op threads (an odd batch: unequal shares)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    planes = torch.randint(0, 256, (5, 32, 12, 20), generator=seeded(3)).to(dtype)
+    out = torch.full(planes.shape, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    copy_sections_last(planes, out)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, planes)
