@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -206,7 +206,12 @@ class BatchAugmentation:
         device = x.device
         # The large random fields (noise, elastic) are drawn where the batch is.
         fields = torch.Generator(device=device).manual_seed(draw.seed)
-        if bool(draw.flip_z.any()):
+        geometric = bool(self.ops & set(GEOMETRIC))
+        # Only the resampling reads the float copy, so one buffer serves every batch. On the
+        # CPU a cube's sections go innermost, where grid_sample reads a corner's sections at
+        # once (its output is in the usual layout); that copy also does the z flip.
+        sections_last = geometric and device.type == "cpu" and planes.shape[1] > 1
+        if bool(draw.flip_z.any()) and not sections_last:
             # The z flip reorders whole sections, exactly; on raw uint8 it is a cheap copy.
             sections = planes.shape[1]
             order = torch.arange(sections).repeat(n, 1)
@@ -216,23 +221,16 @@ class BatchAugmentation:
                 0, _on(order.flatten(), device)).view(n, sections, height, width)
         unit = 1 / 255 if planes.dtype == torch.uint8 else 1.0
         dtype = planes.dtype if planes.is_floating_point() else torch.float32
-        geometric = bool(self.ops & set(GEOMETRIC))
-        if geometric:
-            # Only the resampling reads this copy, so one buffer serves every batch. On the
-            # CPU a cube's sections go innermost, where grid_sample reads a corner's sections
-            # at once (its output is in the usual layout).
-            layout = (torch.channels_last if device.type == "cpu" and planes.shape[1] > 1
-                      else torch.contiguous_format)
-            values = self._buffer("input", planes.shape, dtype, device, layout)
-        else:
-            values = torch.empty(planes.shape, dtype=dtype, device=device)
-        if values.stride(1) == 1 and planes.shape[1] > 1:  # sections innermost
+        if sections_last:
+            values = self._buffer("input", planes.shape, dtype, device, torch.channels_last)
             raw = values if planes.dtype == dtype else self._buffer(
                 "raw", planes.shape, planes.dtype, device, torch.channels_last)
-            copy_sections_last(planes, raw)
+            copy_sections_last(planes, raw, draw.flip_z.tolist())
             if raw is not values:
                 values.copy_(raw)  # the same layout: a contiguous conversion
         else:
+            values = (self._buffer("input", planes.shape, dtype, device) if geometric
+                      else torch.empty(planes.shape, dtype=dtype, device=device))
             values.copy_(planes)
         centre = MID_GREY if geometric else 0.0
         _intensity(values, draw, unit, centre)
@@ -361,22 +359,27 @@ def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
     planes[lost, _on(section, planes.device)] = torch.where(is_blank, blank, copies)
 
 
-def copy_sections_last(planes: torch.Tensor, out: torch.Tensor) -> None:
+def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
+                       reverse: Sequence[bool] | None = None) -> None:
     """``planes`` (N, S, H, W) copied into ``out``, the same shape and dtype in channels-last
-    memory (each pixel's S sections together).
+    memory (each pixel's S sections together); sample ``i``'s sections in reverse order where
+    ``reverse[i]`` (the z flip, an exact reordering).
 
     One (S, H*W) to (H*W, S) transposing copy per sample, which torch runs as a blocked
-    transpose (a 2D copy of a transposed matrix), about half the time of the one strided copy
-    of the whole batch; the samples are split over the intra-op threads, each its own Python
-    thread (the copy releases the GIL), as that copy is single-threaded. Threads are started
-    per call, not pooled, so a forked DataLoader worker never inherits a pool's dead threads."""
+    transpose (a 2D copy of a transposed matrix), where one strided copy of the whole batch
+    goes voxel by voxel (BENCHMARKS.md, "Feeding training"). That copy is single-threaded, so
+    the samples are split over the intra-op threads, each its own Python thread (the copy
+    releases the GIL); threads are started per call, not pooled, so a forked DataLoader worker
+    never inherits a pool's dead threads. A reversed sample is flipped first, a contiguous
+    copy of that sample alone instead of an ``index_select`` over the whole batch."""
     n, sections = planes.shape[:2]
     source = planes.reshape(n, sections, -1)
     target = out.permute(0, 2, 3, 1).view(n, -1, sections)  # a view of out's memory
+    reverse = reverse or [False] * n
 
     def copy_rows(rows: range) -> None:
         for i in rows:
-            target[i].copy_(source[i].t())
+            target[i].copy_((source[i].flip(0) if reverse[i] else source[i]).t())
 
     parts = max(1, min(torch.get_num_threads(), n))
     helpers = [threading.Thread(target=copy_rows, args=(range(k, n, parts),))

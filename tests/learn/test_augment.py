@@ -396,11 +396,16 @@ def test_the_gpu_gives_what_the_cpu_gives_for_one_draw(kind, shape, monkeypatch)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_sections_last_copy_is_the_batch_whatever_the_threads(dtype, threads, monkeypatch):
-    """The resampling's input on the CPU: each sample's sections moved innermost, the samples
-    split over the intra-op threads (an odd batch: unequal shares)."""
+    """The resampling's input on the CPU: each sample's sections moved innermost, those of the
+    z-flipped samples in reverse order, the samples split over the intra-op threads (an odd
+    batch: unequal shares)."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     planes = torch.randint(0, 256, (5, 32, 12, 20), generator=seeded(3)).to(dtype)
-    out = torch.full(planes.shape, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    copy_sections_last(planes, out)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out, planes)
+    reverse = [False, True, True, False, True]
+    expected = torch.stack([p.flip(0) if r else p for p, r in zip(planes, reverse)])
+    for flips, want in ((None, planes), (reverse, expected)):
+        out = torch.full(planes.shape, 7, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        copy_sections_last(planes, out, flips)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(out, want)
