@@ -70,7 +70,8 @@ def test_ema_is_torchs_averaged_model_with_its_ema_function():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_the_gpu_the_ema_update_makes_the_host_not_wait():
     """torch's own update copies its CPU count to the GPU with a blocking copy, so the host
-    waited for every training step's kernels once per step (``ema_decay`` in config/microns.yaml)."""
+    waited for every training step's kernels once per step (``ema_decay`` in
+    config/microns.yaml)."""
     model = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4)).cuda()
     ema = build_ema(model, decay=0.999)
     ema.update_parameters(model)  # the first update copies
