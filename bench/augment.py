@@ -24,13 +24,8 @@ ratio would compare different work; a version whose output changed on purpose sa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -38,6 +33,7 @@ from synapse_ei.config import model_defaults
 from synapse_ei.learn.augment import AUGMENTATIONS, mix_batch, SECTION_AUGMENTATIONS
 from synapse_ei.learn.losses import one_hot
 from synapse_ei.learn.transforms import build_transforms
+from versions import module_at  # bench/ is the script's folder, first on the path
 
 SIZES = {"demo": {"2d": (64, 64), "3d": (8, 32, 32)},
          "microns": {"2d": (256, 256), "3d": (32, 128, 128)}}
@@ -51,24 +47,10 @@ def per_call_ms(function, x: torch.Tensor, repeats: int) -> float:
     return 1000 * (time.perf_counter() - started) / repeats
 
 
-def module_at(revision: str):
-    """``synapse_ei/learn/augment.py`` as it was at git ``revision``, imported on its own."""
-    source = subprocess.run(["git", "show", f"{revision}:synapse_ei/learn/augment.py"],
-                            check=True, capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent).stdout
-    path = Path(tempfile.mkdtemp(prefix="synapse-ei-augment-")) / "augment_other.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("augment_other", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def against(args) -> None:
     """This tree's batched augmentation against revision ``args.against``'s (module doc)."""
     from synapse_ei.learn import augment as this
-    other = module_at(args.against)
+    other = module_at(args.against, "synapse_ei/learn/augment.py", "augment_other")
     print(f"BatchAugmentation, this tree against {args.against}, a batch of {args.batch} raw "
           f"uint8 cutouts, {args.repeats} rounds alternating, ms a batch:")
     for size in args.sizes:

@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
-import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from versions import module_at  # noqa: E402 (bench/, the script's folder)
 
 CELL_ROWS = 94_000
 NEURON_FRACTION = 0.77
@@ -119,16 +119,6 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def old_source(commit: str) -> types.ModuleType:
-    """``synapse_ei.sources.cave`` as it was at ``commit``."""
-    text = subprocess.check_output(
-        ["git", "-C", str(ROOT), "show", f"{commit}:synapse_ei/sources/cave.py"], text=True)
-    module = types.ModuleType("cave_old")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(text, f"{commit}:synapse_ei/sources/cave.py", "exec"), module.__dict__)
-    return module
-
-
 def run(path: str, rows: int, cap: int, commit: str, out: multiprocessing.Queue) -> None:
     import responses
     from cave_helpers import (
@@ -138,7 +128,7 @@ def run(path: str, rows: int, cap: int, commit: str, out: multiprocessing.Queue)
 
     from synapse_ei.sources import cave
 
-    source = cave if path == "new" else old_source(commit)
+    source = cave if path == "new" else module_at(commit, "synapse_ei/sources/cave.py", "cave_old")
     parts = as_reference_table(cell_types(rows))
     server = FakeMaterializationServer(
         {CELLS: parts["reference"], NUCLEUS_TABLE: parts["nucleus"], SYNAPSES: synapse_rows},

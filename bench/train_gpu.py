@@ -36,7 +36,6 @@ MICrONS configuration's 0.999) so both loops average their weights.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import shutil
@@ -58,6 +57,7 @@ from synapse_ei.learn.transforms import build_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loader.py writes the cutouts
 from loader import one_grid_sample, PerSampleReference, SHAPES, write_cutouts  # noqa: E402
+from versions import module_from_file  # noqa: E402
 
 
 def measure(model_name: str, manifest, root: Path, args) -> dict:
@@ -229,10 +229,7 @@ def measure_ddp(model_name: str, manifest, root: Path, args) -> dict:
 def measure_loop(model_name: str, manifest, root: Path, args) -> dict:
     """The training loop of this tree against the ``learn/train.py`` of another version
     (``--loop-against``), one GPU, two rounds in alternating order: second-epoch samples/s."""
-    spec = importlib.util.spec_from_file_location("train_other", args.loop_against)
-    other = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = other  # its dataclasses look their module up there
-    spec.loader.exec_module(other)
+    other = module_from_file(args.loop_against, "train_other")
     # The other version's EMA is torch's own AveragedModel, as before ema.py's update.
     other.build_ema = lambda model, decay: AveragedModel(
         model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

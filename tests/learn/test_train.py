@@ -307,8 +307,11 @@ def test_on_the_gpu_a_training_epoch_waits_for_the_device_only_at_its_end(
     loader, _, per_epoch = train_module.make_loaders(data, settings, 0, 0, device)
     training = train_module.build_training(architecture, settings, data.train_set.labels,
                                            len(loader), device, kind)
-    epoch = lambda number: train_module.train_one_epoch(  # noqa: E731
-        training, loader, settings, device, data, number, architecture, tmp_path / "last.pt")
+
+    def epoch(number: int) -> train_module.EpochResult:
+        return train_module.train_one_epoch(training, loader, settings, device, data, number,
+                                            architecture, tmp_path / "last.pt")
+
     epoch(1)
     real_check = train_module._check_finite
 
