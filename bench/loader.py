@@ -1,7 +1,7 @@
 """Training input throughput: samples per second delivered from stored cutouts.
 
 Usage: ``python bench/loader.py [--cutouts 512] [--batch-size 64] [--workers 0 2]
-[--kinds 2d 3d] [--aug-samples 256] [--threads 2]``
+[--kinds 2d 3d] [--aug-samples 256] [--threads 2] [--paired 0]``
 
 Writes ``--cutouts`` random uint8 cutouts of the MICrONS sizes (2D 256x256, 3D 128x128x32) as
 the cutout stage writes them (a shard's TIFF stack per kind), then measures, side by side in
@@ -29,6 +29,13 @@ Plain batches are uint8 (float32 after augmentation):
 :func:`synapse_ei.learn.transforms.to_model_input` scales them on the device, which is the
 training step's cost, not the loader's. The files are read from the page cache (they were just
 written): a cold read from a network file system adds its own cost.
+
+``--paired K`` then measures the comparison of issue 17's goal again, as K pairs: in each
+round ``per-sample aug`` and ``loader+aug`` with workers 0 and ``--threads`` intra-op threads
+(how a training job on those cores runs), one right after the other, in alternating order. It
+prints each round's ratio and their median and range: the VM's speed swings between runs by
+more than the methods differ (BENCHMARKS.md), and the two halves of one pair see the same
+machine, where the best of each row may come from different minutes.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +163,20 @@ def floor_rate(stack: Path, kind: str, batch_size: int) -> float:
                 len(batches) * batch_size)
 
 
+def paired_rates(before: CutoutDataset, augmented: CutoutDataset, batch_size: int,
+                  n_samples: int, rounds: int) -> list[tuple[float, float]]:
+    """``rounds`` pairs of rates (per-sample, batched), each pair measured back to back
+    (workers 0), the pair's order alternating from round to round."""
+    pairs = []
+    for k in range(rounds):
+        pair = {}
+        for name in (("before", "batched") if k % 2 == 0 else ("batched", "before")):
+            dataset = before if name == "before" else augmented
+            pair[name] = loader_rate(dataset, batch_size, 0, n_samples)
+        pairs.append((round(pair["before"], 1), round(pair["batched"], 1)))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cutouts", type=int, default=512)
@@ -167,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kinds", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--threads", type=int, default=2,
                         help="intra-op threads of the workers-0 rows marked t=")
+    parser.add_argument("--paired", type=int, default=0,
+                        help="rounds of per-sample against batched augmentation, one pair a "
+                             "round, workers 0 and --threads threads (0: none)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -206,19 +231,31 @@ def main(argv: list[str] | None = None) -> dict:
             row["floor"] = best(lambda: floor_rate(root / STACK_NAMES[kind], kind,
                                                    args.batch_size))
             results[kind] = {key: round(value, 1) for key, value in row.items()}
+            if args.paired:
+                torch.set_num_threads(args.threads)
+                results[kind]["paired rates"] = paired_rates(
+                    before, augmented, args.batch_size, n_aug, args.paired)
+                torch.set_num_threads(1)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"samples/s, {args.cutouts} stored cutouts, batch {args.batch_size}, "
           f"shapes {SHAPES}:")
     for kind, row in results.items():
-        print(f"  {kind}: " + ", ".join(f"{key} {value:.0f}" for key, value in row.items()))
+        print(f"  {kind}: " + ", ".join(f"{key} {value:.0f}" for key, value in row.items()
+                                        if key != "paired rates"))
         for setting in [f"w={workers}" for workers in args.workers] + [f"w=0 t={args.threads}"]:
             batched = row[f"loader+aug {setting}"]
             print(f"  {kind} {setting}: batched / per-sample augmentation "
                   f"{batched / row[f'per-sample aug {setting}']:.2f}x")
         print(f"  {kind}: one grid_sample / batched augmentation (w=0, one thread) "
               f"{row['one grid_sample w=0'] / row['loader+aug w=0']:.2f}x")
+        if "paired rates" in row:
+            ratios = [batched / before for before, batched in row["paired rates"]]
+            print(f"  {kind} w=0 t={args.threads}, {len(ratios)} paired rounds: batched / "
+                  f"per-sample median {statistics.median(ratios):.2f}x (range "
+                  f"{min(ratios):.2f}-{max(ratios):.2f}x; "
+                  + ", ".join(f"{r:.2f}" for r in ratios) + ")")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
