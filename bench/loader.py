@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from synapse_ei.cutout.stacks import open_stack, STACK_NAMES, write_stack
-from synapse_ei.learn.augment import MID_GREY, to_unit_range
+from synapse_ei.learn.augment import linear_grid, MID_GREY, to_unit_range
 from synapse_ei.learn.dataset import CutoutDataset, make_loader
 from synapse_ei.learn.transforms import build_transforms
 
@@ -145,10 +145,9 @@ def one_grid_sample(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     ``generator``), a cube's sections as its channels, on ``x``'s device."""
     n, height, width = len(x), x.shape[-2], x.shape[-1]
     angle = ((torch.rand(n, generator=generator) * 2 - 1) * math.pi).to(x.device)
-    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n, device=x.device)
-    theta = torch.stack([torch.stack([cos, sin, zero], 1),
-                         torch.stack([-sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    cos, sin = angle.cos(), angle.sin()
+    matrix = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)
+    grid = linear_grid(matrix, height, width)  # the batched path's grid
     return F.grid_sample(to_unit_range(x).reshape(n, -1, height, width), grid,
                          mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -294,8 +294,7 @@ def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torc
     pixel = torch.stack([fx * cos, fx * sin, -fy * sin, fy * cos], dim=1).view(n, 2, 2)
     half = torch.tensor([width / 2, height / 2])
     normalised = pixel * half.view(1, 1, 2) / half.view(1, 2, 1)
-    theta = _on(torch.cat([normalised, torch.zeros(n, 2, 1)], dim=2), device, planes.dtype)
-    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    grid = linear_grid(_on(normalised, device, planes.dtype), height, width)
     deformed = _rows(draw.elastic, device)
     if len(deformed):
         grid[deformed] += _elastic_field(len(deformed), height, width, fields, device,
@@ -313,6 +312,28 @@ def _resample(planes: torch.Tensor, draw: Draw, fields: torch.Generator) -> torc
                               padding_mode="zeros", align_corners=False)
         out[slipped, section] = moved[:, 0]
     return out
+
+
+def linear_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid`` of the (N, 2, 2) linear maps ``matrix`` (no translation), for an
+    (height, width) output, ``align_corners=False``: (N, H, W, 2), x then y in [-1, 1] units.
+
+    affine_grid copies every pixel's (x, y, 1) for each sample and multiplies them by theta
+    in a batched matrix product of inner size 3: on the CPU that took longer than the
+    resampling of a 2D batch itself (BENCHMARKS.md, "Feeding training"). Here each coordinate
+    plane is a broadcast sum of a row and a column over affine_grid's base coordinates. The
+    grid is a view of (N, 2, H, W) memory, one plane a coordinate, a layout ``grid_sample``
+    reads directly."""
+    def base(steps: int) -> torch.Tensor:  # as affine_grid's, to the rounding
+        if steps <= 1:
+            return torch.zeros(steps, dtype=matrix.dtype, device=matrix.device)
+        return torch.linspace(-1, 1, steps, dtype=matrix.dtype, device=matrix.device) * (
+            steps - 1) / steps
+
+    xs, ys, n = base(width), base(height), len(matrix)
+    planes = (matrix[:, :, 0].reshape(n, 2, 1, 1) * xs.view(1, 1, 1, width)
+              + matrix[:, :, 1].reshape(n, 2, 1, 1) * ys.view(1, 1, height, 1))
+    return planes.permute(0, 2, 3, 1)
 
 
 def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,

@@ -6,12 +6,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from synapse_ei.learn.augment import (
     AUGMENTATIONS,
     BatchAugmentation,
     centre_margins,
     copy_sections_last,
+    linear_grid,
     MID_GREY,
     mix_batch,
     SECTION_AUGMENTATIONS,
@@ -409,3 +411,21 @@ def test_the_sections_last_copy_is_the_batch_whatever_the_threads(dtype, threads
         copy_sections_last(planes, out, flips)
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (7, 12), (1, 9), (256, 256)])
+def test_the_linear_grid_is_affine_grids(height, width):
+    """The resampling's grid, built as a sum of a row and a column, is torch's ``affine_grid``
+    of the same maps, with its (N, H, W, 2) shape (to the last bit on this CPU; an ulp is
+    allowed, where a CPU's matrix product rounds a fused multiply-add once), and
+    ``grid_sample`` reads it as it reads affine_grid's."""
+    matrix = torch.randn(6, 2, 2, generator=seeded(1))
+    theta = torch.cat([matrix, torch.zeros(6, 2, 1)], dim=2)
+    expected = F.affine_grid(theta, [6, 1, height, width], align_corners=False)
+    grid = linear_grid(matrix, height, width)
+    assert grid.shape == expected.shape
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-6)
+    planes = torch.rand(6, 3, height, width, generator=seeded(2))
+    torch.testing.assert_close(F.grid_sample(planes, grid, align_corners=False),
+                               F.grid_sample(planes, expected, align_corners=False),
+                               rtol=0, atol=1e-5)
