@@ -168,11 +168,10 @@ def paired_rates(before: CutoutDataset, augmented: CutoutDataset, batch_size: in
     (workers 0), the pair's order alternating from round to round."""
     pairs = []
     for k in range(rounds):
-        pair = {}
-        for name in (("before", "batched") if k % 2 == 0 else ("batched", "before")):
-            dataset = before if name == "before" else augmented
-            pair[name] = loader_rate(dataset, batch_size, 0, n_samples)
-        pairs.append((round(pair["before"], 1), round(pair["batched"], 1)))
+        order = (before, augmented) if k % 2 == 0 else (augmented, before)
+        rate_of = {id(dataset): loader_rate(dataset, batch_size, 0, n_samples)
+                   for dataset in order}
+        pairs.append((round(rate_of[id(before)], 1), round(rate_of[id(augmented)], 1)))
     return pairs
 
 
