@@ -26,8 +26,8 @@ least one half; the soft targets are mixed with the same weights.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -221,19 +221,27 @@ class BatchAugmentation:
                 0, _on(order.flatten(), device)).view(n, sections, height, width)
         unit = 1 / 255 if planes.dtype == torch.uint8 else 1.0
         dtype = planes.dtype if planes.is_floating_point() else torch.float32
+        centre = MID_GREY if geometric else 0.0
+        maps = _intensity_maps(draw, unit, centre, device, dtype)
         if sections_last:
             values = self._buffer("input", planes.shape, dtype, device, torch.channels_last)
             raw = values if planes.dtype == dtype else self._buffer(
                 "raw", planes.shape, planes.dtype, device, torch.channels_last)
-            copy_sections_last(planes, raw, draw.flip_z.tolist())
-            if raw is not values:
-                values.copy_(raw)  # the same layout: a contiguous conversion
+
+            def finish(i: int) -> None:
+                # Each cube's conversion and intensity map while its copy is in cache.
+                if raw is not values:
+                    values[i].copy_(raw[i])  # the same layout: a contiguous conversion
+                if maps is not None:
+                    _intensity(values[i:i + 1], *(m if m is None else m[i:i + 1] for m in maps))
+
+            copy_sections_last(planes, raw, draw.flip_z.tolist(), finish)
         else:
             values = (self._buffer("input", planes.shape, dtype, device) if geometric
                       else torch.empty(planes.shape, dtype=dtype, device=device))
             values.copy_(planes)
-        centre = MID_GREY if geometric else 0.0
-        _intensity(values, draw, unit, centre)
+            if maps is not None:
+                _intensity(values, *maps)
         out = _resample(values, draw, fields) if geometric else values
         blurred = torch.nonzero(draw.blur_sigma > 0).flatten()
         if len(blurred):
@@ -246,10 +254,12 @@ class BatchAugmentation:
         if draw.noise_sigma > 0:
             pool = self._buffer("noise", (NOISE_POOL_SAMPLES * out[0].numel(),), out.dtype,
                                 device)
-            _add_noise(out, pool, draw, centre, fields)
-        elif centre:
-            out.add_(centre)
-        return out.clamp_(0.0, 1.0).reshape(x.shape)
+            _add_noise_and_clip(out, pool, draw, centre, fields)
+        else:
+            if centre:
+                out.add_(centre)
+            out.clamp_(0.0, 1.0)
+        return out.reshape(x.shape)
 
     def _buffer(self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device,
                 layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
@@ -352,18 +362,19 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
     return field.permute(0, 2, 3, 1)
 
 
-def _add_noise(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
-               fields: torch.Generator) -> None:
+def _add_noise_and_clip(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
+                        fields: torch.Generator) -> None:
     """In place: Gaussian noise of mean ``centre`` and sigma ``draw.noise_sigma`` on every value
-    of ``out``. Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES` samples'
-    worth, drawn anew for the batch) that starts at its ``draw.noise_offset``: a sample's values
-    are independent normals, and a batch draws a few samples' worth of normals, not one per value
-    of every sample (drawing them was the largest cost of a CPU batch). Samples of a batch share
-    values, each at its own shifted position."""
+    of ``out``, then the clip to [0, 1], sample by sample (the clip reads a sample the add has
+    just brought into cache). Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES`
+    samples' worth, drawn anew for the batch) that starts at its ``draw.noise_offset``: a
+    sample's values are independent normals, and a batch draws a few samples' worth of normals,
+    not one per value of every sample (drawing them was the largest cost of a CPU batch).
+    Samples of a batch share values, each at its own shifted position."""
     size = out[0].numel()
     pool.normal_(centre, draw.noise_sigma, generator=fields)
     for row, start in zip(out.view(len(out), size), draw.noise_offset.tolist()):
-        row.add_(pool[start:start + size])
+        row.add_(pool[start:start + size]).clamp_(0.0, 1.0)
 
 
 def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
@@ -381,18 +392,21 @@ def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
 
 
 def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
-                       reverse: Sequence[bool] | None = None) -> None:
+                       reverse: Sequence[bool] | None = None,
+                       then: Callable[[int], None] | None = None) -> None:
     """``planes`` (N, S, H, W) copied into ``out``, the same shape and dtype in channels-last
     memory (each pixel's S sections together); sample ``i``'s sections in reverse order where
-    ``reverse[i]`` (the z flip, an exact reordering).
+    ``reverse[i]`` (the z flip, an exact reordering). ``then(i)``, if given, runs right after
+    sample ``i``'s copy, in the same thread, while the sample is in cache.
 
     One (S, H*W) to (H*W, S) transposing copy per sample, which torch runs as a blocked
     transpose (a 2D copy of a transposed matrix), where one strided copy of the whole batch
     goes voxel by voxel (BENCHMARKS.md, "Feeding training"). That copy is single-threaded, so
     the samples are split over the intra-op threads, each its own Python thread (the copy
-    releases the GIL); threads are started per call, not pooled, so a forked DataLoader worker
-    never inherits a pool's dead threads. A reversed sample is flipped first, a contiguous
-    copy of that sample alone instead of an ``index_select`` over the whole batch."""
+    releases the GIL), and torch's ops in them (``then``'s) run on one intra-op thread each;
+    the threads are started per call, so a forked DataLoader worker never inherits a pool's
+    dead threads. A reversed sample is flipped first, a contiguous copy of that sample
+    alone instead of an ``index_select`` over the whole batch."""
     n, sections = planes.shape[:2]
     source = planes.reshape(n, sections, -1)
     target = out.permute(0, 2, 3, 1).view(n, -1, sections)  # a view of out's memory
@@ -401,42 +415,63 @@ def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
     def copy_rows(rows: range) -> None:
         for i in rows:
             target[i].copy_((source[i].flip(0) if reverse[i] else source[i]).t())
+            if then is not None:
+                then(i)
 
-    parts = max(1, min(torch.get_num_threads(), n))
-    helpers = [threading.Thread(target=copy_rows, args=(range(k, n, parts),))
-               for k in range(1, parts)]
-    for helper in helpers:
-        helper.start()
-    copy_rows(range(0, n, parts))
-    for helper in helpers:
-        helper.join()
+    threads = torch.get_num_threads()
+    parts = max(1, min(threads, n))
+    if parts == 1:
+        copy_rows(range(n))
+        return
+    # New threads take the process's count when they first run an op: set it before they start.
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(parts - 1) as helpers:
+            shares = [helpers.submit(copy_rows, range(k, n, parts)) for k in range(1, parts)]
+            copy_rows(range(0, n, parts))
+            for share in shares:
+                share.result()  # a helper's error is raised here
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _intensity(planes: torch.Tensor, draw: Draw, unit: float, centre: float) -> None:
-    """In place: ``planes`` (values ``unit`` apart, 1/255 for raw uint8) become the [0, 1]
-    image after brightness, contrast about each section's mean and the per-section intensity,
-    minus ``centre``, as one affine map ``x * scale + offset`` per section (one pass; none
-    where the map is the identity). torchvision clipped after each op; here the one clip
-    comes last, and the difference is in the clipped tails."""
-    n, sections = planes.shape[:2]
-    device, dtype = planes.device, planes.dtype
-    brightness = _on(draw.brightness.view(n, 1, 1, 1), device, dtype)
-    contrast = _on(draw.contrast.view(n, 1, 1, 1), device, dtype)
-    scale = brightness * contrast
-    offset = torch.zeros(n, 1, 1, 1, device=device, dtype=dtype)
+IntensityMaps = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+
+
+def _intensity_maps(draw: Draw, unit: float, centre: float, device: torch.device,
+                    dtype: torch.dtype) -> IntensityMaps | None:
+    """The intensity ops of ``draw`` as one affine map ``x * scale + offset`` per section, for
+    values ``unit`` apart (1/255 for raw uint8) that become the [0, 1] image after brightness,
+    contrast about each section's mean and the per-section intensity, minus ``centre``:
+    ``(scale, weight, base)``, each (N, S, 1, 1) on ``device``, with ``offset = base + weight *
+    the section's mean`` (``weight`` None where no contrast is drawn). None where the map is the
+    identity. torchvision clipped after each op; here the one clip comes last, and the
+    difference is in the clipped tails."""
+    n, sections = draw.section_contrast.shape
+    # Decided on the CPU draw: testing the maps where they are would wait for the GPU.
+    if (unit == 1 and centre == 0 and bool((draw.brightness == 1).all())
+            and bool((draw.contrast == 1).all()) and bool((draw.section_contrast == 1).all())
+            and bool((draw.section_brightness == 0).all())):
+        return None
+    brightness, contrast = draw.brightness.view(n, 1, 1, 1), draw.contrast.view(n, 1, 1, 1)
+    section_contrast = draw.section_contrast.view(n, sections, 1, 1)
+    scale = section_contrast * brightness * contrast * unit
+    base = (MID_GREY * (1 - section_contrast)
+            + draw.section_brightness.view(n, sections, 1, 1) - centre)
+    weight = None
     if bool((draw.contrast != 1).any()):
-        mean = planes.mean(dim=(-2, -1), keepdim=True) * unit
-        offset = brightness * mean * (1 - contrast)
-    section_contrast = _on(draw.section_contrast.view(n, sections, 1, 1), device, dtype)
-    scale = section_contrast * scale * unit
-    offset = (section_contrast * offset + MID_GREY * (1 - section_contrast)
-              + _on(draw.section_brightness.view(n, sections, 1, 1), device, dtype) - centre)
-    # Decided on the CPU draw: testing scale and offset where they are would wait for the GPU.
-    identity = (unit == 1 and centre == 0 and bool((draw.brightness == 1).all())
-                and bool((draw.contrast == 1).all()) and bool((draw.section_contrast == 1).all())
-                and bool((draw.section_brightness == 0).all()))
-    if not identity:
-        planes.mul_(scale).add_(offset)
+        weight = _on(section_contrast * brightness * (1 - contrast) * unit, device, dtype)
+    return _on(scale, device, dtype), weight, _on(base, device, dtype)
+
+
+def _intensity(planes: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor | None,
+               base: torch.Tensor) -> None:
+    """In place: the maps of :func:`_intensity_maps` on ``planes`` (N, S, H, W). (An
+    ``addcmul`` runs both in one pass, but unvectorized where the maps vary along memory's
+    outer dimensions only: 8x the time on a batch of patches.)"""
+    offset = base if weight is None else base + weight * planes.mean(dim=(-2, -1),
+                                                                     keepdim=True)
+    planes.mul_(scale).add_(offset)
 
 
 def _beta(alpha: float) -> float:

@@ -400,17 +400,40 @@ def test_the_gpu_gives_what_the_cpu_gives_for_one_draw(kind, shape, monkeypatch)
 def test_the_sections_last_copy_is_the_batch_whatever_the_threads(dtype, threads, monkeypatch):
     """The resampling's input on the CPU: each sample's sections moved innermost, those of the
     z-flipped samples in reverse order, the samples split over the intra-op threads (an odd
-    batch: unequal shares)."""
+    batch: unequal shares); each sample's ``then`` runs once, after its copy, and the copy
+    threads run torch's ops on one intra-op thread, the count put back after."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
     planes = torch.randint(0, 256, (5, 32, 12, 20), generator=seeded(3)).to(dtype)
     reverse = [False, True, True, False, True]
     expected = torch.stack([p.flip(0) if r else p for p, r in zip(planes, reverse)])
     for flips, want in ((None, planes), (reverse, expected)):
         out = torch.full(planes.shape, 7, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
-        copy_sections_last(planes, out, flips)
+        copied = []
+        copy_sections_last(planes, out, flips,
+                           lambda i: copied.append((i, torch.equal(out[i], want[i]))))
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(out, want)
+        assert sorted(copied) == [(i, True) for i in range(5)]
+    assert counts == ([1, threads] * 2 if threads > 1 else [])
+
+
+def test_an_error_in_a_copy_thread_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    planes = torch.zeros(4, 3, 5, 5, dtype=torch.uint8)
+    out = torch.empty_like(planes, memory_format=torch.channels_last)
+
+    def then(i: int) -> None:
+        if i == 1:  # the helper thread's first sample
+            raise ValueError("sample 1")
+
+    with pytest.raises(ValueError, match="sample 1"):
+        copy_sections_last(planes, out, None, then)
+    assert counts == [1, 2]
 
 
 @pytest.mark.parametrize("height, width", [(16, 16), (7, 12), (1, 9), (256, 256)])
