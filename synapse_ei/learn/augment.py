@@ -25,6 +25,7 @@ least one half; the soft targets are mixed with the same weights.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -350,16 +351,36 @@ def _elastic_field(count: int, height: int, width: int, fields: torch.Generator,
                    device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(count, H, W, 2) displacements in [-1, 1] grid units: torchvision's elastic field
     (uniform noise smoothed by a Gaussian, times alpha / side), with a sigma that fits the
-    cutout (the kernel spans 8 sigma + 1 px) and ``alpha = 10 sigma`` (about a pixel's move)."""
+    cutout (the kernel spans 8 sigma + 1 px) and ``alpha = 10 sigma`` (about a pixel's move).
+
+    The smoothing is kornia's Gaussian blur with reflected borders, applied as two matrix
+    products (:func:`blur_matrices`): a 41-tap depthwise convolution of a 128x128 field took
+    longer on the CPU than the product of its 128x128 matrices (BENCHMARKS.md, "Feeding
+    training")."""
     sigma = min(5.0, (min(height, width) - 1) / 8)
     kernel = int(8 * sigma + 1)
     kernel += 1 - kernel % 2
     alpha = 10.0 * sigma
     noise = torch.rand(count, 2, height, width, generator=fields, device=device, dtype=dtype)
-    field = gaussian_blur2d(noise * 2 - 1, kernel, (sigma, sigma), "reflect")
+    along_y, along_x = blur_matrices(height, width, kernel, sigma, device, dtype)
+    field = torch.matmul(torch.matmul(along_y, noise * 2 - 1), along_x)
     sides = _on(torch.tensor([width, height], dtype=dtype), device).view(1, 2, 1, 1)
     field = field * alpha / sides
     return field.permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def blur_matrices(height: int, width: int, kernel: int, sigma: float, device: torch.device,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(along_y, along_x)``, (H, H) and (W, W): ``along_y @ x @ along_x`` is kornia's
+    ``gaussian_blur2d(x, kernel, (sigma, sigma), "reflect")`` of an (..., H, W) ``x``, to the
+    rounding. Each matrix is that blur of an identity along one axis (row ``j`` of ``along_x``
+    is where input column ``j`` goes), so the kernel and the borders are kornia's own."""
+    def along_rows(size: int) -> torch.Tensor:
+        eye = torch.eye(size, device=device, dtype=dtype).view(1, 1, size, size)
+        return gaussian_blur2d(eye, (1, kernel), (sigma, sigma), "reflect")[0, 0]
+
+    return along_rows(height).t().contiguous(), along_rows(width)
 
 
 def _add_noise_and_clip(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,

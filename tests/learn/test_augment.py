@@ -8,9 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kornia.filters import gaussian_blur2d
+
 from synapse_ei.learn.augment import (
+    _elastic_field,
     AUGMENTATIONS,
     BatchAugmentation,
+    blur_matrices,
     centre_margins,
     copy_sections_last,
     linear_grid,
@@ -452,3 +456,23 @@ def test_the_linear_grid_is_affine_grids(height, width):
     torch.testing.assert_close(F.grid_sample(planes, grid, align_corners=False),
                                F.grid_sample(planes, expected, align_corners=False),
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(24, 40), (32, 32), (128, 128), (9, 70)])
+def test_the_elastic_field_is_kornias_blur_of_the_noise(height, width):
+    """The field's smoothing, two matrix products, is kornia's Gaussian blur with reflected
+    borders (sigma 5, or less on a small cutout) of the same uniform noise."""
+    count, dtype = 3, torch.float32
+    sigma = min(5.0, (min(height, width) - 1) / 8)
+    kernel = int(8 * sigma + 1)
+    kernel += 1 - kernel % 2
+    noise = torch.rand(count, 2, height, width, generator=seeded(4)) * 2 - 1
+    along_y, along_x = blur_matrices(height, width, kernel, sigma, torch.device("cpu"), dtype)
+    torch.testing.assert_close(along_y @ noise @ along_x,
+                               gaussian_blur2d(noise, kernel, (sigma, sigma), "reflect"),
+                               rtol=0, atol=1e-6)
+    field = _elastic_field(count, height, width, seeded(4), torch.device("cpu"), dtype)
+    expected = gaussian_blur2d(noise, kernel, (sigma, sigma), "reflect") * 10 * sigma / (
+        torch.tensor([width, height]).view(1, 2, 1, 1))
+    assert field.shape == (count, height, width, 2)
+    torch.testing.assert_close(field, expected.permute(0, 2, 3, 1), rtol=0, atol=1e-6)
