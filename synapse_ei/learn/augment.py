@@ -47,6 +47,8 @@ AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SEC
 GEOMETRIC = ("flip", "rotate", "elastic", "section_slip")
 #: Kernel size of the ``blur`` op (torchvision's GaussianBlur(5) before the batched version).
 BLUR_KERNEL = 5
+#: The most values the ``blur`` op convolves in one call on the CPU (4 MB of float32).
+BLUR_CHUNK_VALUES = 2**20
 #: The noise pool a batch draws, in samples' worth of values; each sample adds a window of it.
 NOISE_POOL_SAMPLES = 2
 
@@ -245,10 +247,14 @@ class BatchAugmentation:
                 _intensity(values, *maps)
         out = _resample(values, draw, fields) if geometric else values
         blurred = torch.nonzero(draw.blur_sigma > 0).flatten()
-        if len(blurred):
+        # On the CPU a few cutouts at a time: oneDNN's depthwise convolution, kornia's blur,
+        # slows ~10x once its input outgrows the cache (BENCHMARKS.md, "Feeding training").
+        step = (max(1, BLUR_CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
+                else max(1, len(blurred)))
+        for part in blurred.split(step) if len(blurred) else ():
             # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
-            sigma = draw.blur_sigma[blurred]
-            rows = _on(blurred, device)
+            sigma = draw.blur_sigma[part]
+            rows = _on(part, device)
             out[rows] = gaussian_blur2d(out[rows], BLUR_KERNEL,
                                         torch.stack([sigma, sigma], dim=1), "reflect")
         _lose_sections(out, draw, MID_GREY - centre)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from kornia.filters import gaussian_blur2d
 
+from synapse_ei.learn import augment
 from synapse_ei.learn.augment import (
     _elastic_field,
     AUGMENTATIONS,
@@ -253,6 +254,18 @@ def test_blur_smooths_the_samples_that_draw_it():
     assert torch.equal(out[0], x[0])
     spreads = [out[i].std().item() for i in range(3)]
     assert spreads[0] > spreads[1] > spreads[2]
+
+
+def test_the_blur_is_the_same_a_few_cutouts_at_a_time(monkeypatch):
+    """On the CPU the blur convolves a few cutouts per call; the batch is the same as in one."""
+    x = torch.rand(5, 1, 4, 24, 24, generator=seeded(15))
+    augmentation = only("blur", strength=1.0)
+    draw = replace(augmentation.draw(x.shape, seeded(16)),
+                   blur_sigma=torch.tensor([0.3, 0.0, 0.5, 1.0, 0.8]))
+    whole = augmentation.apply(x, draw)
+    monkeypatch.setattr(augment, "BLUR_CHUNK_VALUES", 2 * 4 * 24 * 24)  # two cutouts a call
+    assert torch.equal(augmentation.apply(x, draw), whole)
+    assert not torch.equal(whole[0], x[0]) and torch.equal(whole[1], x[1])
 
 
 def test_elastic_moves_pixels_by_about_a_pixel():
