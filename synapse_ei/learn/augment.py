@@ -47,8 +47,10 @@ AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity", "blur", "noise", *SEC
 GEOMETRIC = ("flip", "rotate", "elastic", "section_slip")
 #: Kernel size of the ``blur`` op (torchvision's GaussianBlur(5) before the batched version).
 BLUR_KERNEL = 5
-#: The most values the ``blur`` op convolves in one call on the CPU (4 MB of float32).
-BLUR_CHUNK_VALUES = 2**20
+#: On the CPU, the most values an op takes in one call where the next op is to find them in
+#: cache (4 MB of float32): the blur's convolution, the conversion and intensity map after the
+#: copy, the clip after the noise.
+CHUNK_VALUES = 2**20
 #: The noise pool a batch draws, in samples' worth of values; each sample adds a window of it.
 NOISE_POOL_SAMPLES = 2
 
@@ -231,12 +233,12 @@ class BatchAugmentation:
             raw = values if planes.dtype == dtype else self._buffer(
                 "raw", planes.shape, planes.dtype, device, torch.channels_last)
 
-            def finish(i: int) -> None:
-                # Each cube's conversion and intensity map while its copy is in cache.
+            def finish(rows: slice) -> None:
+                # The conversion and intensity map of cubes just copied, while in cache.
                 if raw is not values:
-                    values[i].copy_(raw[i])  # the same layout: a contiguous conversion
+                    values[rows].copy_(raw[rows])  # the same layout: a contiguous conversion
                 if maps is not None:
-                    _intensity(values[i:i + 1], *(m if m is None else m[i:i + 1] for m in maps))
+                    _intensity(values[rows], *(m if m is None else m[rows] for m in maps))
 
             copy_sections_last(planes, raw, draw.flip_z.tolist(), finish)
         else:
@@ -249,7 +251,7 @@ class BatchAugmentation:
         blurred = torch.nonzero(draw.blur_sigma > 0).flatten()
         # On the CPU a few cutouts at a time: oneDNN's depthwise convolution, kornia's blur,
         # slows ~10x once its input outgrows the cache (BENCHMARKS.md, "Feeding training").
-        step = (max(1, BLUR_CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
+        step = (max(1, CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
                 else max(1, len(blurred)))
         for part in blurred.split(step) if len(blurred) else ():
             # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
@@ -392,16 +394,20 @@ def blur_matrices(height: int, width: int, kernel: int, sigma: float, device: to
 def _add_noise_and_clip(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centre: float,
                         fields: torch.Generator) -> None:
     """In place: Gaussian noise of mean ``centre`` and sigma ``draw.noise_sigma`` on every value
-    of ``out``, then the clip to [0, 1], sample by sample (the clip reads a sample the add has
-    just brought into cache). Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES`
+    of ``out``, then the clip to [0, 1], a few samples at a time on the CPU (the clip reads what
+    the adds have just brought into cache). Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES`
     samples' worth, drawn anew for the batch) that starts at its ``draw.noise_offset``: a
     sample's values are independent normals, and a batch draws a few samples' worth of normals,
     not one per value of every sample (drawing them was the largest cost of a CPU batch).
     Samples of a batch share values, each at its own shifted position."""
     size = out[0].numel()
     pool.normal_(centre, draw.noise_sigma, generator=fields)
-    for row, start in zip(out.view(len(out), size), draw.noise_offset.tolist()):
-        row.add_(pool[start:start + size]).clamp_(0.0, 1.0)
+    rows, starts = out.view(len(out), size), draw.noise_offset.tolist()
+    step = max(1, CHUNK_VALUES // size) if out.device.type == "cpu" else len(out)
+    for first in range(0, len(out), step):
+        for row, start in zip(rows[first:first + step], starts[first:first + step]):
+            row.add_(pool[start:start + size])
+        rows[first:first + step].clamp_(0.0, 1.0)
 
 
 def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
@@ -420,16 +426,17 @@ def _lose_sections(planes: torch.Tensor, draw: Draw, blank: float) -> None:
 
 def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
                        reverse: Sequence[bool] | None = None,
-                       then: Callable[[int], None] | None = None) -> None:
+                       then: Callable[[slice], None] | None = None) -> None:
     """``planes`` (N, S, H, W) copied into ``out``, the same shape and dtype in channels-last
     memory (each pixel's S sections together); sample ``i``'s sections in reverse order where
-    ``reverse[i]`` (the z flip, an exact reordering). ``then(i)``, if given, runs right after
-    sample ``i``'s copy, in the same thread, while the sample is in cache.
+    ``reverse[i]`` (the z flip, an exact reordering). ``then(rows)``, if given, runs on each
+    slice of samples as soon as they are copied, in the same thread, while they are in cache
+    (:data:`CHUNK_VALUES` at most, or one sample).
 
     One (S, H*W) to (H*W, S) transposing copy per sample, which torch runs as a blocked
     transpose (a 2D copy of a transposed matrix), where one strided copy of the whole batch
     goes voxel by voxel (BENCHMARKS.md, "Feeding training"). That copy is single-threaded, so
-    the samples are split over the intra-op threads, each its own Python thread (the copy
+    the batch is split into a share per intra-op thread, each its own Python thread (the copy
     releases the GIL), and torch's ops in them (``then``'s) run on one intra-op thread each;
     the threads are started per call, so a forked DataLoader worker never inherits a pool's
     dead threads. A reversed sample is flipped first, a contiguous copy of that sample
@@ -438,25 +445,31 @@ def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
     source = planes.reshape(n, sections, -1)
     target = out.permute(0, 2, 3, 1).view(n, -1, sections)  # a view of out's memory
     reverse = reverse or [False] * n
+    step = max(1, CHUNK_VALUES // max(1, source[0].numel()))
 
     def copy_rows(rows: range) -> None:
-        for i in rows:
-            target[i].copy_((source[i].flip(0) if reverse[i] else source[i]).t())
+        for first in range(rows.start, rows.stop, step):
+            last = min(first + step, rows.stop)
+            for i in range(first, last):
+                target[i].copy_((source[i].flip(0) if reverse[i] else source[i]).t())
             if then is not None:
-                then(i)
+                then(slice(first, last))
 
     threads = torch.get_num_threads()
-    parts = max(1, min(threads, n))
+    # A small batch stays in this thread: starting another costs more than it would save.
+    parts = max(1, min(threads, n, math.ceil(planes.numel() / CHUNK_VALUES)))
+    bounds = [k * n // parts for k in range(parts + 1)]
+    shares = [range(bounds[k], bounds[k + 1]) for k in range(parts)]
     if parts == 1:
-        copy_rows(range(n))
+        copy_rows(shares[0])
         return
     # New threads take the process's count when they first run an op: set it before they start.
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(parts - 1) as helpers:
-            shares = [helpers.submit(copy_rows, range(k, n, parts)) for k in range(1, parts)]
-            copy_rows(range(0, n, parts))
-            for share in shares:
+            running = [helpers.submit(copy_rows, share) for share in shares[1:]]
+            copy_rows(shares[0])
+            for share in running:
                 share.result()  # a helper's error is raised here
     finally:
         torch.set_num_threads(threads)
