@@ -205,7 +205,13 @@ class BatchAugmentation:
         The order: z flip (an exact reordering), the per-section affine map of the intensity
         ops, one resampling, blur, lost sections, noise, one clip. Before a resampling the
         values are centred on mid-grey, so the resampling's zero padding brings in mid-grey;
-        the noise's mean puts the centre back, in the same pass."""
+        the noise's mean puts the centre back, in the same pass. An autocast region around the
+        call is switched off inside it: the batch stays in its own precision (a bf16 blur
+        written into the float batch would fail, a bf16 resampling lose the 8-bit values)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._apply(x, draw)
+
+    def _apply(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
         n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         planes = x.reshape(n, -1, height, width)  # a cube's sections as channels
         device = x.device

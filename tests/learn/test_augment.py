@@ -346,6 +346,20 @@ def test_pixels_from_outside_are_mid_grey_whatever_the_intensity_ops():
     assert (inside - MID_GREY).abs().min() > 0.1  # the content itself was changed
 
 
+@pytest.mark.parametrize("kind, shape", [("2d", (5, 1, 24, 24)), ("3d", (5, 1, 4, 24, 24))])
+def test_an_autocast_region_around_the_call_changes_nothing(kind, shape):
+    """A training loop may call the augmentation inside its bf16 autocast region: the batch
+    comes out as without it, float32, every op on."""
+    augmentation = BatchAugmentation(kind, AUGMENTATIONS if kind == "3d" else OPS_2D, 1.0)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=seeded(23))
+    draw = replace(augmentation.draw(x.shape, seeded(24)), blur_sigma=torch.full((5,), 0.7))
+    expected = augmentation.apply(x, draw)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = augmentation.apply(x, draw)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, expected)
+
+
 def test_a_batch_is_not_changed_by_the_next_one():
     """The augmentation reuses buffers between batches; what it returned stays as it was."""
     augmentation = BatchAugmentation("3d", AUGMENTATIONS, 1.0)
