@@ -255,16 +255,17 @@ class BatchAugmentation:
                 _intensity(values, *maps)
         out = _resample(values, draw, fields) if geometric else values
         blurred = torch.nonzero(draw.blur_sigma > 0).flatten()
-        # On the CPU a few cutouts at a time: oneDNN's depthwise convolution, kornia's blur,
-        # slows ~10x once its input outgrows the cache (BENCHMARKS.md, "Feeding training").
-        step = (max(1, CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
-                else max(1, len(blurred)))
-        for part in blurred.split(step) if len(blurred) else ():
-            # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
-            sigma = draw.blur_sigma[part]
-            rows = _on(part, device)
-            out[rows] = gaussian_blur2d(out[rows], BLUR_KERNEL,
-                                        torch.stack([sigma, sigma], dim=1), "reflect")
+        if len(blurred):
+            # On the CPU a few cutouts at a time: oneDNN's depthwise convolution, kornia's
+            # blur, slows ~10x once its input outgrows the cache (BENCHMARKS.md).
+            step = (max(1, CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
+                    else len(blurred))
+            for part in blurred.split(step):
+                # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
+                sigma = draw.blur_sigma[part]
+                rows = _on(part, device)
+                out[rows] = gaussian_blur2d(out[rows], BLUR_KERNEL,
+                                            torch.stack([sigma, sigma], dim=1), "reflect")
         _lose_sections(out, draw, MID_GREY - centre)
         if draw.noise_sigma > 0:
             pool = self._buffer("noise", (NOISE_POOL_SAMPLES * out[0].numel(),), out.dtype,
@@ -401,15 +402,15 @@ def _add_noise_and_clip(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centr
                         fields: torch.Generator) -> None:
     """In place: Gaussian noise of mean ``centre`` and sigma ``draw.noise_sigma`` on every value
     of ``out``, then the clip to [0, 1], a few samples at a time on the CPU (the clip reads what
-    the adds have just brought into cache). Each sample adds the window of ``pool`` (:data:`NOISE_POOL_SAMPLES`
-    samples' worth, drawn anew for the batch) that starts at its ``draw.noise_offset``: a
-    sample's values are independent normals, and a batch draws a few samples' worth of normals,
-    not one per value of every sample (drawing them was the largest cost of a CPU batch).
-    Samples of a batch share values, each at its own shifted position."""
+    the adds have just brought into cache). Each sample adds the window of ``pool``
+    (:data:`NOISE_POOL_SAMPLES` samples' worth, drawn anew for the batch) that starts at its
+    ``draw.noise_offset``: a sample's values are independent normals, and a batch draws a few
+    samples' worth of normals, not one per value of every sample (drawing them was the largest
+    cost of a CPU batch). Samples of a batch share values, each at its own shifted position."""
     size = out[0].numel()
     pool.normal_(centre, draw.noise_sigma, generator=fields)
     rows, starts = out.view(len(out), size), draw.noise_offset.tolist()
-    step = max(1, CHUNK_VALUES // size) if out.device.type == "cpu" else len(out)
+    step = max(1, CHUNK_VALUES // size if out.device.type == "cpu" else len(out))
     for first in range(0, len(out), step):
         for row, start in zip(rows[first:first + step], starts[first:first + step]):
             row.add_(pool[start:start + size])
