@@ -208,6 +208,9 @@ class BatchAugmentation:
         the noise's mean puts the centre back, in the same pass. An autocast region around the
         call is switched off inside it: the batch stays in its own precision (a bf16 blur
         written into the float batch would fail, a bf16 resampling lose the 8-bit values)."""
+        if not len(x):  # an empty batch: nothing to augment (its shape has no section count)
+            return torch.empty(x.shape, device=x.device,
+                               dtype=x.dtype if x.is_floating_point() else torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._apply(x, draw)
 

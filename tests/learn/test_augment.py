@@ -360,6 +360,16 @@ def test_an_autocast_region_around_the_call_changes_nothing(kind, shape):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("kind, shape", [("2d", (0, 1, 24, 24)), ("3d", (0, 1, 4, 24, 24))])
+def test_an_empty_batch_comes_back_empty(kind, shape, dtype):
+    """A user's own loop may filter a batch down to nothing: every op on, the result is an
+    empty float batch of the same shape, not an error."""
+    augmentation = BatchAugmentation(kind, AUGMENTATIONS if kind == "3d" else OPS_2D, 1.0)
+    out = augmentation(torch.zeros(shape, dtype=dtype), seeded(25))
+    assert out.shape == shape and out.dtype == torch.float32
+
+
 def test_a_batch_is_not_changed_by_the_next_one():
     """The augmentation reuses buffers between batches; what it returned stays as it was."""
     augmentation = BatchAugmentation("3d", AUGMENTATIONS, 1.0)
