@@ -168,10 +168,10 @@ def paired_rates(before: CutoutDataset, augmented: CutoutDataset, batch_size: in
     (workers 0), the pair's order alternating from round to round."""
     pairs = []
     for k in range(rounds):
-        order = (before, augmented) if k % 2 == 0 else (augmented, before)
-        rate_of = {id(dataset): loader_rate(dataset, batch_size, 0, n_samples)
-                   for dataset in order}
-        pairs.append((round(rate_of[id(before)], 1), round(rate_of[id(augmented)], 1)))
+        first, second = (before, augmented) if k % 2 == 0 else (augmented, before)
+        rates = [loader_rate(dataset, batch_size, 0, n_samples) for dataset in (first, second)]
+        rate_before, rate_batched = rates if k % 2 == 0 else rates[::-1]
+        pairs.append((round(rate_before, 1), round(rate_batched, 1)))
     return pairs
 
 

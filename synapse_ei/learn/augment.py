@@ -55,6 +55,12 @@ CHUNK_VALUES = 2**20
 NOISE_POOL_SAMPLES = 2
 
 
+def cutouts_per_chunk(values_per_cutout: int) -> int:
+    """How many cutouts of ``values_per_cutout`` one CPU call of a chunked op takes: as many as
+    :data:`CHUNK_VALUES` holds, at least one."""
+    return max(1, CHUNK_VALUES // max(1, values_per_cutout))
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """Raw uint8 values as a new float32 tensor in [0, 1] (``x / 255``), what augmentations see."""
     return x.float().div_(255.0)
@@ -208,7 +214,7 @@ class BatchAugmentation:
         the noise's mean puts the centre back, in the same pass. An autocast region around the
         call is switched off inside it: the batch stays in its own precision (a bf16 blur
         written into the float batch would fail, a bf16 resampling lose the 8-bit values)."""
-        if not len(x):  # an empty batch: nothing to augment (its shape has no section count)
+        if not len(x):  # nothing to augment; the ops below size their work by the first cutout
             return torch.empty(x.shape, device=x.device,
                                dtype=x.dtype if x.is_floating_point() else torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -261,8 +267,7 @@ class BatchAugmentation:
         if len(blurred):
             # On the CPU a few cutouts at a time: oneDNN's depthwise convolution, kornia's
             # blur, slows ~10x once its input outgrows the cache (BENCHMARKS.md).
-            step = (max(1, CHUNK_VALUES // out[0].numel()) if device.type == "cpu"
-                    else len(blurred))
+            step = cutouts_per_chunk(out[0].numel()) if device.type == "cpu" else len(blurred)
             for part in blurred.split(step):
                 # sigma stays on the CPU, where kornia checks it without waiting for the GPU.
                 sigma = draw.blur_sigma[part]
@@ -413,7 +418,7 @@ def _add_noise_and_clip(out: torch.Tensor, pool: torch.Tensor, draw: Draw, centr
     size = out[0].numel()
     pool.normal_(centre, draw.noise_sigma, generator=fields)
     rows, starts = out.view(len(out), size), draw.noise_offset.tolist()
-    step = max(1, CHUNK_VALUES // size if out.device.type == "cpu" else len(out))
+    step = cutouts_per_chunk(size) if out.device.type == "cpu" else len(out)
     for first in range(0, len(out), step):
         for row, start in zip(rows[first:first + step], starts[first:first + step]):
             row.add_(pool[start:start + size])
@@ -455,7 +460,7 @@ def copy_sections_last(planes: torch.Tensor, out: torch.Tensor,
     source = planes.reshape(n, sections, -1)
     target = out.permute(0, 2, 3, 1).view(n, -1, sections)  # a view of out's memory
     reverse = reverse or [False] * n
-    step = max(1, CHUNK_VALUES // max(1, source[0].numel()))
+    step = cutouts_per_chunk(source[0].numel())
 
     def copy_rows(rows: range) -> None:
         for first in range(rows.start, rows.stop, step):
